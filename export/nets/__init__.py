@@ -1,0 +1,1 @@
+"""beautyrt's own PyTorch network definitions (export stage only)."""
