@@ -1,0 +1,165 @@
+"""onnxruntime backend.
+
+Provider choice is made from what actually loads on this machine, not from what the wheel lists:
+onnxruntime-gpu lists CUDA and TensorRT providers even on a machine without a driver, and asking for them
+there prints loader errors and silently falls back to CPU. So ``auto`` asks for TensorRT only when the
+TensorRT libraries load, CUDA only when the CUDA driver loads and reports a device, and otherwise CPU
+alone (no loader noise). Whatever was asked for is checked against ``session.get_providers()`` after the
+session is created; a silent fallback is turned into a ProviderError.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from .base import Engine, TensorSpec
+from .errors import BundleIntegrityError, EngineRuntimeError, MissingDependencyError, ProviderError, UsageError
+
+log = logging.getLogger("beautyrt")
+
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+PROVIDER_ALIASES = {"cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TRT, CUDA, CPU]}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:  # pragma: no cover - base dependency
+        raise MissingDependencyError("onnxruntime is not installed: `pip install beautyrt` brings it") from None
+    return onnxruntime
+
+
+def _cuda_device_count() -> int:
+    """Devices the CUDA driver reports, 0 when there is no driver (without importing any CUDA python pkg)."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            if lib.cuInit(0) != 0:
+                return 0
+            n = ctypes.c_int(0)
+            return n.value if lib.cuDeviceGetCount(ctypes.byref(n)) == 0 else 0
+        except AttributeError:
+            return 0
+    return 0
+
+
+def _tensorrt_loadable() -> bool:
+    for name in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so", "nvinfer_10.dll", "nvinfer.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    try:  # the pip wheel keeps its libraries inside the package
+        import tensorrt  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def probe_providers() -> dict:
+    """What the installed onnxruntime lists, and what can really be used here (with reasons)."""
+    ort = _ort()
+    listed = list(ort.get_available_providers())
+    usable, reasons = [], {}
+    n_gpu = _cuda_device_count()
+    if TRT in listed:
+        if n_gpu and _tensorrt_loadable():
+            usable.append(TRT)
+        else:
+            reasons[TRT] = "no CUDA device" if not n_gpu else "TensorRT libraries (libnvinfer) not loadable"
+    if CUDA in listed:
+        if n_gpu:
+            usable.append(CUDA)
+        else:
+            reasons[CUDA] = "no CUDA driver/device (libcuda not loadable or 0 devices)"
+    usable.append(CPU)
+    return {"onnxruntime": ort.__version__, "listed": listed, "usable": usable, "unusable": reasons,
+            "cuda_devices": n_gpu}
+
+
+def resolve_providers(device: str = "auto") -> list[str]:
+    """Map ``auto|cpu|cuda|tensorrt`` to an onnxruntime provider list; refuse what cannot load here."""
+    probe = probe_providers()
+    if device == "auto":
+        for p in (TRT, CUDA):
+            if p in probe["usable"]:
+                return PROVIDER_ALIASES["tensorrt" if p == TRT else "cuda"]
+        return [CPU]
+    if device not in PROVIDER_ALIASES:
+        raise UsageError(f"unknown device {device!r}; choose auto, cpu, cuda or tensorrt")
+    want = PROVIDER_ALIASES[device][0]
+    if want not in probe["usable"]:
+        why = probe["unusable"].get(want, f"onnxruntime {probe['onnxruntime']} was built without it")
+        raise ProviderError(f"{device} was asked for but cannot be used here: {why}")
+    return PROVIDER_ALIASES[device]
+
+
+class OrtEngine(Engine):
+    """One onnxruntime InferenceSession. ``run`` may be called from several threads at once."""
+
+    def __init__(self, path: str | Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *,
+                 name: Optional[str] = None, device: str = "auto", device_id: int = 0, threads: Optional[int] = None,
+                 cache_dir: Optional[str | Path] = None, cache_key: str = "", max_batch: Optional[int] = None):
+        ort = _ort()
+        self.name = name or Path(path).stem
+        self.inputs, self.outputs, self.max_batch = tuple(inputs), tuple(outputs), max_batch
+        providers = resolve_providers(device)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # errors only: warnings about unused initialisers etc. are not the user's business
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options = []
+        for p in providers:
+            if p == TRT:
+                trt_opts = {"device_id": device_id, "trt_fp16_enable": False}
+                if cache_dir:
+                    d = Path(cache_dir) / f"ort-trt-{cache_key}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    trt_opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(d),
+                                     "trt_timing_cache_enable": True, "trt_timing_cache_path": str(d)})
+                options.append(trt_opts)
+            elif p == CUDA:
+                options.append({"device_id": device_id})
+            else:
+                options.append({})
+        try:
+            self._sess = ort.InferenceSession(str(path), so, providers=providers, provider_options=options)
+        except Exception as e:
+            msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise BundleIntegrityError(f"{Path(path).name}: onnxruntime cannot load it ({msg}); "
+                                       f"rebuild the bundle with `beautyrt export`") from None
+        got = self._sess.get_providers()
+        if got[0] != providers[0]:
+            self._sess = None
+            raise ProviderError(f"{self.name}: asked onnxruntime for {providers[0]} but it gave {got}; "
+                                f"refusing the silent fallback (use --device cpu to run on the CPU)")
+        self.providers = got
+        declared = [i.name for i in self._sess.get_inputs()]
+        if sorted(declared) != sorted(s.name for s in self.inputs):
+            raise BundleIntegrityError(f"{self.name}: model inputs {declared} differ from the manifest's "
+                                       f"{[s.name for s in self.inputs]}; rebuild the bundle")
+        self._out_names = [s.name for s in self.outputs]
+        log.debug("engine %s on %s", self.name, got)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._sess is None:
+            raise EngineRuntimeError(f"engine '{self.name}' is closed")
+        try:
+            outs = self._sess.run(self._out_names, dict(feeds))
+        except Exception as e:
+            raise EngineRuntimeError(f"engine '{self.name}' failed: {str(e).splitlines()[0][:300]}") from None
+        return dict(zip(self._out_names, outs))
+
+    def close(self) -> None:
+        self._sess = None
