@@ -22,6 +22,10 @@ Conventions follow facenet-pytorch 2.6.0 (whose weights beautyrt exports), with 
   ``(x, y)`` of the image-left eye, image-right eye, nose tip, image-left mouth corner, image-right mouth
   corner (for a frontal face the image-left eye is the person's right eye), as facenet-pytorch returns them.
 
+Known limit (measured on MEBeauty val, 224 photos: 223 found): a face that fills the frame and is cut by
+the image border can be missed (the one miss), and in strict profile the nose landmark may lie just
+outside the box (1 of 223).
+
 Normalisation comes from the bundle manifest (``mean``/``std``); MTCNN's is mean 127.5, std 128.
 """
 from __future__ import annotations
