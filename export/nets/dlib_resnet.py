@@ -140,3 +140,40 @@ class DlibResNet(nn.Module):
 def build_dlib_resnet(parsed: DlibNet, l2_normalize: bool = False) -> DlibResNet:
     """The torch module for a parsed dlib face descriptor file, in eval mode (see the module docstring)."""
     return DlibResNet(parsed, l2_normalize=l2_normalize)
+
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "embedding"
+
+
+def export_dlib_resnet_onnx(model: DlibResNet, path, opset: int = 18, prefer_dynamo: bool = True) -> str:
+    """Write ``model`` to ONNX at ``path`` with input ``image`` (batch, 3, 150, 150) and output ``embedding``
+    (batch, 128), batch dynamic. Tries the dynamo exporter first (opset 18), falls back to the legacy
+    TorchScript exporter; returns ``"dynamo"`` or ``"legacy"`` (record it in the manifest)."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("beautyrt")
+    model = model.eval()
+    h, w = model.input_size
+    example = (torch.rand(2, 3, h, w) * 255.0,)
+    errors = []
+    if prefer_dynamo:
+        try:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prog = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
+                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                         dynamic_shapes={"image": {0: batch}}, verbose=False)
+            prog.save(str(path))
+            return "dynamo"
+        except Exception as e:  # noqa: BLE001  (any exporter failure -> try the other one)
+            errors.append(f"dynamo: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            log.warning("dynamo ONNX export of the dlib network failed (%s); using the legacy exporter", errors[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    return "legacy"
