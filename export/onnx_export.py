@@ -46,7 +46,13 @@ def export_onnx(module: torch.nn.Module, example: Sequence[torch.Tensor], path: 
         dyn.setdefault(n, {}).update(extra)
     dynamic_shapes = tuple({ax: torch.export.Dim.AUTO for ax in dyn[n]} for n in input_names)
     sink = io.StringIO()
+    # torch's exporter logs "torchvision is not installed" warnings on its own loggers: quiet them for
+    # the duration of the export only, and restore the caller's levels afterwards.
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export")]
+    levels = [q.level for q in quiet]
     try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(module, tuple(example), dynamo=True, opset_version=OPSET,
@@ -57,6 +63,9 @@ def export_onnx(module: torch.nn.Module, example: Sequence[torch.Tensor], path: 
     except Exception as e:  # torch.onnx raises many types; report one line, keep the log for -v
         log.debug("exporter output:\n%s", sink.getvalue())
         raise ExportError(f"ONNX export of {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    finally:
+        for q, lv in zip(quiet, levels):
+            q.setLevel(lv)
     _check_dynamic_batch(path, input_names)
 
 

@@ -1,0 +1,1 @@
+"""Torch-free runtime: numpy + pillow + cma over engines from beautyrt.engines."""

@@ -1,0 +1,217 @@
+"""``beautyrt`` command line: thin commands over beautyrt.runtime / beautyrt.export.
+
+Heavy imports happen inside the commands so that ``beautyrt --help`` is instant, and ``optimize`` /
+``bench`` / ``doctor`` never import torch. Every beautyrt error is printed as ONE line on stderr and
+exits with the error's own code (see ``beautyrt.engines.errors``); a traceback is shown only with
+``BEAUTYRT_DEBUG=1``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from beautyrt.engines.errors import BeautyrtError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="beautyrt: regression-guided face beautification (StyleGAN + CMA-ES) on an exported bundle.")
+log = logging.getLogger("beautyrt")
+
+ENV_BUNDLE = "BEAUTYRT_BUNDLE"
+INTERNAL_ERROR = 70
+
+
+def default_bundle() -> Path:
+    """``$BEAUTYRT_BUNDLE`` if set, else ``~/.cache/beautyrt/default``."""
+    env = os.environ.get(ENV_BUNDLE)
+    return Path(env).expanduser() if env else Path("~/.cache/beautyrt/default").expanduser()
+
+
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+class _Progress:
+    """Progress on stderr: one updating line on a terminal, a few plain lines otherwise."""
+
+    def __init__(self, label: str, enabled: bool = True):
+        self.label, self.enabled = label, enabled
+        self.tty = sys.stderr.isatty()
+        self._last = -1
+
+    def __call__(self, i: int, n: int, extra: str = "") -> None:
+        if not self.enabled or n <= 0:
+            return
+        pct = int(100 * i / n)
+        if self.tty:
+            bar = "#" * (pct // 5) + "-" * (20 - pct // 5)
+            sys.stderr.write(f"\r{self.label} [{bar}] {i}/{n} {extra}   ")
+            if i >= n:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif pct // 25 != self._last // 25 or i >= n:
+            sys.stderr.write(f"{self.label}: {i}/{n} {extra}\n")
+            sys.stderr.flush()
+        self._last = pct
+
+
+def _bundle_arg(bundle: Optional[Path]) -> Path:
+    return bundle if bundle is not None else default_bundle()
+
+
+def _fail(e: BaseException) -> "typer.Exit":
+    """Print one line for an error and return the Exit carrying its code."""
+    if isinstance(e, BeautyrtError):
+        sys.stderr.write(f"beautyrt: error: {' '.join(str(e).split())}\n")
+        return typer.Exit(e.exit_code)
+    if isinstance(e, KeyboardInterrupt):
+        sys.stderr.write("beautyrt: interrupted\n")
+        return typer.Exit(130)
+    sys.stderr.write(f"beautyrt: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+                     f"(set BEAUTYRT_DEBUG=1 for the traceback)\n")
+    return typer.Exit(INTERNAL_ERROR)
+
+
+def _guarded(fn):
+    """Run a command; beautyrt errors become one line on stderr and the error's exit code."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (Exception, KeyboardInterrupt) as e:
+            if os.environ.get("BEAUTYRT_DEBUG"):
+                raise
+            raise _fail(e) from None
+    return wrapper
+
+
+@app.command()
+@_guarded
+def optimize(
+    image: Path = typer.Argument(..., help="Photo to beautify (JPEG/PNG/WebP/...); with --aligned an aligned face crop."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output image (.jpg/.png/.webp). Default: <image>.beautified<ext>."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."),
+    generations: int = typer.Option(20, "--generations", "-g", help="CMA-ES generations."),
+    popsize: int = typer.Option(16, "--popsize", "-p", help="Candidates per generation (scored in one engine call)."),
+    seed: int = typer.Option(0, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."),
+    space: str = typer.Option("w", "--space", help="Search space: w | groups | wplus."),
+    sigma: float = typer.Option(0.5, "--sigma", help="Initial step in units of W's std."),
+    identity_floor: float = typer.Option(0.6, "--identity-floor", help="Hard floor on identity cosine to the start."),
+    identity_target: float = typer.Option(0.8, "--identity-target", help="Soft penalty below this cosine."),
+    identity_weight: float = typer.Option(5.0, "--identity-weight", help="Penalty per unit of cosine below the target."),
+    latent_weight: float = typer.Option(0.1, "--latent-weight", help="Penalty per unit of mean squared step."),
+    aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
+    face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
+    mode: str = typer.Option("transfer", "--mode", help="transfer: apply the edit to the photo; generated: paste the generated face."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
+    quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality 1..100."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime providers)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: all cores)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+):
+    """Beautify the face in IMAGE and write the edited photo (and a JSON report)."""
+    _setup_logging(verbose, quiet or as_json)
+    from beautyrt.runtime import api
+
+    settings = api.Settings(generations=generations, popsize=popsize, seed=seed, space=space, sigma0=sigma,
+                            weights=api.ObjectiveWeights(identity_floor, identity_target, identity_weight, latent_weight),
+                            output_mode=mode, face=face).validate()
+    out = out or image.with_name(f"{image.stem}.beautified{image.suffix.lower() if image.suffix else '.png'}")
+    prog = _Progress("search", enabled=not (quiet or as_json))
+    rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,
+                            report_path=report, quality=quality, device=device, threads=threads,
+                            progress=lambda g, n, best: prog(g, n, f"best {best:.3f}"))
+    if as_json:
+        sys.stdout.write(json.dumps(rep, indent=1) + "\n")
+    else:
+        typer.echo(f"{out}: score {rep['score_before']:.3f} -> {rep['score_after']:.3f}, identity {rep['identity']:.3f}, "
+                   f"{rep['timings']['total']:.2f}s", err=True)
+
+
+@app.command("export")
+@_guarded
+def export_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory to write. Default: the default bundle location."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny | stylegan2-256 | stylegan2-1024 (random weights)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random-weight presets."),
+    detector: bool = typer.Option(True, "--detector/--no-detector", help="Include the MTCNN face detector (needs the facenet-pytorch wheel, fetched by pip)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+):
+    """Export networks to an ONNX bundle with a manifest (needs the export extra: pip install 'beautyrt\\[export]')."""
+    _setup_logging(verbose)
+    from beautyrt.runtime.api import require_export_extra
+
+    require_export_extra()
+    from beautyrt.export.api import export_preset
+
+    prog = _Progress("export")
+    path = export_preset(preset, out or default_bundle(), seed=seed, overwrite=force, detector=detector,
+                         progress=lambda msg, i, n: prog(i, n, msg))
+    typer.echo(f"bundle written: {path}", err=True)
+
+
+@app.command()
+@_guarded
+def bench(
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle to time (default location if omitted)."),
+    popsize: int = typer.Option(16, "--popsize", "-p"),
+    generations: int = typer.Option(10, "--generations", "-g", help="Generations timed per repeat."),
+    repeats: int = typer.Option(3, "--repeats"),
+    device: str = typer.Option("auto", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+):
+    """Per-stage latency (p50/p90/p99) and candidates/s of the search loop on a bundle."""
+    _setup_logging(verbose, as_json)
+    from beautyrt.runtime.bench import format_table, run_bench
+
+    res = run_bench(_bundle_arg(bundle), popsize=popsize, generations=generations, repeats=repeats,
+                    device=device, threads=threads)
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=1) + "\n")
+    else:
+        typer.echo(format_table(res))
+
+
+@app.command()
+@_guarded
+def doctor(
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle to check (default location if omitted)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Versions, execution providers that really load here, and a bundle check."""
+    from beautyrt.runtime.api import doctor_report
+
+    rep = doctor_report(_bundle_arg(bundle))
+    if as_json:
+        sys.stdout.write(json.dumps(rep, indent=1) + "\n")
+    else:
+        for k, v in rep.items():
+            typer.echo(f"{k}: {v}")
+    if rep["bundle"].get("ok") is False:
+        raise typer.Exit(rep["bundle"].get("exit_code", 10))
+
+
+def main() -> None:
+    app(prog_name="beautyrt")
+
+
+if __name__ == "__main__":
+    main()

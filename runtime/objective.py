@@ -1,0 +1,88 @@
+"""The objective: maximise beauty while keeping identity, and the latent parametrisation of the search.
+
+For a candidate x (search coordinates, in units of the per-dimension std of W):
+    ws(x)   = w_start + expand(x) * w_std            (expand: W / layer groups / W+, see ``LatentSpace``)
+    cos(x)  = cosine(embedding(ws(x)), embedding(w_start))
+    J(x)    = score(ws(x))
+              - identity_weight * max(0, identity_target - cos(x))     soft identity penalty
+              - latent_weight * mean(x**2)                              stay near the start
+              - INFEASIBLE - 100 * (identity_floor - cos(x))            only when cos(x) < identity_floor
+CMA-ES minimises -J. The result is the feasible candidate (cos >= identity_floor) with the highest beauty
+score seen; the start itself is feasible, so the result never scores below the start.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+
+INFEASIBLE = 1000.0
+SPACES = ("w", "groups", "wplus")
+
+
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    identity_floor: float = 0.6     # hard: candidates below this cosine are never chosen
+    identity_target: float = 0.8    # soft: below this, the penalty grows linearly
+    identity_weight: float = 5.0    # score points per unit of cosine below the target
+    latent_weight: float = 0.1      # score points per unit of mean squared step (in W std units)
+
+    def validate(self) -> "ObjectiveWeights":
+        if not -1.0 <= self.identity_floor <= 1.0 or not -1.0 <= self.identity_target <= 1.0:
+            raise UsageError("identity floor and target must be cosines in [-1, 1]")
+        if self.identity_weight < 0 or self.latent_weight < 0:
+            raise UsageError("objective weights must be >= 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LatentSpace:
+    """Maps search vectors x (λ, D) to W+ offsets (λ, num_ws, w_dim) scaled by w_std.
+
+    * ``w``: one w_dim vector added to every layer (D = w_dim);
+    * ``groups``: one vector per coarse / middle / fine group of layers (D = 3 * w_dim, empty groups skipped);
+    * ``wplus``: every layer on its own (D = num_ws * w_dim).
+    """
+
+    def __init__(self, space: str, num_ws: int, w_dim: int, w_std: Sequence[float],
+                 groups: Mapping[str, Sequence[int]]):
+        if space not in SPACES:
+            raise UsageError(f"unknown search space {space!r}; choose one of {', '.join(SPACES)}")
+        self.space, self.num_ws, self.w_dim = space, num_ws, w_dim
+        self.w_std = np.asarray(w_std, dtype=np.float32).reshape(1, 1, w_dim)
+        if space == "w":
+            self.rows = np.zeros(num_ws, dtype=np.int64)
+        elif space == "groups":
+            names = [g for g in ("coarse", "middle", "fine") if len(groups.get(g, ())) > 0]
+            self.rows = np.zeros(num_ws, dtype=np.int64)
+            for gi, g in enumerate(names):
+                self.rows[list(groups[g])] = gi
+        else:
+            self.rows = np.arange(num_ws)
+        self.n_vectors = int(self.rows.max()) + 1
+        self.dim = self.n_vectors * w_dim
+
+    def offsets(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32).reshape(-1, self.n_vectors, self.w_dim)
+        return X[:, self.rows, :] * self.w_std
+
+
+def cosine_to(ref: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    ref = ref / max(float(np.linalg.norm(ref)), 1e-12)
+    norms = np.maximum(np.linalg.norm(emb, axis=1), 1e-12)
+    return (emb @ ref) / norms
+
+
+def objective(score: np.ndarray, cos: np.ndarray, X: np.ndarray, w: ObjectiveWeights) -> np.ndarray:
+    """J for each candidate (to be maximised)."""
+    J = score.astype(np.float64)
+    J = J - w.identity_weight * np.maximum(0.0, w.identity_target - cos)
+    J = J - w.latent_weight * np.mean(np.asarray(X, dtype=np.float64) ** 2, axis=1)
+    infeasible = cos < w.identity_floor
+    J = np.where(infeasible, J - INFEASIBLE - 100.0 * (w.identity_floor - cos), J)
+    return J

@@ -1,0 +1,326 @@
+"""The pipeline: ``Beautifier`` loads a bundle once and optimises photos.
+
+Data flow of ``optimize`` (one direction): decode -> detect 5 landmarks -> FFHQ-style similarity crop
+(at the generator's resolution for the encoder, and at a larger work size for the output) -> encoder ->
+w_start -> CMA-ES (each generation: ask λ candidates, ONE scorer call, objective in numpy, tell) -> best
+w -> synthesis of start and best -> the EDIT (G(best) - G(start)) is added to the photo's own crop ->
+paste-back into the photo. With ``aligned=True`` the input is taken as an already aligned face crop
+and the edited crop is returned.
+
+Threading model: a ``Beautifier`` holds only immutable configuration and its engines; onnxruntime
+sessions may be run from several threads at once, so one instance can serve many threads. Every call
+to ``optimize`` keeps its state (search, RNG, buffers) local to the call, and the search RNG is seeded
+from ``Settings.seed``, so a given input and seed give the same result in any thread.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from beautyrt.engines import load_manifest, open_engine
+from beautyrt.engines.errors import BundleSchemaError
+
+from .errors import NoFaceError, UsageError
+from .imageio import ImageLike, load_image
+from .objective import LatentSpace, ObjectiveWeights, cosine_to, objective
+from .search import CMAStrategy
+from .timing import StageTimer
+
+log = logging.getLogger("beautyrt")
+
+Progress = Callable[[int, int, float], None]  # (generation, total generations, best score so far)
+DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
+OUTPUT_MODES = ("transfer", "generated")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the result besides the input and the bundle."""
+
+    generations: int = 20
+    popsize: int = 16
+    sigma0: float = 0.5          # initial CMA-ES step, in units of W's per-dimension std
+    seed: int = 0
+    space: str = "w"             # w | groups | wplus (see objective.LatentSpace)
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    output_mode: str = "transfer"  # transfer: add G(best)-G(start) to the photo; generated: G(best) itself
+    face: Optional[int] = None   # index into faces sorted largest first; None = the largest
+    min_face: float = 40.0       # smallest face side (pixels) the detector looks for
+    work_size: int = 512         # side of the crop that carries the edit back into the photo
+
+    def validate(self) -> "Settings":
+        if not 1 <= self.generations <= 10000:
+            raise UsageError(f"generations must be in 1..10000, got {self.generations}")
+        if not 2 <= self.popsize <= 1024:
+            raise UsageError(f"popsize must be in 2..1024, got {self.popsize}")
+        if not 0 < self.sigma0 <= 10:
+            raise UsageError(f"sigma0 must be in (0, 10], got {self.sigma0}")
+        if self.output_mode not in OUTPUT_MODES:
+            raise UsageError(f"output mode must be one of {', '.join(OUTPUT_MODES)}, got {self.output_mode!r}")
+        if self.face is not None and self.face < 0:
+            raise UsageError(f"face index must be >= 0, got {self.face}")
+        if not 16 <= self.work_size <= 4096:
+            raise UsageError(f"work size must be in 16..4096, got {self.work_size}")
+        self.weights.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["weights"] = self.weights.to_dict()
+        return d
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Result:
+    image: np.ndarray                 # the output: whole photo (or the edited crop with aligned=True)
+    aligned: np.ndarray               # the aligned input crop at the generator's resolution
+    generated_start: np.ndarray       # G(w_start), uint8
+    generated_best: np.ndarray        # G(w_best), uint8
+    w_start: np.ndarray
+    w_best: np.ndarray
+    score_before: float
+    score_after: float
+    identity: float                   # cosine of the best candidate's embedding to the start's
+    history: list[dict]
+    timings: dict
+    settings: Settings
+    bundle_hash: str
+    face: Optional[dict] = None       # detection + alignment (photo mode)
+    faces_found: int = 0
+    generations_run: int = 0
+    stop_reason: str = ""
+
+    def report(self) -> dict:
+        return {
+            "score_before": self.score_before,
+            "score_after": self.score_after,
+            "gain": self.score_after - self.score_before,
+            "identity": self.identity,
+            "history": self.history,
+            "generations_run": self.generations_run,
+            "stop_reason": self.stop_reason,
+            "settings": self.settings.to_dict(),
+            "settings_hash": self.settings.digest(),
+            "timings": self.timings,
+            "bundle_hash": self.bundle_hash,
+            "face": self.face,
+            "faces_found": self.faces_found,
+            "output_size": [int(self.image.shape[1]), int(self.image.shape[0])],
+        }
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Generator output (3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return np.clip(np.rint((img.transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def resize_u8(rgb: np.ndarray, size: int) -> np.ndarray:
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC, reducing_gap=None
+                                                  if rgb.shape[0] < size else 2.0))
+
+
+def resize_float(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W, C) float32 -> (h, w, C), bicubic per channel."""
+    if a.shape[:2] == (h, w):
+        return a
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), "F").resize((w, h), Image.BICUBIC))
+                     for c in range(a.shape[2])], axis=-1)
+
+
+def model_input(rgb: np.ndarray, norm: dict) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> float32 (1, 3, S, S) with the manifest's normalisation."""
+    if norm.get("color_order", "RGB") != "RGB" or norm.get("layout", "NCHW") != "NCHW":
+        raise BundleSchemaError(f"unsupported normalisation {norm}; this runtime feeds RGB NCHW")
+    x = resize_u8(rgb, int(norm["size"])).astype(np.float32) / 255.0
+    x = (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+class Beautifier:
+    """Load a bundle once; call :meth:`optimize` on photos (from any number of threads)."""
+
+    def __init__(self, bundle: str | Path, *, backend: str = "onnxruntime", device: str = "auto",
+                 device_id: int = 0, threads: Optional[int] = None, cache_dir: Optional[str | Path] = None):
+        t0 = time.perf_counter()
+        self.manifest = load_manifest(bundle)
+        gen = self.manifest.generator
+        self.resolution, self.num_ws, self.w_dim = int(gen["resolution"]), int(gen["num_ws"]), int(gen["w_dim"])
+        self.w_avg = np.asarray(gen["w_avg"], np.float32)
+        self.w_std = np.asarray(gen["w_std"], np.float32)
+        self.groups = gen["groups"]
+        kw = dict(backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir)
+        self.engines = {role: open_engine(self.manifest, role, **kw) for role in ("encoder", "scorer", "synthesis")}
+        self.encoder_norm = self.manifest.model("encoder").normalisation
+        if not self.encoder_norm:
+            raise BundleSchemaError("manifest: encoder has no normalisation; rebuild the bundle")
+        self.detector = None
+        if all(self.manifest.has(r) for r in DETECTOR_ROLES):
+            from .detect import MTCNNDetector
+
+            nets = [open_engine(self.manifest, r, **kw) for r in DETECTOR_ROLES]
+            self.engines.update(zip(DETECTOR_ROLES, nets))
+            self._detector_norm = self.manifest.model("detector_pnet").normalisation
+        self.load_seconds = time.perf_counter() - t0
+        log.info("bundle %s loaded in %.2fs (%s)", self.manifest.root, self.load_seconds,
+                 ", ".join(f"{k}: {getattr(e, 'providers', ['?'])[0]}" for k, e in self.engines.items()))
+
+    @property
+    def bundle_hash(self) -> str:
+        return self.manifest.bundle_hash
+
+    @property
+    def has_detector(self) -> bool:
+        return "detector_pnet" in self.engines
+
+    def close(self) -> None:
+        for e in self.engines.values():
+            e.close()
+
+    def __enter__(self) -> "Beautifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------
+    def detect(self, rgb: np.ndarray, min_face: float = 40.0):
+        """Faces in ``rgb`` (largest first)."""
+        if not self.has_detector:
+            raise UsageError("this bundle has no face detector: pass an aligned face crop (--aligned) "
+                             "or re-export the bundle with the detector")
+        from .detect import MTCNNDetector
+
+        det = MTCNNDetector(self.engines["detector_pnet"], self.engines["detector_rnet"], self.engines["detector_onet"],
+                            min_face=min_face, normalisation=self._detector_norm)
+        return det.detect(rgb)
+
+    def optimize(self, image: ImageLike, settings: Optional[Settings] = None, *, aligned: bool = False,
+                 progress: Optional[Progress] = None) -> Result:
+        s = (settings or Settings()).validate()
+        timer = StageTimer()
+        with timer("decode"):
+            rgb = load_image(image)
+        face_info, faces_found, align_work = None, 0, None
+        if aligned:
+            crop = resize_u8(rgb, self.resolution) if rgb.shape[0] == rgb.shape[1] else None
+            if crop is None:
+                raise UsageError(f"--aligned input must be a square face crop, got {rgb.shape[1]}x{rgb.shape[0]}")
+        else:
+            from .align import ffhq_alignment, warp
+
+            with timer("detect"):
+                faces = self.detect(rgb, s.min_face)
+            faces_found = len(faces)
+            if not faces:
+                raise NoFaceError("no face found in the image")
+            idx = 0 if s.face is None else s.face
+            if idx >= len(faces):
+                raise NoFaceError(f"face {idx} asked for, but only {len(faces)} face(s) found (indices 0..{len(faces) - 1})")
+            f = faces[idx]
+            with timer("align"):
+                a_gen = ffhq_alignment(f.landmarks, self.resolution)
+                crop = warp(rgb, a_gen.matrix, self.resolution)
+                work = max(self.resolution, s.work_size)
+                align_work = ffhq_alignment(f.landmarks, work)
+                crop_work = warp(rgb, align_work.matrix, work)
+            face_info = {"index": idx, **f.to_dict(), "alignment": a_gen.to_dict(),
+                         "work_alignment": align_work.to_dict()}
+        with timer("encode"):
+            w_start = self.engines["encoder"].run({"image": model_input(crop, self.encoder_norm)})["ws"].astype(np.float32)
+        search = self._search(w_start, s, timer, progress)
+        with timer("synthesize"):
+            imgs = self.engines["synthesis"].run({"ws": np.concatenate([w_start, search["w_best"]])})["image"]
+        g_start, g_best = imgs[0], imgs[1]
+        with timer("compose"):
+            if s.output_mode == "generated":
+                edit_crop = to_uint8(g_best)
+                delta = None
+            else:
+                delta = (g_best - g_start).transpose(1, 2, 0) * 127.5
+                edit_crop = np.clip(np.rint(crop.astype(np.float32) + delta), 0, 255).astype(np.uint8)
+            if aligned:
+                out = edit_crop if rgb.shape[0] == self.resolution else self._apply_delta(rgb, delta, g_best)
+            else:
+                from .paste import paste_back
+
+                work_crop = self._apply_delta(crop_work, delta, g_best)
+                out = paste_back(rgb, work_crop, align_work)
+        timings = timer.summary()
+        timings["load_bundle"] = self.load_seconds
+        return Result(image=out, aligned=crop, generated_start=to_uint8(g_start), generated_best=to_uint8(g_best),
+                      w_start=w_start[0], w_best=search["w_best"][0], score_before=search["score_before"],
+                      score_after=search["score_after"], identity=search["identity"], history=search["history"],
+                      timings=timings, settings=s, bundle_hash=self.bundle_hash, face=face_info,
+                      faces_found=faces_found, generations_run=search["generations"], stop_reason=search["stop"])
+
+    @staticmethod
+    def _apply_delta(base: np.ndarray, delta: Optional[np.ndarray], g_best: np.ndarray) -> np.ndarray:
+        """Add the (upsampled) edit to ``base``; in "generated" mode, the generated face resized."""
+        h, w = base.shape[:2]
+        if delta is None:
+            return resize_u8(to_uint8(g_best), h) if h == w else np.asarray(Image.fromarray(to_uint8(g_best)).resize((w, h)))
+        d = resize_float(delta.astype(np.float32), h, w)
+        return np.clip(np.rint(base.astype(np.float32) + d), 0, 255).astype(np.uint8)
+
+    def _search(self, w_start: np.ndarray, s: Settings, timer: StageTimer, progress: Optional[Progress]) -> dict:
+        space = LatentSpace(s.space, self.num_ws, self.w_dim, self.w_std, self.groups)
+        scorer = self.engines["scorer"]
+        with timer("score_start"):
+            r0 = scorer.run({"ws": w_start})
+        score0 = float(r0["score"][0])
+        e_ref = r0["embedding"][0].astype(np.float64)
+        es = CMAStrategy(space.dim, sigma0=s.sigma0, popsize=s.popsize, seed=s.seed, max_generations=s.generations)
+        best = {"score": score0, "identity": 1.0, "ws": w_start.copy(), "generation": 0}
+        history: list[dict] = []
+        eval_t = overhead_t = 0.0
+        stop = "generations"
+        g = 0
+        for g in range(1, s.generations + 1):
+            t0 = time.perf_counter()
+            X = es.ask()
+            ws = (w_start + space.offsets(X)).astype(np.float32)
+            t1 = time.perf_counter()
+            out = scorer.run({"ws": ws})
+            t2 = time.perf_counter()
+            score = out["score"].astype(np.float64)
+            cos = cosine_to(e_ref, out["embedding"].astype(np.float64))
+            J = objective(score, cos, X, s.weights)
+            es.tell(X, -J)
+            feasible = np.flatnonzero(cos >= s.weights.identity_floor)
+            if feasible.size:
+                i = int(feasible[np.argmax(score[feasible])])
+                if score[i] > best["score"]:
+                    best = {"score": float(score[i]), "identity": float(cos[i]), "ws": ws[i:i + 1].copy(), "generation": g}
+            t3 = time.perf_counter()
+            eval_t += t2 - t1
+            overhead_t += (t1 - t0) + (t3 - t2)
+            history.append({"generation": g, "best_score": best["score"], "best_identity": best["identity"],
+                            "gen_best_score": float(score.max()), "gen_mean_score": float(score.mean()),
+                            "gen_mean_identity": float(cos.mean()), "feasible": int(feasible.size),
+                            "sigma": es.sigma, "seconds": t3 - t0})
+            if progress:
+                progress(g, s.generations, best["score"])
+            reasons = es.stop()
+            if reasons:
+                stop = ",".join(sorted(reasons))
+                break
+        timer.add("search", eval_t + overhead_t)
+        timer.add("search_eval", eval_t)
+        timer.add("search_overhead", overhead_t)
+        return {"w_best": best["ws"], "score_before": score0, "score_after": best["score"],
+                "identity": best["identity"], "history": history, "generations": g, "stop": stop,
+                "best_generation": best["generation"]}

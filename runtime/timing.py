@@ -1,0 +1,36 @@
+"""Per-stage wall-clock timing (perf_counter) for reports and benchmarks; no global state."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterable
+
+import numpy as np
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self._t: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self._t[stage] = self._t.get(stage, 0.0) + float(seconds)
+
+    def summary(self) -> dict[str, float]:
+        d = dict(self._t)
+        d["total"] = sum(v for k, v in self._t.items() if not k.startswith("search_"))
+        return d
+
+
+def percentiles(samples: Iterable[float], qs=(50, 90, 99)) -> dict[str, float]:
+    a = np.asarray(list(samples), dtype=np.float64)
+    if a.size == 0:
+        return {f"p{q}": float("nan") for q in qs}
+    return {f"p{q}": float(np.percentile(a, q)) for q in qs}
