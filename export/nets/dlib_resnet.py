@@ -12,8 +12,8 @@ Input/output contract (the choice made for beautyrt's bundle):
   never normalise; the bundle manifest records "RGB, 0..255, no normalisation".
 * output ``embedding``: float32 (N, 128), NOT L2-normalised by default, exactly dlib's descriptor. dlib
   compares Euclidean distances with threshold 0.6 (``DLIB_DISTANCE_THRESHOLD``). Pass ``l2_normalize=True`` to
-  get unit vectors (cosine similarity = dot product); dlib's descriptors already have norm close to 1, so the
-  two differ little, but the 0.6 threshold is defined on the raw ones.
+  get unit vectors (cosine similarity = dot product). Raw descriptors are NOT unit length (norms ~1.3-1.5
+  measured on MEBeauty face chips), and the 0.6 threshold is defined on the raw ones.
 
 The non-obvious part is ``add_prev``: dlib adds two tensors of different shapes by zero-padding both to the
 element-wise maximum (channels, rows, cols), aligned at channel 0 / top-left. The downsampling shortcuts add

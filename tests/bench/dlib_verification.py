@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -52,8 +52,6 @@ def select_photos(n: int) -> list:
 
 def load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as im:
-        from PIL import ImageOps
-
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
@@ -167,7 +165,7 @@ def main(argv=None) -> int:
         # (b) our 5-point template vs dlib's own 5-point chip
         tmpl_dlib = (CHIP_PADDING + _DLIB_5PT_UNIT) / (1 + 2 * CHIP_PADDING) * CHIP_SIZE
         corners = np.array([[0, 0], [149, 0], [0, 149], [149, 149]], float)
-        disp, ours_tmpl_desc = [], []
+        disp, mapped = [], []
         for i in ok:
             img = load_rgb(paths[i])
             p5 = mtcnn_points_from_68(ref["pts68"][i])
@@ -177,6 +175,7 @@ def main(argv=None) -> int:
             in_img = corners @ inv[:, :2].T + inv[:, 2]
             back = in_img @ m_dlib[:, :2].T + m_dlib[:, 2]
             disp.append(np.linalg.norm(back - corners, axis=1).mean())
+            mapped.append(p5 @ m_dlib[:, :2].T + m_dlib[:, 2])  # our 5 points inside dlib's own chip
             chip = extract_face_chip(img, p5)
             chips.append(chip)
             names.append(paths[i].name)
@@ -186,6 +185,13 @@ def main(argv=None) -> int:
         print(f"(b) template chip vs dlib.get_face_chip: corner displacement mean {disp.mean():.2f} px "
               f"(median {np.median(disp):.2f}, max {disp.max():.2f}) of 150; descriptor distance ours-chip vs "
               f"dlib-chip mean {e.mean():.4f} max {e.max():.4f} (Euclidean; same-person threshold 0.6)")
+        mapped = np.array(mapped)
+        dev = np.linalg.norm(mapped.mean(0) - DLIB_CHIP_TEMPLATE_5PT, axis=1)
+        print("    our 5 points inside dlib's chip, mean over faces (x, y) vs DLIB_CHIP_TEMPLATE_5PT: "
+              + "; ".join(f"{m[0]:.1f},{m[1]:.1f} vs {t[0]:.1f},{t[1]:.1f}"
+                          for m, t in zip(mapped.mean(0), DLIB_CHIP_TEMPLATE_5PT))
+              + f"; max deviation {dev.max():.2f} px; per-face spread (std) "
+              + ", ".join(f"{v:.1f}" for v in np.linalg.norm(mapped.std(0), axis=1)) + " px")
     else:
         print("face finding: NO detector available -> centre crops (upper-middle 60 % square of each photo)")
         for p in paths[:args.n]:
