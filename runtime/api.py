@@ -19,7 +19,7 @@ from typing import Optional
 from beautyrt.engines.errors import BeautyrtError, MissingDependencyError
 
 from .errors import OutputError
-from .imageio import atomic_write_bytes, check_writable, encode_image, output_format
+from .imageio import atomic_write_bytes, check_writable, encode_image, load_image, output_format
 from .objective import ObjectiveWeights
 from .pipeline import Beautifier, Progress, Result, Settings
 
@@ -74,8 +74,10 @@ def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, set
     check_writable(out)
     if report_path is not None and not Path(report_path).resolve().parent.is_dir():
         raise OutputError(f"{report_path}: directory {Path(report_path).parent} does not exist")
+    settings = (settings or Settings()).validate()
+    rgb = load_image(image)  # cheap checks first: a bad photo is refused before the bundle is loaded
     with Beautifier(bundle, device=device, threads=threads) as b:
-        result = b.optimize(image, settings, aligned=aligned, progress=progress)
+        result = b.optimize(rgb, settings, aligned=aligned, progress=progress)
     text, xmp = provenance(result)
     data = encode_image(result.image, fmt, quality, text, xmp)
     rep = result.report()

@@ -31,7 +31,7 @@ from beautyrt.engines.errors import BundleSchemaError
 
 from .errors import NoFaceError, UsageError
 from .imageio import ImageLike, load_image
-from .objective import LatentSpace, ObjectiveWeights, cosine_to, objective
+from .objective import SPACES, LatentSpace, ObjectiveWeights, cosine_to, objective
 from .search import CMAStrategy
 from .timing import StageTimer
 
@@ -64,6 +64,8 @@ class Settings:
             raise UsageError(f"popsize must be in 2..1024, got {self.popsize}")
         if not 0 < self.sigma0 <= 10:
             raise UsageError(f"sigma0 must be in (0, 10], got {self.sigma0}")
+        if self.space not in SPACES:
+            raise UsageError(f"unknown search space {self.space!r}; choose one of {', '.join(SPACES)}")
         if self.output_mode not in OUTPUT_MODES:
             raise UsageError(f"output mode must be one of {', '.join(OUTPUT_MODES)}, got {self.output_mode!r}")
         if self.face is not None and self.face < 0:
@@ -175,7 +177,7 @@ class Beautifier:
             self.engines.update(zip(DETECTOR_ROLES, nets))
             self._detector_norm = self.manifest.model("detector_pnet").normalisation
         self.load_seconds = time.perf_counter() - t0
-        log.info("bundle %s loaded in %.2fs (%s)", self.manifest.root, self.load_seconds,
+        log.debug("bundle %s loaded in %.2fs (%s)", self.manifest.root, self.load_seconds,
                  ", ".join(f"{k}: {getattr(e, 'providers', ['?'])[0]}" for k, e in self.engines.items()))
 
     @property

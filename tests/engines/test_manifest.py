@@ -1,0 +1,114 @@
+"""Bundle validation happens before any model is loaded, and every refusal is a clear typed error."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from beautyrt.engines import load_manifest, open_engine
+from beautyrt.engines.errors import (BundleIntegrityError, BundleNotFoundError, BundleSchemaError, BundleVersionError,
+                                     EngineInputError)
+
+
+@pytest.fixture()
+def bundle_copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def _edit_manifest(d, fn):
+    p = d / "manifest.json"
+    m = json.loads(p.read_text())
+    fn(m)
+    p.write_text(json.dumps(m))
+
+
+def test_valid_bundle_loads(tiny_bundle):
+    m = load_manifest(tiny_bundle)
+    assert {"encoder", "scorer", "synthesis", "beauty", "identity", "mapping"} <= set(m.models)
+    assert len(m.bundle_hash) == 64
+    for role, entry in m.models.items():
+        par = entry.extra["parity"]
+        assert par["max_rel"] <= par["tolerance"], role
+
+
+def test_tampered_file_refused(bundle_copy):
+    p = bundle_copy / "scorer.onnx"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match="scorer.onnx.*sha256.*beautyrt export"):
+        load_manifest(bundle_copy)
+
+
+def test_truncated_onnx_refused(bundle_copy):
+    p = bundle_copy / "encoder.onnx"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(BundleIntegrityError):
+        load_manifest(bundle_copy)
+    # and if the hash is updated to match, onnxruntime's refusal is still a typed error
+    from beautyrt.engines.manifest import sha256_file
+    _edit_manifest(bundle_copy, lambda m: m["models"]["encoder"].update(sha256=sha256_file(p)))
+    m = load_manifest(bundle_copy)
+    with pytest.raises(BundleIntegrityError, match="onnxruntime cannot load"):
+        open_engine(m, "encoder")
+
+
+def test_missing_file_refused(bundle_copy):
+    (bundle_copy / "synthesis.onnx").unlink()
+    with pytest.raises(BundleNotFoundError, match="synthesis.onnx"):
+        load_manifest(bundle_copy)
+
+
+def test_missing_bundle_and_manifest(tmp_path):
+    with pytest.raises(BundleNotFoundError, match="beautyrt export"):
+        load_manifest(tmp_path / "nope")
+    with pytest.raises(BundleNotFoundError, match="not a beautyrt bundle"):
+        load_manifest(tmp_path)
+
+
+def test_newer_format_refused(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m.update(format_version=99, beautyrt_version="9.0"))
+    with pytest.raises(BundleVersionError, match="newer beautyrt"):
+        load_manifest(bundle_copy)
+
+
+def test_bad_json_and_schema(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleSchemaError):
+        load_manifest(bundle_copy)
+    (bundle_copy / "manifest.json").write_text(json.dumps({"format": "beautyrt-bundle", "format_version": 1}))
+    with pytest.raises(BundleSchemaError, match="generator"):
+        load_manifest(bundle_copy)
+
+
+def test_path_escape_refused(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["models"]["scorer"].update(file="../scorer.onnx"))
+    with pytest.raises(BundleSchemaError):
+        load_manifest(bundle_copy)
+
+
+def test_engine_checks_feeds(tiny_bundle):
+    m = load_manifest(tiny_bundle)
+    e = open_engine(m, "scorer", device="cpu")
+    g = m.generator
+    ok = np.zeros((3, g["num_ws"], g["w_dim"]), np.float32)
+    out = e.run({"ws": ok})
+    assert out["score"].shape == (3,) and out["embedding"].shape[0] == 3
+    with pytest.raises(EngineInputError, match="dim 1"):
+        e.run({"ws": np.zeros((3, g["num_ws"] + 1, g["w_dim"]), np.float32)})
+    with pytest.raises(EngineInputError, match="float32"):
+        e.run({"ws": ok.astype(np.float64)})
+    with pytest.raises(EngineInputError, match="expected inputs"):
+        e.run({"latent": ok})
+
+
+def test_wrong_role_shapes_refused(bundle_copy):
+    # the manifest claims a different input name than the ONNX file has
+    _edit_manifest(bundle_copy, lambda m: m["models"]["scorer"]["inputs"][0].update(name="latents"))
+    m = load_manifest(bundle_copy)
+    with pytest.raises(BundleIntegrityError, match="differ from the manifest"):
+        open_engine(m, "scorer")
