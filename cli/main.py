@@ -109,14 +109,16 @@ def optimize(
     seed: int = typer.Option(0, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."),
     space: str = typer.Option("w", "--space", help="Search space: w | groups | wplus."),
     sigma: float = typer.Option(0.5, "--sigma", help="Initial step in units of W's std."),
-    identity_floor: float = typer.Option(0.6, "--identity-floor", help="Hard floor on identity cosine to the start."),
-    identity_target: float = typer.Option(0.8, "--identity-target", help="Soft penalty below this cosine."),
-    identity_weight: float = typer.Option(5.0, "--identity-weight", help="Penalty per unit of cosine below the target."),
-    latent_weight: float = typer.Option(0.1, "--latent-weight", help="Penalty per unit of mean squared step."),
+    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help="Hard floor on identity cosine to the start (default: the bundle's, else 0.6)."),
+    identity_target: Optional[float] = typer.Option(None, "--identity-target", help="Soft penalty below this cosine (default: the bundle's, else 0.8)."),
+    identity_weight: Optional[float] = typer.Option(None, "--identity-weight", help="Penalty per unit of cosine below the target (default 5.0)."),
+    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help="Penalty per unit of mean squared step (default 0.1)."),
     aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
     mode: str = typer.Option("transfer", "--mode", help="transfer: apply the edit to the photo; generated: paste the generated face."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
+    side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality 1..100."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime providers)."),
@@ -135,6 +137,7 @@ def optimize(
     prog = _Progress("search", enabled=not (quiet or as_json))
     rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,
                             report_path=report, quality=quality, device=device, threads=threads,
+                            side_by_side_path=side_by_side, plot_path=plot,
                             progress=lambda g, n, best: prog(g, n, f"best {best:.3f}"))
     if as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")
@@ -147,8 +150,20 @@ def optimize(
 @_guarded
 def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory to write. Default: the default bundle location."),
-    preset: str = typer.Option("tiny", "--preset", help="tiny | stylegan2-256 | stylegan2-1024 (random weights)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny | stylegan2-256 | stylegan2-1024 (random weights). Default tiny without checkpoints; with checkpoints it only fills the parts not given."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random-weight presets."),
+    stylegan: Optional[Path] = typer.Option(None, "--stylegan", help="Generator: stylegan2-ada-pytorch .pkl (G_ema) or rosinality .pt (g_ema)."),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="Encoder: pSp / e4e checkpoint (its decoder is the generator if --stylegan is absent)."),
+    identity: Optional[Path] = typer.Option(None, "--identity", help="Identity: model_ir_se50.pth, or an ONNX embedder with --identity-spec."),
+    beauty: Optional[Path] = typer.Option(None, "--beauty", help="Beauty: beautyrt's trainer output, or an ONNX regressor with --beauty-spec."),
+    identity_spec: Optional[str] = typer.Option(None, "--identity-spec", help="Input spec of an ONNX identity model: JSON/TOML file or size=112,color=RGB,mean=0.5,std=0.5."),
+    beauty_spec: Optional[str] = typer.Option(None, "--beauty-spec", help="Input spec of an ONNX beauty model (as --identity-spec)."),
+    identity_crop: str = typer.Option("psp", "--identity-crop", help="IR-SE50 input: psp (crop/pool a 256 px aligned face as pSp's ID loss) | none (112 px)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (.plan) for this GPU (needs pip install 'beautyrt[trt]')."),
+    fp16: bool = typer.Option(False, "--fp16", help="TensorRT: allow fp16 kernels."),
+    trt_popsize: int = typer.Option(16, "--trt-popsize", help="TensorRT: the scorer's static batch (the search population)."),
+    trt_max_batch: int = typer.Option(8, "--trt-max-batch", help="TensorRT: max batch of the dynamic profiles of the other models."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (default ~/.cache/beautyrt/trt-timing.cache)."),
     detector: bool = typer.Option(True, "--detector/--no-detector", help="Include the MTCNN face detector (needs the facenet-pytorch wheel, fetched by pip)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
@@ -158,11 +173,26 @@ def export_cmd(
     from beautyrt.runtime.api import require_export_extra
 
     require_export_extra()
-    from beautyrt.export.api import export_preset
+    if trt:
+        from beautyrt.export.trt_build import require_tensorrt
+
+        require_tensorrt()  # fail before minutes of ONNX export
+    from beautyrt.export.api import export_checkpoints, export_preset
 
     prog = _Progress("export")
-    path = export_preset(preset, out or default_bundle(), seed=seed, overwrite=force, detector=detector,
-                         progress=lambda msg, i, n: prog(i, n, msg))
+    progress = lambda msg, i, n: prog(i, n, msg)  # noqa: E731
+    if any(p is not None for p in (stylegan, encoder, identity, beauty)):
+        path = export_checkpoints(out or default_bundle(), overwrite=force, detector=detector, progress=progress,
+                                  stylegan=stylegan, encoder=encoder, identity=identity, beauty=beauty, preset=preset,
+                                  seed=seed, identity_spec=identity_spec, beauty_spec=beauty_spec,
+                                  identity_crop=None if identity_crop == "none" else identity_crop)
+    else:
+        path = export_preset(preset or "tiny", out or default_bundle(), seed=seed, overwrite=force, detector=detector,
+                             progress=progress)
+    if trt:
+        from beautyrt.export.trt_build import build_engines
+
+        build_engines(path, fp16=fp16, scorer_batch=trt_popsize, max_batch=trt_max_batch, timing_cache=timing_cache)
     typer.echo(f"bundle written: {path}", err=True)
 
 
@@ -177,9 +207,19 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
+    vs_torch: bool = typer.Option(False, "--vs-torch", help="Also run the plain PyTorch eager reference (source "
+                                  "checkout + export extra) alternately and report `speedup` = torch / beautyrt."),
+    image: Optional[Path] = typer.Option(None, "--image", help="With --vs-torch: photo to detect/align/paste "
+                                         "(default: an aligned crop rendered by the bundle)."),
 ):
     """Per-stage latency (p50/p90/p99) and candidates/s of the search loop on a bundle."""
     _setup_logging(verbose, as_json)
+    if vs_torch:
+        vs = _load_vs_torch()
+        res = vs.run_vs_torch(_bundle_arg(bundle), image=image, popsize=popsize, generations=generations,
+                              repeats=repeats, threads=threads, device=device if device != "auto" else "cpu")
+        sys.stdout.write(json.dumps(res, indent=1) + "\n") if as_json else typer.echo(vs.format_vs(res))
+        return
     from beautyrt.runtime.bench import format_table, run_bench
 
     res = run_bench(_bundle_arg(bundle), popsize=popsize, generations=generations, repeats=repeats,
@@ -188,6 +228,22 @@ def bench(
         sys.stdout.write(json.dumps(res, indent=1) + "\n")
     else:
         typer.echo(format_table(res))
+
+
+def _load_vs_torch():
+    """tests/bench/vs_torch.py of a source checkout, imported only for --vs-torch (it imports torch)."""
+    import importlib.util
+
+    from beautyrt.engines.errors import MissingDependencyError
+
+    script = Path(__file__).resolve().parents[1] / "tests" / "bench" / "vs_torch.py"
+    if not script.is_file() or importlib.util.find_spec("torch") is None:
+        raise MissingDependencyError("--vs-torch needs a source checkout (tests/bench/vs_torch.py) and the export "
+                                     "extra (torch): pip install -e '.[export]'")
+    spec = importlib.util.spec_from_file_location("beautyrt_bench_vs_torch", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @app.command()

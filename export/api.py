@@ -36,3 +36,129 @@ def export_preset(preset: str, out: str | Path, *, seed: int = 0, overwrite: boo
     if detector:
         add_detector(ms, cache_dir)
     return write_bundle(ms, out, overwrite=overwrite, progress=progress)
+
+
+def _file_record(ck) -> dict:
+    from beautyrt.engines.manifest import sha256_file
+
+    p = Path(ck.path)
+    return {"kind": ck.kind, "file": p.name, "sha256": sha256_file(p), **{k: v for k, v in ck.info.items() if k != "format"},
+            "format": ck.info.get("format", ck.kind)}
+
+
+def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Optional[str | Path] = None,
+                           identity: Optional[str | Path] = None, beauty: Optional[str | Path] = None,
+                           preset: Optional[str] = None, seed: int = 0, identity_spec=None, beauty_spec=None,
+                           identity_crop: Optional[str] = "psp", score_resolution: Optional[int] = None) -> ModelSet:
+    """Users' checkpoints -> a ModelSet (what ``write_bundle`` exports).
+
+    Every role comes from a checkpoint; a missing one falls back to ``preset``'s random-weight network of
+    a matching size only when ``preset`` is given, otherwise CheckpointError names the missing option.
+    External ONNX identity/beauty models are copied into the bundle as-is for their own role; the fused
+    scorer is built from torch modules only, so it then needs ``preset``'s torch stand-in (logged).
+    """
+    import numpy as np
+    import torch
+
+    from .errors import CheckpointError
+    from .loaders import load_checkpoint
+    from .nets.encoder import Encoder
+    from .presets import HALF, get_preset
+
+    pre = get_preset(preset) if preset else None
+    fallback: Optional[ModelSet] = None
+
+    def fb(role: str) -> ModelSet:
+        nonlocal fallback
+        if pre is None:
+            opt = {"generator": "--stylegan", "encoder": "--encoder", "identity": "--identity", "beauty": "--beauty"}[role]
+            raise CheckpointError(f"no {role} model: pass {opt} PATH, or --preset NAME to use that preset's "
+                                  f"random-weight {role} (for tests/benchmarks only)")
+        if fallback is None:
+            fallback = build_preset(pre, seed=seed)
+        log.warning("%s: using preset %r random weights (no checkpoint given)", role, pre.name)
+        return fallback
+
+    if pre is None:  # name a missing part before loading anything
+        for role, given in (("encoder", encoder), ("identity", identity), ("beauty", beauty),
+                            ("generator", stylegan or encoder)):
+            if given is None:
+                fb(role)
+    source: dict = {"kind": "checkpoints", "preset_fallback": pre.name if pre else None, "roles": {}}
+    ck_g = load_checkpoint(stylegan) if stylegan else None
+    ck_e = load_checkpoint(encoder) if encoder else None
+    ck_i = load_checkpoint(identity, input_spec=identity_spec, identity_crop=identity_crop) if identity else None
+    ck_b = load_checkpoint(beauty, input_spec=beauty_spec) if beauty else None
+    for role, ck, attr in (("generator", ck_g, "generator"), ("encoder", ck_e, "encoder")):
+        if ck is not None and getattr(ck, attr) is None:
+            raise CheckpointError(f"{ck.path}: a {ck.kind} checkpoint holds no {role}")
+    for role, ck, attr in (("identity", ck_i, "identity"), ("beauty", ck_b, "beauty")):
+        if ck is not None and getattr(ck, attr) is None and ck.external_onnx is None:
+            raise CheckpointError(f"{ck.path}: a {ck.kind} checkpoint holds no {role} model")
+
+    # generator: --stylegan, else the encoder checkpoint's decoder (pSp/e4e), else the preset
+    if ck_g is not None:
+        G, w_avg, source["roles"]["generator"] = ck_g.generator, ck_g.w_avg, _file_record(ck_g)
+    elif ck_e is not None and ck_e.generator is not None:
+        G, w_avg = ck_e.generator, ck_e.w_avg
+        source["roles"]["generator"] = {**_file_record(ck_e), "part": "decoder"}
+    else:
+        f = fb("generator")
+        G, w_avg, source["roles"]["generator"] = f.generator, f.w_avg, {"kind": "preset", "preset": pre.name}
+    if w_avg is None:
+        w_avg = G.mapping.w_avg.numpy().copy()
+    _, w_std = G.latent_stats(n=4096, seed=seed)
+
+    if ck_e is not None:
+        enc, enc_norm = ck_e.encoder, ck_e.encoder_norm
+        if (enc.num_ws, enc.w_dim) != (G.num_ws, G.w_dim):
+            raise CheckpointError(f"{ck_e.path}: encoder outputs W+ [{enc.num_ws}, {enc.w_dim}] but the generator takes "
+                                  f"[{G.num_ws}, {G.w_dim}]")
+        source["roles"]["encoder"] = _file_record(ck_e)
+    else:
+        fb("encoder")
+        torch.manual_seed(seed)
+        enc = Encoder(num_ws=G.num_ws, w_dim=G.w_dim, **pre.encoder).eval().requires_grad_(False)
+        enc.w_avg.copy_(torch.from_numpy(np.asarray(w_avg, np.float32)))
+        enc_norm = {"size": pre.encoder["resolution"], **HALF}
+        source["roles"]["encoder"] = {"kind": "preset", "preset": pre.name}
+
+    extra: dict = {}
+
+    def torch_part(role: str, ck):
+        if ck is not None and ck.external_onnx is None:
+            source["roles"][role] = _file_record(ck)
+            return getattr(ck, role), getattr(ck, f"{role}_norm")
+        if ck is not None:  # external ONNX: its own role as-is; the fused scorer needs a torch stand-in
+            ext = ck.external_onnx
+            extra[role] = lambda d, ext=ext, role=role: ext.manifest_entry(d, role)
+            source["roles"][role] = _file_record(ck)
+            if pre is None:
+                raise CheckpointError(f"{ck.path}: an external ONNX {role} model cannot be fused into the scorer yet; "
+                                      f"give a torch checkpoint, or also pass --preset NAME for a random stand-in")
+            log.warning("%s: external ONNX is stored as the '%s' role; the scorer uses preset %r random weights",
+                        ck.path, role, pre.name)
+            source["roles"][f"scorer_{role}"] = {"kind": "preset", "preset": pre.name}
+        f = fb(role)
+        if ck is None:
+            source["roles"][role] = {"kind": "preset", "preset": pre.name}
+        return getattr(f, role), getattr(f, f"{role}_norm")
+
+    ident, ident_norm = torch_part("identity", ck_i)
+    beau, beau_norm = torch_part("beauty", ck_b)
+    ms = ModelSet(generator=G, encoder=enc, beauty=beau, identity=ident, encoder_norm=enc_norm, beauty_norm=beau_norm,
+                  identity_norm=ident_norm, score_resolution=score_resolution, w_avg=np.asarray(w_avg, np.float32),
+                  w_std=w_std, crop={"method": "ffhq", "size": G.img_resolution}, source=source,
+                  parity_batches=(1, 3) if G.img_resolution <= 256 else (1, 2))
+    ms.extra_models.update(extra)
+    return ms.eval()
+
+
+def export_checkpoints(out: str | Path, *, overwrite: bool = False, detector: bool = True,
+                       cache_dir: Optional[str | Path] = None,
+                       progress: Optional[Callable[[str, int, int], None]] = None, **kw) -> Path:
+    """``beautyrt export --stylegan/--encoder/--identity/--beauty``: checkpoints -> bundle (see build_from_checkpoints)."""
+    ms = build_from_checkpoints(**kw)
+    if detector:
+        add_detector(ms, cache_dir)
+    return write_bundle(ms, out, overwrite=overwrite, progress=progress)
