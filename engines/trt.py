@@ -1,0 +1,197 @@
+"""Native TensorRT backend (extra ``trt``): one deserialised plan, one execution context, a lock.
+
+Before anything is deserialised, the plan's manifest record (``models[role]["trt"]``, written by
+``beautyrt export --trt``) is checked against this machine: the installed TensorRT version (read from
+package metadata, without importing tensorrt), the GPU name and compute capability (from the CUDA
+driver via ctypes), and the plan's sha256. A plan built elsewhere is refused with BundleVersionError
+and a rebuild hint; TensorRT would otherwise fail deep inside deserialisation or, worse, run.
+
+Device buffers are plain CUDA allocations through cuda-python (``cuda.bindings.runtime`` or the older
+``cuda.cudart``); no torch. ``run`` is serialised by a lock: one context per Engine, so create one
+Engine per worker for concurrency.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .base import Engine
+from .errors import (BundleIntegrityError, BundleSchemaError, BundleVersionError, EngineInputError, EngineRuntimeError,
+                     MissingDependencyError, ProviderError)
+from .manifest import Manifest, sha256_file
+
+log = logging.getLogger("beautyrt")
+
+TRT_EXTRA_HINT = "pip install 'beautyrt[trt]'"
+REBUILD = "rebuild the engines on this machine with `beautyrt export --trt --out DIR` (or use --backend onnxruntime)"
+
+
+def installed_tensorrt_version() -> Optional[str]:
+    """TensorRT's version from package metadata (no import), or None when it is not installed."""
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs", "tensorrt-cu12-libs"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def gpu_info(device_id: int = 0) -> Optional[dict]:
+    """{"name", "compute_capability"} of a CUDA device from the driver (ctypes), None without a driver."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            if lib.cuInit(0) != 0:
+                return None
+            dev = ctypes.c_int(0)
+            if lib.cuDeviceGet(ctypes.byref(dev), int(device_id)) != 0:
+                return None
+            buf = ctypes.create_string_buffer(256)
+            lib.cuDeviceGetName(buf, 256, dev)
+            major, minor = ctypes.c_int(0), ctypes.c_int(0)
+            lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+            lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
+            return {"name": buf.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}
+        except AttributeError:
+            return None
+    return None
+
+
+def check_plan_compat(role: str, rec: Mapping, trt_version: Optional[str], gpu: Optional[Mapping]) -> None:
+    """Refuse a plan built for another TensorRT version or GPU (BundleVersionError), before deserialising."""
+    for k in ("file", "sha256", "tensorrt", "gpu", "compute_capability"):
+        if k not in rec:
+            raise BundleSchemaError(f"manifest: models.{role}.trt lacks '{k}'; {REBUILD}")
+    if trt_version is None:
+        raise MissingDependencyError(f"the tensorrt backend needs TensorRT (not installed): {TRT_EXTRA_HINT}")
+    if str(rec["tensorrt"]) != str(trt_version):
+        raise BundleVersionError(f"{role}: TensorRT plan {rec['file']} was built with TensorRT {rec['tensorrt']}, "
+                                 f"this machine has {trt_version}; {REBUILD}")
+    if gpu is None:
+        raise ProviderError(f"{role}: no CUDA device/driver found for the TensorRT plan; use --backend onnxruntime")
+    if str(rec["compute_capability"]) != str(gpu["compute_capability"]) or str(rec["gpu"]) != str(gpu["name"]):
+        raise BundleVersionError(f"{role}: TensorRT plan {rec['file']} was built for {rec['gpu']} (sm {rec['compute_capability']}), "
+                                 f"this GPU is {gpu['name']} (sm {gpu['compute_capability']}); {REBUILD}")
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            raise MissingDependencyError(f"the tensorrt backend needs cuda-python: {TRT_EXTRA_HINT}") from None
+    return cudart
+
+
+def _check(ret, what: str):
+    err, *rest = ret if isinstance(ret, tuple) else (ret,)
+    if int(err) != 0:
+        raise EngineRuntimeError(f"CUDA {what} failed: {err}")
+    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+
+
+def open_trt_engine(manifest: Manifest, role: str, device_id: int = 0) -> "TrtEngine":
+    entry = manifest.model(role)
+    rec = entry.extra.get("trt")
+    if not isinstance(rec, Mapping):
+        raise BundleSchemaError(f"bundle {manifest.root} has no TensorRT engine for '{role}'; {REBUILD}")
+    check_plan_compat(role, rec, installed_tensorrt_version(), gpu_info(device_id))
+    path = manifest.root / str(rec["file"])
+    if not path.is_file():
+        raise BundleIntegrityError(f"bundle {manifest.root}: TensorRT plan {rec['file']} ({role}) is missing; {REBUILD}")
+    if sha256_file(path) != rec["sha256"]:
+        raise BundleIntegrityError(f"bundle {manifest.root}: {rec['file']} ({role}) does not match its sha256; {REBUILD}")
+    return TrtEngine(path.read_bytes(), entry.inputs, entry.outputs, name=role, device_id=device_id)
+
+
+class TrtEngine(Engine):
+    def __init__(self, plan: bytes, inputs, outputs, name: str, device_id: int = 0):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise MissingDependencyError(f"the tensorrt backend needs TensorRT: {TRT_EXTRA_HINT}") from None
+        self._trt, self._cudart = trt, _cudart()
+        self.name, self.inputs, self.outputs = name, tuple(inputs), tuple(outputs)
+        self._lock = threading.Lock()
+        self._bufs: dict[str, tuple[int, int]] = {}  # name -> (device ptr, bytes)
+        _check(self._cudart.cudaSetDevice(device_id), "cudaSetDevice")
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise BundleIntegrityError(f"{name}: TensorRT could not deserialise the plan; {REBUILD}")
+        self._ctx = self._engine.create_execution_context()
+        self._stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        want = {s.name for s in self.inputs} | {s.name for s in self.outputs}
+        if set(names) != want:
+            raise BundleIntegrityError(f"{name}: plan tensors {sorted(names)} differ from the manifest's {sorted(want)}; {REBUILD}")
+        self._min_batch, self.max_batch = 1, None
+        for s in self.inputs:
+            mn, _, mx = self._engine.get_tensor_profile_shape(s.name, 0)
+            self._min_batch, self.max_batch = max(self._min_batch, mn[0]), mx[0] if self.max_batch is None else min(self.max_batch, mx[0])
+        log.debug("TensorRT engine %s: batch %d..%d", name, self._min_batch, self.max_batch)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._bufs.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _check(self._cudart.cudaFree(ptr), "cudaFree")
+            ptr = int(_check(self._cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self._bufs[name] = (ptr, nbytes)
+        return ptr
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        b = next(iter(feeds.values())).shape[0]
+        if b < self._min_batch:
+            raise EngineInputError(f"engine '{self.name}': batch {b} is outside the TensorRT profile "
+                                   f"({self._min_batch}..{self.max_batch}); rebuild the engine with a matching profile "
+                                   f"(beautyrt export --trt --trt-popsize {b})")
+        trt, cu = self._trt, self._cudart
+        H2D, D2H = cu.cudaMemcpyKind.cudaMemcpyHostToDevice, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        with self._lock:
+            if self._ctx is None:
+                raise EngineRuntimeError(f"engine '{self.name}' is closed")
+            for s in self.inputs:
+                arr = np.ascontiguousarray(feeds[s.name])
+                if not self._ctx.set_input_shape(s.name, arr.shape):
+                    raise EngineInputError(f"engine '{self.name}': shape {list(arr.shape)} of '{s.name}' is outside the "
+                                           f"TensorRT profile; rebuild the engine with a larger profile")
+                ptr = self._buffer(s.name, arr.nbytes)
+                _check(cu.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, H2D, self._stream), "copy to device")
+                self._ctx.set_tensor_address(s.name, ptr)
+            outs = {}
+            for s in self.outputs:
+                shape = tuple(self._ctx.get_tensor_shape(s.name))
+                arr = np.empty(shape, dtype=trt.nptype(self._engine.get_tensor_dtype(s.name)))
+                ptr = self._buffer(s.name, max(arr.nbytes, 1))
+                self._ctx.set_tensor_address(s.name, ptr)
+                outs[s.name] = arr
+            if not self._ctx.execute_async_v3(self._stream):
+                raise EngineRuntimeError(f"engine '{self.name}': TensorRT execution failed")
+            for s in self.outputs:
+                arr = outs[s.name]
+                _check(cu.cudaMemcpyAsync(arr.ctypes.data, self._bufs[s.name][0], arr.nbytes, D2H, self._stream),
+                       "copy to host")
+            _check(cu.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return {k: v.astype(np.float32, copy=False) for k, v in outs.items()}
+
+    def close(self) -> None:
+        with self._lock:
+            for ptr, _ in self._bufs.values():
+                self._cudart.cudaFree(ptr)
+            self._bufs.clear()
+            if getattr(self, "_stream", None) is not None:
+                self._cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
+            self._ctx = self._engine = None
