@@ -1,0 +1,161 @@
+"""The optimisation of ``beautyrt optimize`` written plainly in PyTorch eager: the speed reference.
+
+This is what a researcher reproducing arXiv 2501.00811 would write: the torch modules, ``torch.no_grad``,
+pycma driven directly, the objective computed on torch tensors. It runs the SAME optimisation as the
+runtime on the SAME networks and weights: the networks are rebuilt from the bundle manifest's recorded
+source (``build_preset(preset, seed)``; the W statistics are checked against the manifest so a mismatch
+cannot go unnoticed), the scorer stops the synthesis at the manifest's ``score_resolution``, CMA-ES gets
+the same options and the same seeded ``randn`` as ``runtime.search.CMAStrategy``, and the objective is
+``runtime.objective``'s formula. Image decoding, the MTCNN cascade's numpy logic (its three nets run in
+torch here), alignment and paste-back are shared numpy code: they cost the same on both sides.
+
+Bench-only (imports torch); never imported by ``beautyrt.runtime``.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from beautyrt.export.bundle import build_preset
+from beautyrt.export.nets.scorer import Scorer
+from beautyrt.export.presets import get_preset
+from beautyrt.runtime.objective import INFEASIBLE, LatentSpace
+from beautyrt.runtime.pipeline import Settings, model_input, resize_u8
+from beautyrt.runtime.timing import StageTimer
+
+
+class _TorchNet:
+    """Engine-like adapter (``.inputs[0].name``, ``.run(feeds) -> dict``) over a torch MTCNN net."""
+
+    class _In:
+        name = "image"
+
+    def __init__(self, net: torch.nn.Module, outputs: tuple[str, ...]):
+        self.net, self.outputs, self.inputs = net, outputs, [self._In()]
+
+    def run(self, feeds: dict) -> dict:
+        with torch.no_grad():
+            outs = self.net(torch.from_numpy(np.ascontiguousarray(feeds["image"])))
+        return {k: v.numpy() for k, v in zip(self.outputs, outs)}
+
+
+class TorchReference:
+    """Rebuild the bundle's source networks in torch and run the optimisation eagerly."""
+
+    def __init__(self, bundle: str | Path, threads: Optional[int] = None):
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.root = Path(bundle).expanduser()
+        m = json.loads((self.root / "manifest.json").read_text())
+        src = m.get("source", {})
+        if src.get("kind") != "preset":
+            raise SystemExit(f"torch reference: bundle source {src} is not a preset; cannot rebuild its networks")
+        t0 = time.perf_counter()
+        ms = build_preset(get_preset(src["preset"]), seed=int(src["seed"]))
+        gen = m["generator"]
+        if not np.allclose(ms.w_avg, np.asarray(gen["w_avg"], np.float32), atol=1e-5):
+            raise SystemExit("torch reference: rebuilt w_avg differs from the manifest's; not the same weights")
+        self.G, self.encoder = ms.generator, ms.encoder
+        self.score_resolution = int(m["models"]["scorer"].get("score_resolution") or gen["resolution"])
+        self.scorer = Scorer(ms.generator.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm,
+                             self.score_resolution).eval()
+        self.resolution, self.num_ws, self.w_dim = int(gen["resolution"]), int(gen["num_ws"]), int(gen["w_dim"])
+        self.w_std = np.asarray(gen["w_std"], np.float32)
+        self.w_std_t = torch.from_numpy(self.w_std)
+        self.groups = gen["groups"]
+        self.encoder_norm = m["models"]["encoder"]["normalisation"]
+        self.detector_norm = m["models"].get("detector_pnet", {}).get("normalisation")
+        self.nets = None
+        if "detector_pnet" in m["models"]:
+            from beautyrt.export.mtcnn_weights import load_mtcnn_nets
+
+            n = load_mtcnn_nets(download=False)
+            self.nets = (_TorchNet(n["pnet"], ("reg", "prob")), _TorchNet(n["rnet"], ("reg", "prob")),
+                         _TorchNet(n["onet"], ("reg", "landmarks", "prob")))
+        self.load_seconds = time.perf_counter() - t0
+
+    @torch.no_grad()
+    def optimize(self, image, s: Settings, aligned: bool = False) -> dict:
+        import cma
+
+        from beautyrt.runtime.imageio import load_image
+        from beautyrt.runtime.pipeline import Beautifier
+
+        timer = StageTimer()
+        with timer("decode"):
+            rgb = load_image(image)
+        if aligned:
+            crop = resize_u8(rgb, self.resolution)
+        else:
+            from beautyrt.runtime.align import ffhq_alignment, warp
+            from beautyrt.runtime.detect import MTCNNDetector
+
+            with timer("detect"):
+                faces = MTCNNDetector(*self.nets, min_face=s.min_face, normalisation=self.detector_norm).detect(rgb)
+            f = faces[0 if s.face is None else s.face]
+            with timer("align"):
+                crop = warp(rgb, ffhq_alignment(f.landmarks, self.resolution).matrix, self.resolution)
+                work = max(self.resolution, s.work_size)
+                align_work = ffhq_alignment(f.landmarks, work)
+                crop_work = warp(rgb, align_work.matrix, work)
+        with timer("encode"):
+            w_start = self.encoder(torch.from_numpy(model_input(crop, self.encoder_norm)))
+        # --- the search, plainly: pycma + torch scorer + objective on tensors -------------------------
+        t_search = time.perf_counter()
+        with timer("score_start"):
+            score0, e_ref = self.scorer(w_start)
+        space = LatentSpace(s.space, self.num_ws, self.w_dim, self.w_std, self.groups)
+        rows = torch.from_numpy(space.rows)
+        rng = np.random.default_rng(s.seed)
+        opts = {"randn": lambda *shape: rng.standard_normal(shape), "seed": np.nan, "verbose": -9, "verb_log": 0,
+                "verb_disp": 0, "verb_filenameprefix": "", "CMA_diagonal": space.dim > 1024, "maxiter": s.generations,
+                "tolfun": 0, "tolfunhist": 0, "tolflatfitness": 10**9, "tolstagnation": 10**9, "popsize": s.popsize}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            es = cma.CMAEvolutionStrategy(np.zeros(space.dim), s.sigma0, opts)
+        wt = s.weights
+        best_score, best_ws, best_cos = float(score0[0]), w_start.clone(), 1.0
+        eval_t = 0.0
+        for _ in range(s.generations):
+            X = es.ask()
+            Xt = torch.tensor(np.asarray(X), dtype=torch.float32).reshape(len(X), space.n_vectors, self.w_dim)
+            ws = w_start + Xt[:, rows, :] * self.w_std_t
+            t1 = time.perf_counter()
+            score, emb = self.scorer(ws)
+            eval_t += time.perf_counter() - t1
+            score, emb = score.double(), emb.double()
+            cos = F.cosine_similarity(emb, e_ref.double(), dim=1)
+            J = score - wt.identity_weight * torch.clamp(wt.identity_target - cos, min=0.0)
+            J = J - wt.latent_weight * Xt.double().pow(2).mean(dim=(1, 2))
+            J = torch.where(cos < wt.identity_floor, J - INFEASIBLE - 100.0 * (wt.identity_floor - cos), J)
+            es.tell(X, (-J).tolist())
+            feasible = cos >= wt.identity_floor
+            if feasible.any():
+                i = int(torch.where(feasible, score, torch.full_like(score, -float("inf"))).argmax())
+                if float(score[i]) > best_score:
+                    best_score, best_ws, best_cos = float(score[i]), ws[i:i + 1].clone(), float(cos[i])
+        search_total = time.perf_counter() - t_search - timer.summary()["score_start"]
+        timer.add("search", search_total)
+        timer.add("search_eval", eval_t)
+        timer.add("search_overhead", search_total - eval_t)
+        with timer("synthesize"):
+            imgs = self.G.synthesis(torch.cat([w_start, best_ws])).numpy()
+        g_start, g_best = imgs[0], imgs[1]
+        with timer("compose"):
+            delta = (g_best - g_start).transpose(1, 2, 0) * 127.5
+            if aligned:
+                out = np.clip(np.rint(crop.astype(np.float32) + delta), 0, 255).astype(np.uint8)
+            else:
+                from beautyrt.runtime.paste import paste_back
+
+                out = paste_back(rgb, Beautifier._apply_delta(crop_work, delta, g_best), align_work)
+        return {"image": out, "w_best": best_ws.numpy()[0], "score_before": float(score0[0]),
+                "score_after": best_score, "identity": best_cos, "timings": timer.summary(),
+                "generations_run": s.generations}
