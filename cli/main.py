@@ -119,6 +119,8 @@ def optimize(
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
+    side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality 1..100."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime providers)."),
@@ -137,6 +139,7 @@ def optimize(
     prog = _Progress("search", enabled=not (quiet or as_json))
     rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,
                             report_path=report, quality=quality, device=device, threads=threads,
+                            side_by_side_path=side_by_side, plot_path=plot,
                             side_by_side_path=side_by_side, plot_path=plot,
                             progress=lambda g, n, best: prog(g, n, f"best {best:.3f}"))
     if as_json:

@@ -18,15 +18,29 @@ from typing import Optional
 
 from beautyrt.engines.errors import BeautyrtError, MissingDependencyError
 
-from .errors import OutputError
-from .imageio import atomic_write_bytes, check_writable, encode_image, load_image, output_format
+from .errors import NoFaceError, OutputError
+from .imageio import atomic_write_many, check_writable, encode_image, load_image, output_format
 from .objective import ObjectiveWeights
 from .pipeline import Beautifier, Progress, Result, Settings
 
 log = logging.getLogger("beautyrt")
 
 __all__ = ["Beautifier", "Settings", "ObjectiveWeights", "Result", "optimize_file", "provenance", "doctor_report",
-           "beautyrt_version", "require_export_extra"]
+           "beautyrt_version", "require_export_extra", "without_timings", "TIMING_KEYS"]
+
+# The only fields of a report that depend on the clock. Everything else is a function of (input, bundle,
+# settings incl. seed, backend/device) and is reproduced exactly; compare reports through without_timings().
+TIMING_KEYS = ("timings",)             # top level
+HISTORY_TIMING_KEYS = ("seconds",)     # per generation
+
+
+def without_timings(report: dict) -> dict:
+    """The report minus wall-clock measurements: what must be identical between two runs with the same
+    input, bundle, settings (seed) and backend."""
+    rep = {k: v for k, v in report.items() if k not in TIMING_KEYS}
+    if "history" in rep:
+        rep["history"] = [{k: v for k, v in h.items() if k not in HISTORY_TIMING_KEYS} for h in rep["history"]]
+    return rep
 
 
 def beautyrt_version() -> str:
@@ -65,27 +79,48 @@ def provenance(result: Result) -> tuple[dict, bytes]:
 
 def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, settings: Optional[Settings] = None,
                   aligned: bool = False, report_path: Optional[str | Path] = None, quality: int = 95,
-                  device: str = "auto", threads: Optional[int] = None, progress: Optional[Progress] = None) -> dict:
-    """Optimise one photo file and write the output image (and report) atomically; returns the report.
-
-    Output locations are checked before any work, and nothing is written unless everything succeeded.
+                  device: str = "auto", threads: Optional[int] = None, progress: Optional[Progress] = None,
+                  side_by_side_path: Optional[str | Path] = None, plot_path: Optional[str | Path] = None,
+                  beautifier: Optional[Beautifier] = None) -> dict:
+    """Optimise one photo file and write the output image (and report, before|after sheet, plot); returns the
+    report. Every output location is checked before any work, and the outputs are written all-or-nothing:
+    after a failure nothing new is left on disk (no output, no temporary file). ``beautifier``: an already
+    loaded one to use instead of loading ``bundle``.
     """
     fmt = output_format(out)
-    check_writable(out)
-    if report_path is not None and not Path(report_path).resolve().parent.is_dir():
-        raise OutputError(f"{report_path}: directory {Path(report_path).parent} does not exist")
+    targets = []
+    for p, is_image in ((out, True), (report_path, False), (side_by_side_path, True), (plot_path, True)):
+        if p is not None:
+            targets.append(check_writable(p, image=is_image))
+    if len({p.resolve() for p in targets}) != len(targets):
+        raise OutputError(f"output paths must differ: {', '.join(map(str, targets))}")
     settings = (settings or Settings()).validate()
     rgb = load_image(image)  # cheap checks first: a bad photo is refused before the bundle is loaded
-    with Beautifier(bundle, device=device, threads=threads) as b:
-        result = b.optimize(rgb, settings, aligned=aligned, progress=progress)
+    try:
+        if beautifier is not None:
+            result = beautifier.optimize(rgb, settings, aligned=aligned, progress=progress)
+        else:
+            with Beautifier(bundle, device=device, threads=threads) as b:
+                result = b.optimize(rgb, settings, aligned=aligned, progress=progress)
+    except NoFaceError as e:
+        raise NoFaceError(f"{image}: {e}") from None
     text, xmp = provenance(result)
-    data = encode_image(result.image, fmt, quality, text, xmp)
     rep = result.report()
     rep.update({"input": str(image), "output": str(out), "beautyrt_version": beautyrt_version(), "aligned_input": aligned})
-    report_bytes = (json.dumps(rep, indent=1) + "\n").encode()
-    atomic_write_bytes(out, data)
+    writes = [(out, encode_image(result.image, fmt, quality, text, xmp))]
     if report_path is not None:
-        atomic_write_bytes(report_path, report_bytes)
+        writes.append((report_path, (json.dumps(rep, indent=1) + "\n").encode()))
+    if side_by_side_path is not None or plot_path is not None:
+        from .sheet import history_plot, side_by_side
+
+        if side_by_side_path is not None:
+            sheet = side_by_side(rgb, result.image, rep)
+            writes.append((side_by_side_path, encode_image(sheet, output_format(side_by_side_path), quality, text, xmp)))
+        if plot_path is not None:
+            plot = history_plot(result.history, identity_floor=result.settings.weights.identity_floor)
+            writes.append((plot_path, encode_image(plot, output_format(plot_path), quality,
+                                                   {"Software": text["Software"]})))
+    atomic_write_many(writes)
     return rep
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -74,8 +75,12 @@ def load_image(src: ImageLike, max_pixels: int = MAX_PIXELS, name: Optional[str]
                 im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageDecodeError(f"{label}: not an image Pillow can read") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageTooLargeError(f"{label}: image dimensions are too large (decompression-bomb guard)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            # Pillow refuses in Image.open (the image object is lost): take the claimed size from its message
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            claim = f"its header claims {int(m.group(1)):,} pixels" if m else "its header claims too many pixels"
+            raise ImageTooLargeError(f"{label}: {claim}, above the limit of {max_pixels:,} pixels "
+                                     f"(decompression-bomb guard; no pixels were decoded)") from None
         except Exception as e:
             raise ImageDecodeError(f"{label}: cannot decode ({type(e).__name__}: {e})") from None
     w, h = im.size
@@ -93,7 +98,8 @@ def load_image(src: ImageLike, max_pixels: int = MAX_PIXELS, name: Optional[str]
     except ImageTooLargeError:
         raise
     except Exception as e:
-        raise ImageDecodeError(f"{label}: cannot decode ({type(e).__name__}: {str(e)[:200]})") from None
+        what = "image data is truncated" if "truncated" in str(e) else "cannot decode"
+        raise ImageDecodeError(f"{label}: {what} ({type(e).__name__}: {str(e)[:200]})") from None
     return np.ascontiguousarray(arr)
 
 
@@ -116,18 +122,65 @@ def output_format(path: str | os.PathLike) -> str:
     return FORMATS[ext]
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early (before any work) when ``path`` cannot be written."""
+def check_writable(path: str | os.PathLike, image: bool = True) -> Path:
+    """Fail early (before any work) when ``path`` cannot be written (``image``: also check the extension)."""
     p = Path(path)
-    output_format(p)
+    if image:
+        output_format(p)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
+        blocker = _file_in_the_way(parent)
+        if blocker is not None:
+            raise OutputError(f"{p}: {blocker} is a file, not a directory")
         raise OutputError(f"{p}: directory {parent} does not exist")
     if p.is_dir():
         raise OutputError(f"{p}: is a directory")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{p}: directory {parent} is not writable")
     return p
+
+
+def _file_in_the_way(parent: Path) -> Optional[Path]:
+    """The component of ``parent`` that exists but is not a directory (a file standing in the way), if any."""
+    for a in reversed((parent, *parent.parents)):
+        if a.exists() and not a.is_dir():
+            return a
+    return None
+
+
+def atomic_write_many(items: Sequence[tuple[str | os.PathLike, bytes]]) -> list[Path]:
+    """Write several outputs all-or-nothing: every file goes to a temporary file next to its target first;
+    only when all temporaries are complete are they renamed into place. On any failure (or interrupt) the
+    temporaries are removed and outputs renamed so far are deleted again, so a failed call leaves nothing."""
+    staged: list[tuple[str, Path]] = []
+    done: list[Path] = []
+    try:
+        for path, data in items:
+            p = Path(path)
+            check_writable(p, image=p.suffix.lower() in FORMATS)
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+            staged.append((tmp, p))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        for tmp, p in staged:
+            os.replace(tmp, p)
+            done.append(p)
+    except BaseException as e:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        for p in done:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            failed = staged[len(done)][1] if len(done) < len(staged) else Path(items[len(staged)][0])
+            raise OutputError(f"{failed}: cannot write ({e.strerror or e})") from None
+        raise
+    return done
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -140,12 +193,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, p)
-    except OSError as e:
+    except BaseException as e:  # also on KeyboardInterrupt: never leave the temporary behind
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
+        if isinstance(e, OSError):
+            raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
+        raise
     return p
 
 

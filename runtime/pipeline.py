@@ -152,6 +152,22 @@ def model_input(rgb: np.ndarray, norm: dict) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def check_role_shapes(manifest, num_ws: int, w_dim: int, resolution: int) -> None:
+    """Refuse (before any model is loaded) a manifest whose W+ / image specs disagree with its generator: the
+    pipeline feeds the encoder's ``ws`` to the scorer and the synthesis, and reads ``resolution`` px images."""
+    want = {("encoder", "outputs", "ws"): (num_ws, w_dim), ("scorer", "inputs", "ws"): (num_ws, w_dim),
+            ("synthesis", "inputs", "ws"): (num_ws, w_dim), ("synthesis", "outputs", "image"): (3, resolution, resolution)}
+    for (role, side, name), dims in want.items():
+        if not manifest.has(role):
+            continue  # a missing required role is the manifest loader's refusal
+        specs = {t.name: t for t in getattr(manifest.model(role), side)}
+        got = specs.get(name)
+        if got is None or tuple(got.shape[1:]) != dims:
+            shape = list(got.shape) if got is not None else "absent"
+            raise BundleSchemaError(f"manifest: {role} {side[:-1]} '{name}' has shape {shape} but the generator's is "
+                                    f"[batch, {', '.join(map(str, dims))}]; rebuild it with `beautyrt export --out DIR`")
+
+
 class Beautifier:
     """Load a bundle once; call :meth:`optimize` on photos (from any number of threads)."""
 
@@ -164,6 +180,7 @@ class Beautifier:
         self.w_avg = np.asarray(gen["w_avg"], np.float32)
         self.w_std = np.asarray(gen["w_std"], np.float32)
         self.groups = gen["groups"]
+        check_role_shapes(self.manifest, self.num_ws, self.w_dim, self.resolution)
         kw = dict(backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir)
         self.engines = {role: open_engine(self.manifest, role, **kw) for role in ("encoder", "scorer", "synthesis")}
         self.encoder_norm = self.manifest.model("encoder").normalisation
