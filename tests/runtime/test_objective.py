@@ -60,3 +60,11 @@ def test_weights_validation():
         ObjectiveWeights(identity_floor=2.0).validate()
     with pytest.raises(UsageError):
         ObjectiveWeights(identity_weight=-1).validate()
+
+
+def test_unset_weights_take_bundle_defaults_then_builtin():
+    w = ObjectiveWeights(identity_weight=2.0).resolved({"identity_floor": 0.9, "identity_target": 0.95})
+    assert (w.identity_floor, w.identity_target, w.identity_weight, w.latent_weight) == (0.9, 0.95, 2.0, 0.1)
+    w = ObjectiveWeights(identity_floor=0.5).resolved({"identity_floor": 0.9})
+    assert w.identity_floor == 0.5
+    assert ObjectiveWeights().resolved(None).identity_floor == 0.6
