@@ -265,6 +265,36 @@ def doctor(
         raise typer.Exit(rep["bundle"].get("exit_code", 10))
 
 
+@app.command()
+@_guarded
+def audit(
+    images: Path = typer.Option(..., "--images", help="Labelled folder: each sub-directory (e.g. <gender>/<ethnicity>/) is a group."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle directory (default location if omitted)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N photos per group (first N in sorted order)."),
+    generations: int = typer.Option(10, "--generations", "-g"),
+    popsize: int = typer.Option(8, "--popsize", "-p"),
+    seed: int = typer.Option(0, "--seed"),
+    aligned: bool = typer.Option(False, "--aligned", help="The photos are aligned square face crops."),
+    device: str = typer.Option("auto", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result (groups, overall, every photo) as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+):
+    """Per-group audit: count, mean/median gain, identity, failures by type and time per photo for each group."""
+    _setup_logging(False, quiet or as_json)
+    from beautyrt.runtime.api import Settings
+    from beautyrt.runtime.audit import format_table, run_audit
+
+    prog = _Progress("audit", enabled=not (quiet or as_json))
+    res = run_audit(images, _bundle_arg(bundle), settings=Settings(generations=generations, popsize=popsize, seed=seed),
+                    limit=limit, aligned=aligned, device=device, threads=threads,
+                    progress=lambda i, n, g: prog(i, n, g))
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=1) + "\n")
+    else:
+        typer.echo(format_table(res))
+
+
 def main() -> None:
     app(prog_name="beautyrt")
 
