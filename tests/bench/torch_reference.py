@@ -27,6 +27,7 @@ from beautyrt.export.bundle import build_preset
 from beautyrt.export.nets.scorer import Scorer
 from beautyrt.export.presets import get_preset
 from beautyrt.runtime.objective import INFEASIBLE, LatentSpace
+from beautyrt.runtime.search import DIAGONAL_ABOVE
 from beautyrt.runtime.pipeline import Settings, model_input, resize_u8
 from beautyrt.runtime.timing import StageTimer
 
@@ -79,6 +80,7 @@ class TorchReference:
             n = load_mtcnn_nets(download=False)
             self.nets = (_TorchNet(n["pnet"], ("reg", "prob")), _TorchNet(n["rnet"], ("reg", "prob")),
                          _TorchNet(n["onet"], ("reg", "landmarks", "prob")))
+        self.objective_defaults = m.get("objective_defaults")
         self.load_seconds = time.perf_counter() - t0
 
     @torch.no_grad()
@@ -115,12 +117,12 @@ class TorchReference:
         rows = torch.from_numpy(space.rows)
         rng = np.random.default_rng(s.seed)
         opts = {"randn": lambda *shape: rng.standard_normal(shape), "seed": np.nan, "verbose": -9, "verb_log": 0,
-                "verb_disp": 0, "verb_filenameprefix": "", "CMA_diagonal": space.dim > 1024, "maxiter": s.generations,
+                "verb_disp": 0, "verb_filenameprefix": "", "CMA_diagonal": space.dim > DIAGONAL_ABOVE, "maxiter": s.generations,
                 "tolfun": 0, "tolfunhist": 0, "tolflatfitness": 10**9, "tolstagnation": 10**9, "popsize": s.popsize}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             es = cma.CMAEvolutionStrategy(np.zeros(space.dim), s.sigma0, opts)
-        wt = s.weights
+        wt = s.weights.resolved(self.objective_defaults)  # as Beautifier.resolve: unset weights from the bundle
         best_score, best_ws, best_cos = float(score0[0]), w_start.clone(), 1.0
         eval_t = 0.0
         for _ in range(s.generations):
