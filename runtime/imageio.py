@@ -148,6 +148,32 @@ def _file_in_the_way(parent: Path) -> Optional[Path]:
     return None
 
 
+def _file_mode(target: Path) -> int:
+    """Permissions for a new output: the replaced file's, else 0o666 minus the umask (as open() would give).
+    mkstemp alone would leave every output readable by its owner only (0o600)."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        pass
+    try:  # read the umask without os.umask(), which changes process state and races with other threads
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def _mkstemp_for(p: Path) -> tuple[int, str]:
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    try:
+        os.chmod(tmp, _file_mode(p))
+    except OSError:
+        pass
+    return fd, tmp
+
+
 def atomic_write_many(items: Sequence[tuple[str | os.PathLike, bytes]]) -> list[Path]:
     """Write several outputs all-or-nothing: every file goes to a temporary file next to its target first;
     only when all temporaries are complete are they renamed into place. On any failure (or interrupt) the
@@ -158,7 +184,7 @@ def atomic_write_many(items: Sequence[tuple[str | os.PathLike, bytes]]) -> list[
         for path, data in items:
             p = Path(path)
             check_writable(p, image=p.suffix.lower() in FORMATS)
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+            fd, tmp = _mkstemp_for(p)
             staged.append((tmp, p))
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -188,7 +214,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{p}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+    fd, tmp = _mkstemp_for(p)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -103,7 +103,8 @@ def history_plot(history: Sequence[Mapping], identity_floor: Optional[float] = N
     _panel(d, (left, y2, width - right, y2 + ph), gens,
            [("identity of best", [h["best_identity"] for h in history], IDENTITY_COLOURS[0]),
             ("generation mean", [h["gen_mean_identity"] for h in history], IDENTITY_COLOURS[1])],
-           "identity (cosine to the start)" + ("  - floor" if identity_floor is not None else ""), font,
+           "identity (cosine to the start)" + (f"; orange line: floor {identity_floor:g}"
+                                               if identity_floor is not None else ""), font,
            hline=identity_floor)
     d.text(((left + width - right) // 2, height - 8), f"generation ({gens[0]}..{gens[-1]})", fill=INK, font=font,
            anchor="md")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -53,6 +54,10 @@ def _xmp(im: Image.Image) -> bytes:
 @pytest.mark.parametrize("ext", [".jpg", ".png", ".webp"])
 def test_output_carries_provenance(outputs, ext):
     d, reps = outputs
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (f"out{ext}", f"sbs{ext}", f"rep{ext}.json"):  # like open(): not mkstemp's owner-only 0o600
+        assert (d / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
     im = Image.open(d / f"out{ext}")
     xmp = _xmp(im)
     assert DST in xmp and b"AI-edited by beautyrt" in xmp
