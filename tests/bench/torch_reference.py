@@ -50,7 +50,9 @@ class _TorchNet:
 class TorchReference:
     """Rebuild the bundle's source networks in torch and run the optimisation eagerly."""
 
-    def __init__(self, bundle: str | Path, threads: Optional[int] = None):
+    def __init__(self, bundle: str | Path, threads: Optional[int] = None, score_resolution: Optional[int] = None):
+        """``score_resolution`` overrides the manifest's (e.g. the generator's full resolution, as a plain
+        reproduction of the paper would score)."""
         if threads:
             torch.set_num_threads(int(threads))
         self.root = Path(bundle).expanduser()
@@ -64,7 +66,8 @@ class TorchReference:
         if not np.allclose(ms.w_avg, np.asarray(gen["w_avg"], np.float32), atol=1e-5):
             raise SystemExit("torch reference: rebuilt w_avg differs from the manifest's; not the same weights")
         self.G, self.encoder = ms.generator, ms.encoder
-        self.score_resolution = int(m["models"]["scorer"].get("score_resolution") or gen["resolution"])
+        self.score_resolution = int(score_resolution or m["models"]["scorer"].get("score_resolution")
+                                    or gen["resolution"])
         self.scorer = Scorer(ms.generator.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm,
                              self.score_resolution).eval()
         self.resolution, self.num_ws, self.w_dim = int(gen["resolution"]), int(gen["num_ws"]), int(gen["w_dim"])

@@ -44,12 +44,13 @@ def _load_avg() -> Optional[list[float]]:
 
 
 def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, popsize: int = 16, generations: int = 10,
-                 repeats: int = 3, threads: Optional[int] = None, space: str = "w", device: str = "cpu") -> dict:
+                 repeats: int = 3, threads: Optional[int] = None, space: str = "w", device: str = "cpu",
+                 torch_score_resolution: Optional[int] = None) -> dict:
     import torch
 
     load_before = _load_avg()
     b = Beautifier(bundle, device=device, threads=threads)
-    ref = TorchReference(bundle, threads=threads)
+    ref = TorchReference(bundle, threads=threads, score_resolution=torch_score_resolution)
     try:
         aligned = image is None or not b.has_detector
         if aligned:
@@ -92,7 +93,7 @@ def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, pops
         return {
             "bundle": str(b.manifest.root), "source": b.manifest.data.get("source"),
             "resolution": b.resolution, "score_resolution": b.manifest.generator.get("score_resolution"),
-            "input": "generated aligned crop" if aligned else str(image),
+            "torch_score_resolution": ref.score_resolution, "input": "generated aligned crop" if aligned else str(image),
             "providers": b.engines["scorer"].providers, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "ort_threads": threads or os.cpu_count(),
             "machine": {"cpus": os.cpu_count(), "platform": f"{platform.system()} {platform.machine()}",
@@ -112,7 +113,8 @@ def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, pops
 
 def format_vs(res: dict) -> str:
     m = res["stages_median_s"]
-    lines = [f"{res['bundle']} ({res['resolution']} px, scored at {res['score_resolution']} px), input: {res['input']}",
+    lines = [f"{res['bundle']} ({res['resolution']} px, scored at {res['score_resolution']} px; torch at "
+             f"{res.get('torch_score_resolution')} px), input: {res['input']}",
              f"λ={res['popsize']}, {res['generations']} gens x {res['repeats']} repeats (alternating), "
              f"{res['machine']['cpus']} cpus, load {res['machine']['loadavg_before']} -> {res['machine']['loadavg_after']}",
              f"{'stage (median)':<22}{'beautyrt ms':>12}{'torch ms':>12}{'speed-up':>10}"]
@@ -138,10 +140,11 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--space", default="w")
+    ap.add_argument("--torch-score-resolution", type=int, help="score at this resolution on the torch side")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     res = run_vs_torch(a.bundle, image=a.image, popsize=a.popsize, generations=a.generations, repeats=a.repeats,
-                       threads=a.threads, space=a.space)
+                       threads=a.threads, space=a.space, torch_score_resolution=a.torch_score_resolution)
     print(json.dumps(res, indent=1) if a.json else format_vs(res))
 
 
