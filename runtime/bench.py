@@ -23,7 +23,9 @@ log = logging.getLogger("beautyrt")
 
 
 def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, repeats: int = 3,
-              device: str = "auto", threads: Optional[int] = None, space: str = "w") -> dict:
+              device: str = "auto", threads: Optional[int] = None, space: str = "w",
+              batch_sizes: tuple[int, ...] = (1, 4, 16)) -> dict:
+    load_before = _loadavg()
     with Beautifier(bundle, device=device, threads=threads) as b:
         w_avg = np.broadcast_to(b.w_avg, (1, b.num_ws, b.w_dim)).astype(np.float32)
         crop = to_uint8(b.engines["synthesis"].run({"ws": w_avg})["image"][0])
@@ -42,7 +44,7 @@ def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, r
         # batching efficiency of the scorer: per-candidate time at batch 1 vs batch popsize
         scorer = b.engines["scorer"]
         per_cand = {}
-        for lam in sorted({1, popsize}):
+        for lam in sorted({1, popsize, *batch_sizes}):
             ws = np.repeat(w_avg, lam, axis=0)
             scorer.run({"ws": ws})
             ts = []
@@ -57,7 +59,8 @@ def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, r
             "resolution": b.resolution, "score_resolution": b.manifest.generator.get("score_resolution"),
             "providers": getattr(b.engines["scorer"], "providers", None),
             "machine": {"cpus": os.cpu_count(), "platform": f"{platform.system()} {platform.machine()}",
-                        "processor": platform.processor()},
+                        "processor": platform.processor(), "loadavg_before": load_before,
+                        "loadavg_after": _loadavg()},
             "popsize": popsize, "generations": generations, "repeats": repeats, "space": space,
             "stages": {
                 "generation": percentiles(gen_s),
@@ -69,8 +72,17 @@ def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, r
             "search_overhead_fraction": float(np.median(over_s) / np.median(gen_s)),
             "per_candidate_s": {str(k): v for k, v in per_cand.items()},
             "batching_speedup": per_cand[1] / per_cand[popsize] if popsize != 1 else 1.0,
+            "batching_speedup_by_lambda": {str(k): per_cand[1] / v for k, v in per_cand.items()},
         }
     return res
+
+
+def _loadavg() -> Optional[list[float]]:
+    """1/5/15-minute load averages (where the OS has them): the numbers are only comparable at equal load."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def format_table(res: dict) -> str:
@@ -81,5 +93,7 @@ def format_table(res: dict) -> str:
         lines.append(f"{k:<18}{v['p50'] * 1e3:>10.2f}{v['p90'] * 1e3:>10.2f}{v['p99'] * 1e3:>10.2f}")
     lines.append(f"candidates/s: {res['candidates_per_s']:.2f}")
     lines.append(f"search overhead: {100 * res['search_overhead_fraction']:.1f}% of a generation")
-    lines.append(f"scorer batching: {res['batching_speedup']:.2f}x per-candidate speed-up at λ={res['popsize']} vs λ=1")
+    lines.append(f"scorer batching: {res['batching_speedup']:.2f}x per-candidate speed-up at λ={res['popsize']} vs λ=1 ("
+                 + ", ".join(f"λ={k}: {v:.2f}x" for k, v in res["batching_speedup_by_lambda"].items()) + ")")
+    lines.append(f"load average before/after: {res['machine']['loadavg_before']} / {res['machine']['loadavg_after']}")
     return "\n".join(lines)
