@@ -295,6 +295,77 @@ def audit(
         typer.echo(format_table(res))
 
 
+@app.command()
+@_guarded
+def train(
+    what: str = typer.Argument(..., help="generator | beauty | pack (checkpoints -> export/demo_pack)"),
+    data: Path = typer.Option(..., "--data", help="The shared data folder (mebeauty/, omi/)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (checkpoint, loss log)."),
+    minutes: float = typer.Option(30.0, "--minutes", help="generator: wall-clock budget."),
+    max_steps: int = typer.Option(1_000_000, "--max-steps", help="generator: step limit."),
+    generator: Optional[Path] = typer.Option(None, "--generator", help="beauty/pack: generator checkpoint (beauty: adds reconstructions as training inputs)."),
+    beauty: Optional[Path] = typer.Option(None, "--beauty", help="pack: beauty checkpoint (beauty.pt)."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core machine)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Aligned-face cache folder (default ~/.cache/beautyrt/train)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+):
+    """Train the demo pack's generator+encoder or beauty regressor (needs the export extra and the data)."""
+    _setup_logging(verbose)
+    from beautyrt.runtime.api import require_export_extra
+
+    require_export_extra()
+    from beautyrt.export.train import api as tapi
+
+    if what == "generator":
+        res = tapi.train_generator_cmd(data, out, minutes=minutes, seed=seed, max_steps=max_steps, threads=threads, cache=cache)
+    elif what == "beauty":
+        res = tapi.train_beauty_cmd(data, out, generator=generator, seed=seed, threads=threads, cache=cache)
+    elif what == "pack":
+        if generator is None or beauty is None:
+            from beautyrt.runtime.errors import UsageError
+
+            raise UsageError("train pack needs --generator CKPT and --beauty CKPT")
+        res = tapi.build_pack_cmd(data, out, generator=generator, beauty=beauty, cache=cache, threads=threads)
+    else:
+        from beautyrt.runtime.errors import UsageError
+
+        raise UsageError(f"train what? {what!r}: choose generator, beauty or pack")
+    sys.stdout.write(json.dumps(res, indent=1) + "\n")
+
+
+@app.command()
+@_guarded
+def evaluate(
+    images: Path = typer.Option(..., "--images", help="Folder of photos (searched recursively)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Only photos listed in this CSV's 'image' column (relative to the CSV)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="A seeded sample of this many photos."),
+    generations: int = typer.Option(20, "--generations", "-g"),
+    popsize: int = typer.Option(16, "--popsize", "-p"),
+    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help="Default: the bundle's recommendation."),
+    seed: int = typer.Option(0, "--seed"),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+):
+    """Optimise a folder of photos; report beauty gain, identity, failures, time, and the linear-direction baseline."""
+    _setup_logging(verbose, as_json)
+    from beautyrt.runtime import api
+    from beautyrt.runtime.evaluate import evaluate as run_eval, format_summary
+
+    settings = api.Settings(generations=generations, popsize=popsize, seed=seed,
+                            weights=api.ObjectiveWeights(identity_floor=identity_floor)).validate()
+    prog = _Progress("evaluate", enabled=not as_json)
+    rep = run_eval(images, _bundle_arg(bundle), settings=settings, limit=limit, csv_path=csv_path, sheet=sheet,
+                   seed=seed, threads=threads, progress=lambda i, n: prog(i, n))
+    if as_json:
+        sys.stdout.write(json.dumps(rep, indent=1) + "\n")
+    else:
+        typer.echo(format_summary(rep))
+
+
 def main() -> None:
     app(prog_name="beautyrt")
 

@@ -33,7 +33,15 @@ def export_preset(preset: str, out: str | Path, *, seed: int = 0, overwrite: boo
                   cache_dir: Optional[str | Path] = None,
                   progress: Optional[Callable[[str, int, int], None]] = None, identity: str = "preset") -> Path:
     """A preset's networks -> bundle; ``identity="dlib"`` uses dlib's trained face descriptor instead of the
-    preset's random identity net."""
+    preset's random identity net. ``preset="demo"``: the committed self-trained demo pack
+    (``export/demo_pack``, see ``beautyrt.export.demo_pack``; ``seed``/``identity`` do not apply)."""
+    if preset == "demo":
+        from .demo_pack import build_demo_modelset
+
+        ms = build_demo_modelset()
+        if detector:
+            add_detector(ms, cache_dir)
+        return write_bundle(ms, out, overwrite=overwrite, progress=progress)
     ms = build_preset(get_preset(preset), seed=seed, identity=identity)
     if detector:
         add_detector(ms, cache_dir)

@@ -1,0 +1,216 @@
+"""The demo model pack: self-trained weights committed under ``export/demo_pack/``.
+
+Files (plain tensor state dicts, loaded with ``torch.load(weights_only=True)``; large ones stored as float16):
+
+* ``generator.pt`` -- beautyrt's StyleGAN2 ``Generator`` (64 px, W+ 10 x 128); the mapping network is NOT
+  trained (the pack's W comes from the encoder; ``w_avg``/``w_std`` are statistics of encoded faces);
+* ``encoder.pt``   -- the e4e-style ``Encoder`` wrapped in ``NormalisedEncoder`` (RMS-normalised W+ rows);
+* ``beauty.pt``    -- the MLP head on dlib's centred descriptor + the centre and feature statistics;
+* ``config.json``  -- architecture, the crop->dlib-chip similarity, W statistics, the linear beauty
+  direction (baseline), training provenance and metrics, licences.
+
+dlib's descriptor network is NOT committed: it is read from the ``face-recognition-models`` package
+(CC0) at export time, and MTCNN from the facenet-pytorch wheel (MIT). :func:`build_demo_modelset` turns
+the pack into a :class:`~beautyrt.export.bundle.ModelSet` for :func:`~beautyrt.export.bundle.write_bundle`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .bundle import ModelSet
+from .errors import CheckpointError
+from .presets import HALF
+
+log = logging.getLogger("beautyrt")
+
+PACK_DIR = Path(__file__).resolve().parent / "demo_pack"
+PACK_FILES = ("generator.pt", "encoder.pt", "beauty.pt", "config.json")
+LICENCES = {
+    "generator_encoder_beauty": "trained by beautyrt on MEBeauty (research use, no upstream licence) and "
+                                "One Million Impressions faces (CC BY-NC-SA 4.0): the weights inherit NC-SA",
+    "identity": "dlib_face_recognition_resnet_model_v1 (CC0), from face-recognition-models==0.3.0",
+    "detector": "MTCNN weights of facenet-pytorch==2.6.0 (MIT)",
+}
+
+
+def _half(sd: dict) -> dict:
+    return {k: (v.half() if v.is_floating_point() and v.numel() > 256 else v).contiguous() for k, v in sd.items()}
+
+
+def _float(sd: dict) -> dict:
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def save_pack(out: str | Path, G, E, beauty_state: dict, config: dict) -> Path:
+    """Write the pack files (tensors only) + config.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(_half(G.state_dict()), out / "generator.pt")
+    torch.save(_half(E.state_dict()), out / "encoder.pt")
+    torch.save({k: v for k, v in beauty_state.items() if isinstance(v, torch.Tensor)}, out / "beauty.pt")
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    return out
+
+
+def load_pack(pack: str | Path = PACK_DIR):
+    """(G, E, identity, beauty, config) as eval-mode torch modules."""
+    from .nets.encoder import Encoder
+    from .nets.stylegan2 import Generator
+    from .train.modules import ChipIdentity, DescriptorBeauty, NormalisedEncoder
+
+    pack = Path(pack)
+    missing = [f for f in PACK_FILES if not (pack / f).is_file()]
+    if missing:
+        raise CheckpointError(f"demo pack {pack}: missing {', '.join(missing)}")
+    cfg = json.loads((pack / "config.json").read_text())
+    G = Generator(**cfg["generator"])
+    G.load_state_dict(_float(torch.load(pack / "generator.pt", weights_only=True)))
+    E = NormalisedEncoder(Encoder(cfg["generator"]["img_resolution"], G.num_ws, G.w_dim,
+                                  channels=tuple(cfg["encoder"]["channels"])))
+    E.load_state_dict(_float(torch.load(pack / "encoder.pt", weights_only=True)))
+    from .dlib_dat import load_dlib_resnet
+    from .nets.dlib_resnet import build_dlib_resnet
+
+    bst = torch.load(pack / "beauty.pt", weights_only=True)
+    ident = ChipIdentity(build_dlib_resnet(load_dlib_resnet()), np.asarray(cfg["identity"]["crop_to_chip"]),
+                         cfg["generator"]["img_resolution"], centre=bst["centre"].numpy())
+    beauty = DescriptorBeauty(ident, hidden=int(cfg["beauty"]["hidden"]), feat_mean=bst["feat_mean"].numpy(),
+                              feat_std=bst["feat_std"].numpy())
+    beauty.head.load_state_dict({k[5:]: v for k, v in bst.items() if k.startswith("head.")})
+    for m in (G, E, ident, beauty):
+        m.eval().requires_grad_(False)
+    return G, E, ident, beauty, cfg
+
+
+def _direction_entry(direction: np.ndarray, info: dict):
+    def fn(d: Path) -> dict:
+        from beautyrt.engines.manifest import sha256_file
+
+        p = d / "beauty_direction.npy"
+        np.save(p, np.asarray(direction, np.float32))
+        return {"file": p.name, "sha256": sha256_file(p), "inputs": [], "outputs": [],
+                "kind": "latent_direction", "space": "w", "units": "w_std", "shape": [int(len(direction))], **info}
+    return fn
+
+
+def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
+    from .train.modules import PIXELS
+
+    G, E, ident, beauty, cfg = load_pack(pack)
+    R = G.img_resolution
+    ms = ModelSet(
+        generator=G, encoder=E, beauty=beauty, identity=ident,
+        encoder_norm={"size": R, **HALF},
+        beauty_norm={"size": R, **PIXELS},
+        identity_norm={"size": R, **PIXELS},
+        score_resolution=None,
+        w_avg=np.asarray(cfg["w_avg"], np.float32), w_std=np.asarray(cfg["w_std"], np.float32),
+        crop={"method": "ffhq", "size": R},
+        source={"kind": "demo_pack", "pack": "export/demo_pack", "training": cfg.get("training", {}),
+                "metrics": cfg.get("metrics", {}), "licences": LICENCES,
+                "identity": "dlib descriptor on the FFHQ crop warped into dlib's chip, centred on the training mean",
+                "recommended_objective": cfg.get("recommended_objective", {}),
+                "notes": "mapping network untrained: sample W from w_avg/w_std, not from z"},
+        parity_batches=(1, 3), tolerance=2e-3,
+        objective_defaults=dict(cfg.get("recommended_objective", {})),
+    ).eval()
+    if cfg.get("direction") is not None:
+        ms.extra_models["beauty_direction"] = _direction_entry(np.asarray(cfg["direction"]), cfg.get("direction_info", {}))
+    return ms
+
+
+def export_demo(out: str | Path, *, overwrite: bool = False, detector: bool = True, cache_dir=None,
+                progress=None, pack: str | Path = PACK_DIR) -> Path:
+    from .api import add_detector
+    from .bundle import write_bundle
+
+    ms = build_demo_modelset(pack)
+    if detector:
+        add_detector(ms, cache_dir)
+    return write_bundle(ms, out, overwrite=overwrite, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------------
+# building the pack from training outputs
+@torch.no_grad()
+def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch.Tensor, n: int = 384,
+                  step: float = 0.5, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """InterFaceGAN-style linear beauty direction in W (units of w_std).
+
+    Samples x ~ N(0, step^2) (one W offset applied to every row) around encoded faces ``starts``,
+    scores G(start + x * w_std) with the regressor and fits score ~ a . x + b(start) by least squares
+    (per-start intercepts). Returns a / |a| and fit statistics (R^2)."""
+    g = torch.Generator().manual_seed(seed)
+    wd = G.w_dim
+    X, y, s_idx = [], [], []
+    std = torch.from_numpy(np.asarray(w_std, np.float32))
+    for i in range(n):
+        k = i % len(starts)
+        x = torch.randn(wd, generator=g) * step
+        X.append(x), s_idx.append(k)
+    X = torch.stack(X)
+    ws = starts[torch.tensor(s_idx)] + (X * std)[:, None, :]
+    for i in range(0, n, 32):
+        img = G.synthesis(ws[i:i + 32])
+        y.append(beauty((img.clamp(-1, 1) + 1) * 127.5))
+    y = torch.cat(y).numpy().astype(np.float64)
+    Xn = X.numpy().astype(np.float64)
+    onehot = np.eye(len(starts))[s_idx]
+    A = np.hstack([Xn, onehot])
+    lam = 1.0
+    coef = np.linalg.solve(A.T @ A + lam * np.eye(A.shape[1]), A.T @ y)
+    a = coef[:wd]
+    pred = A @ coef
+    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return (a / np.linalg.norm(a)).astype(np.float32), {"samples": n, "step": step, "r2": float(r2),
+                                                       "slope_per_std": float(np.linalg.norm(a))}
+
+
+def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data_npz: str | Path,
+                             out: str | Path = PACK_DIR, extra_config: Optional[dict] = None) -> Path:
+    """Generator/encoder checkpoint + beauty head + aligned data -> the committed pack (with encoded W
+    statistics and the linear beauty direction)."""
+    from .train.beauty import build_identity
+    from .train.common import to_tensor
+    from .train.data import load_aligned
+    from .train.generator import encode_all, encoded_stats, load_checkpoint
+    from .train.modules import DescriptorBeauty
+
+    G, E, gcfg = load_checkpoint(gen_ckpt)
+    data = load_aligned(data_npz)
+    R = gcfg.resolution
+    train = to_tensor(data[f"images_{R}"][data["split"] != 1])
+    ws = encode_all(E, train)
+    w_avg, w_std = encoded_stats(ws)
+    bst = torch.load(beauty_ckpt, weights_only=False)
+    ident = build_identity(data[f"lm_{R}"], R)
+    ident.centre.copy_(bst["centre"])
+    beauty = DescriptorBeauty(ident, hidden=bst["hidden"], feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy())
+    beauty.head.load_state_dict(bst["head"])
+    beauty.eval()
+    gsel = torch.Generator().manual_seed(1)
+    starts = ws[torch.randperm(len(ws), generator=gsel)[:48]]
+    direction, dinfo = fit_direction(G, beauty, w_avg, w_std, starts)
+    config = {
+        "format": "beautyrt-demo-pack", "version": 1,
+        "generator": gcfg.generator_kwargs(),
+        "encoder": {"channels": list(gcfg.enc_channels), "rms_normalised_rows": True},
+        "identity": {"crop_to_chip": np.asarray(bst["matrix"]).tolist(), "chip_size": 150,
+                     "centred": True},
+        "beauty": {"hidden": int(bst["hidden"]), "kind": "mlp_on_dlib_descriptor"},
+        "w_avg": [float(v) for v in w_avg], "w_std": [float(v) for v in w_std],
+        "w_stats": f"mean/std over {len(ws)} encoded training faces x {ws.shape[1]} rows",
+        "direction": [float(v) for v in direction], "direction_info": dinfo,
+        "metrics": {"beauty": bst.get("metrics", {})},
+        "licences": LICENCES,
+        **(extra_config or {}),
+    }
+    state = {f"head.{k}": v for k, v in bst["head"].items()}
+    state.update(centre=bst["centre"].float(), feat_mean=bst["feat_mean"].float(), feat_std=bst["feat_std"].float())
+    return save_pack(out, G, E, state, config)

@@ -1,0 +1,57 @@
+"""Entry points used by ``beautyrt train generator|beauty`` (and scripts)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("beautyrt")
+
+
+def train_generator_cmd(data: str | Path, out: str | Path, *, minutes: float = 30.0, seed: int = 0,
+                        max_steps: int = 1_000_000, batch: int = 16, threads: Optional[int] = 1,
+                        cache: Optional[str | Path] = None, resume: bool = False, limit: Optional[int] = None) -> dict:
+    from .data import DEFAULT_CACHE, load_aligned, prepare
+    from .generator import GenConfig, train_generator
+
+    path = prepare(data, cache=cache or DEFAULT_CACHE, limit=limit)
+    cfg = GenConfig(minutes=minutes, seed=seed, max_steps=max_steps, batch=batch, threads=threads)
+    res = train_generator(load_aligned(path), out, cfg, resume=resume)
+    res["data"] = str(path)
+    Path(out, "generator_result.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def train_beauty_cmd(data: str | Path, out: str | Path, *, generator: Optional[str | Path] = None, seed: int = 0,
+                     omi_weight: float = 0.5, threads: Optional[int] = 1, cache: Optional[str | Path] = None,
+                     limit: Optional[int] = None) -> dict:
+    import torch
+
+    from .beauty import train_beauty
+    from .data import DEFAULT_CACHE, load_aligned, prepare
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = prepare(data, cache=cache or DEFAULT_CACHE, limit=limit)
+    res = train_beauty(load_aligned(path), out, generator_ckpt=str(generator) if generator else None,
+                       omi_weight=omi_weight, seed=seed)
+    Path(out, "beauty_result.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def build_pack_cmd(data: str | Path, out: str | Path, *, generator: str | Path, beauty: str | Path,
+                   cache: Optional[str | Path] = None, threads: Optional[int] = 1,
+                   training: Optional[dict] = None) -> dict:
+    """Generator checkpoint + beauty checkpoint -> the committed pack folder (``export/demo_pack``)."""
+    import torch
+
+    from ..demo_pack import PACK_FILES, build_pack_from_training
+    from .data import DEFAULT_CACHE, prepare
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = prepare(data, cache=cache or DEFAULT_CACHE)
+    extra = {"training": training or {}, "recommended_objective": {"identity_floor": 0.6, "identity_target": 0.8}}
+    out = build_pack_from_training(generator, beauty, path, out, extra_config=extra)
+    return {"pack": str(out), "bytes": sum((Path(out) / f).stat().st_size for f in PACK_FILES)}

@@ -1,0 +1,162 @@
+"""The demo pack's beauty regressor: an MLP head on dlib's (centred) 128-d face descriptor.
+
+Domain: the descriptor is computed exactly as the fused scorer computes it on generator output -- the
+64 px FFHQ crop (beautyrt's aligner), warped into dlib's 150 px chip by one fixed similarity
+(:class:`~beautyrt.export.train.modules.ChipIdentity`). Training inputs are the real aligned crops (and
+their mirror images) plus, when a generator checkpoint is given, the generator's reconstructions of the
+same training faces (blurry, artefact-laden: exactly what the search will show the regressor), each with
+the face's rating. Ratings: MEBeauty train (1..10); OMI ``attractive`` rescaled to 1..10 optionally
+(``omi_weight``). Validation: MEBeauty val (real crops; and reconstructions when available).
+
+Why a head on dlib rather than a CNN on the crop: the descriptor network is a strong face-feature
+extractor trained on millions of faces, the scorer computes it anyway for identity, and a 128-d head
+trains in seconds on CPU; a CNN from scratch on ~1,800 rated 64 px faces cannot match it (measured
+numbers in export/demo_pack/README.md).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .common import LossLog, seed_all, to_tensor
+from .modules import ChipIdentity, DescriptorBeauty, chip_affine
+
+log = logging.getLogger("beautyrt")
+
+
+def build_identity(lm: np.ndarray, size: int) -> ChipIdentity:
+    from ..dlib_dat import load_dlib_resnet
+    from ..nets.dlib_resnet import build_dlib_resnet
+
+    net = build_dlib_resnet(load_dlib_resnet()).eval().requires_grad_(False)
+    return ChipIdentity(net, chip_affine(lm.reshape(-1, 5, 2).mean(0), size), size)
+
+
+@torch.no_grad()
+def descriptors(identity: ChipIdentity, images: torch.Tensor, batch: int = 32, label: str = "") -> np.ndarray:
+    """Raw (uncentred) descriptors of [-1,1] images."""
+    out, t0 = [], time.time()
+    for i in range(0, len(images), batch):
+        out.append(identity.raw((images[i:i + batch].clamp(-1, 1) + 1) * 127.5).numpy())
+        if (i // batch) % 20 == 0:
+            log.info("descriptors %s %d/%d (%.0fs)", label, i, len(images), time.time() - t0)
+    return np.concatenate(out).astype(np.float32)
+
+
+@torch.no_grad()
+def reconstruct(G, E, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    return torch.cat([G.synthesis(E(images[i:i + batch])) for i in range(0, len(images), batch)])
+
+
+def metrics(pred: np.ndarray, y: np.ndarray) -> dict:
+    pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
+    return {"pearson_r": float(np.corrcoef(pred, y)[0, 1]), "mae": float(np.abs(pred - y).mean()),
+            "rmse": float(np.sqrt(((pred - y) ** 2).mean())), "n": int(len(y))}
+
+
+def compute_features(data: dict, out: Path, generator_ckpt: Optional[str] = None, res: int = 64) -> dict:
+    """Descriptor cache (``out/descriptors.npz``): real crops, mirrored crops, reconstructions."""
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "descriptors.npz"
+    feats = dict(np.load(cache)) if cache.is_file() else {}
+    identity = build_identity(data[f"lm_{res}"], res)
+    imgs = to_tensor(data[f"images_{res}"])
+    if "real" not in feats:
+        feats["real"] = descriptors(identity, imgs, label="real")
+        np.savez(cache, **feats)
+    if "flip" not in feats:
+        tr = np.flatnonzero(data["split"] != 1)
+        feats["flip_index"] = tr
+        feats["flip"] = descriptors(identity, imgs[tr].flip(-1), label="flip")
+        np.savez(cache, **feats)
+    if generator_ckpt and "recon" not in feats:
+        from .generator import load_checkpoint
+
+        G, E, _ = load_checkpoint(generator_ckpt)
+        feats["recon"] = descriptors(identity, reconstruct(G, E, imgs), label="recon")
+        np.savez(cache, **feats)
+    return feats
+
+
+def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = None, omi_weight: float = 0.5,
+                 hidden: int = 64, epochs: int = 300, lr: float = 3e-3, weight_decay: float = 1e-3,
+                 seed: int = 0, res: int = 64) -> dict:
+    """Fit the head; writes ``out/beauty.pt`` (head state + centre + feature stats + chip matrix) and metrics."""
+    out = Path(out)
+    gen = seed_all(seed)
+    feats = compute_features(data, out, generator_ckpt, res)
+    split, score = data["split"], data["score"].astype(np.float32)
+    centre = feats["real"][split != 1].mean(0)
+    tr = np.flatnonzero(split == 0)
+    omi = np.flatnonzero(split == 2)
+    va = np.flatnonzero(split == 1)
+    X, y, wgt = [feats["real"][tr]], [score[tr]], [np.ones(len(tr))]
+    fl = {int(i): k for k, i in enumerate(feats["flip_index"])}
+    X.append(feats["flip"][[fl[int(i)] for i in tr]]), y.append(score[tr]), wgt.append(np.ones(len(tr)))
+    if "recon" in feats:
+        X.append(feats["recon"][tr]), y.append(score[tr]), wgt.append(np.ones(len(tr)))
+    if omi_weight > 0 and len(omi):
+        X.append(feats["real"][omi]), y.append(score[omi]), wgt.append(np.full(len(omi), omi_weight))
+        X.append(feats["flip"][[fl[int(i)] for i in omi]]), y.append(score[omi]), wgt.append(np.full(len(omi), omi_weight))
+    X = np.concatenate(X) - centre
+    y, wgt = np.concatenate(y), np.concatenate(wgt)
+    fm, fs = X.mean(0), X.std(0) + 1e-6
+
+    identity = build_identity(data[f"lm_{res}"], res)
+    identity.centre.copy_(torch.from_numpy(centre))
+    model = DescriptorBeauty(identity, hidden=hidden, mid=float(np.mean(y)), feat_mean=fm, feat_std=fs)
+    head_params = list(model.head.parameters())
+    opt = torch.optim.AdamW(head_params, lr=lr, weight_decay=weight_decay)
+    Xt, yt, wt = torch.from_numpy(X).float(), torch.from_numpy(y).float(), torch.from_numpy(wgt).float()
+    Xv = torch.from_numpy(feats["real"][va] - centre).float()
+    yv = score[va]
+    lossl = LossLog(out / "beauty_log.jsonl")
+    best = (-1.0, None, 0)
+    for ep in range(epochs):
+        model.head.train()
+        perm = torch.randperm(len(Xt), generator=gen)
+        tot = 0.0
+        for i in range(0, len(perm), 128):
+            b = perm[i:i + 128]
+            xb = Xt[b] + 0.05 * torch.randn(len(b), 128, generator=gen) * torch.from_numpy(fs).float()
+            loss = (wt[b] * (model.from_descriptor(xb) - yt[b]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(b)
+        model.head.eval()
+        with torch.no_grad():
+            m = metrics(model.from_descriptor(Xv).numpy(), yv)
+        if best[1] is None or m["pearson_r"] > best[0]:
+            best = (m["pearson_r"], {k: v.clone() for k, v in model.head.state_dict().items()}, ep)
+        if ep % 25 == 0 or ep == epochs - 1:
+            lossl(epoch=ep, train_mse=tot / len(perm), **{f"val_{k}": v for k, v in m.items()})
+    # model selection on val is optimistic; report both the chosen and the last epoch
+    last = metrics(model.from_descriptor(Xv).detach().numpy(), yv)
+    model.head.load_state_dict(best[1])
+    model.head.eval()
+    res_m = {"val_real": metrics(model.from_descriptor(Xv).detach().numpy(), yv), "val_real_last_epoch": last,
+             "best_epoch": best[2]}
+    if "recon" in feats:
+        Xr = torch.from_numpy(feats["recon"][va] - centre).float()
+        res_m["val_recon"] = metrics(model.from_descriptor(Xr).detach().numpy(), yv)
+    # ridge baseline on the same features (closed form)
+    A = np.hstack([(X - fm) / fs, np.ones((len(X), 1))])
+    lam = 10.0
+    coef = np.linalg.solve(A.T @ (A * wgt[:, None]) + lam * np.eye(A.shape[1]), A.T @ (wgt * y))
+    Av = np.hstack([((feats["real"][va] - centre) - fm) / fs, np.ones((len(va), 1))])
+    res_m["ridge_val_real"] = metrics(Av @ coef, yv)
+    lossl(**{"final": res_m})
+    torch.save({"head": model.head.state_dict(), "centre": torch.from_numpy(centre), "feat_mean": torch.from_numpy(fm),
+                "feat_std": torch.from_numpy(fs), "hidden": hidden, "matrix": torch.from_numpy(identity_matrix(data, res)),
+                "metrics": res_m}, out / "beauty.pt")
+    return res_m
+
+
+def identity_matrix(data: dict, res: int) -> np.ndarray:
+    return chip_affine(data[f"lm_{res}"].reshape(-1, 5, 2).mean(0), res)

@@ -1,0 +1,168 @@
+"""Demo-pack training: data prep with beautyrt's aligner, generator/encoder steps, beauty head, the pack."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import EXAMPLE, REPO, SHARED_DATA, needs_torch
+
+pytestmark = needs_torch
+
+
+def _tiny_cfg(**kw):
+    from beautyrt.export.train.generator import GenConfig
+
+    base = dict(resolution=32, z_dim=16, w_dim=16, channel_base=256, channel_max=16, mapping_layers=1,
+                enc_channels=(8, 8, 16, 16), batch=4, lr=2e-3, warmup=5, max_steps=30, minutes=5,
+                val_every=10, log_every=5, ckpt_every_s=1e9, threads=1, latent_noise=0.3)
+    base.update(kw)
+    return GenConfig(**base)
+
+
+def _synthetic_faces(n=8, res=32, seed=0) -> dict:
+    """Smooth blobs standing in for aligned faces (the training loop does not care what they are)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:res, 0:res] / res
+    imgs = []
+    for _ in range(n):
+        cx, cy, r = rng.uniform(0.3, 0.7, 3)
+        col = rng.uniform(60, 220, 3)
+        m = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.1 * r))
+        imgs.append((m[..., None] * col + (1 - m[..., None]) * 40).astype(np.uint8))
+    return {f"images_{res}": np.stack(imgs), "split": np.array([0] * (n - 2) + [1, 1], np.int8),
+            "score": rng.uniform(2, 8, n).astype(np.float32)}
+
+
+def test_generator_training_losses_fall_and_are_seeded(tmp_path):
+    import torch
+
+    from beautyrt.export.train.generator import load_checkpoint, train_generator
+
+    data = _synthetic_faces()
+    r1 = train_generator(data, tmp_path / "a", _tiny_cfg())
+    log = [__import__("json").loads(l) for l in (tmp_path / "a" / "gen_log.jsonl").read_text().splitlines()]
+    l1 = [rec["l1"] for rec in log if "l1" in rec]
+    assert all(np.isfinite(l1)) and np.isfinite(r1["val_l1"])
+    assert len(l1) >= 5 and l1[-1] < l1[0], l1
+    r2 = train_generator(data, tmp_path / "b", _tiny_cfg())
+    G1, E1, _ = load_checkpoint(tmp_path / "a" / "generator.pt")
+    G2, E2, _ = load_checkpoint(tmp_path / "b" / "generator.pt")
+    for a, b in zip(list(G1.state_dict().values()) + list(E1.state_dict().values()),
+                    list(G2.state_dict().values()) + list(E2.state_dict().values())):
+        assert torch.equal(a, b)
+    assert r1["val_l1"] == r2["val_l1"]
+
+
+def test_encoded_stats_are_of_encoder_outputs():
+    import torch
+
+    from beautyrt.export.train.generator import encoded_stats
+
+    ws = torch.randn(50, 4, 8) * 3 + 1
+    m, s = encoded_stats(ws)
+    assert m.shape == (8,) and s.shape == (8,)
+    np.testing.assert_allclose(m, ws.reshape(-1, 8).mean(0).numpy(), atol=1e-5)
+
+
+def test_chip_identity_centres_and_warps():
+    import torch
+
+    from beautyrt.export.train.modules import ChipIdentity, _grid
+
+    # the grid of the identity affine samples the crop's pixel centres exactly
+    g = _grid(np.array([[150 / 64, 0, 0], [0, 150 / 64, 0]]), 64, 150)
+    assert g.shape == (1, 150, 150, 2) and float(g.abs().max()) <= 1.01
+
+    class Mean(torch.nn.Module):
+        embedding_dim = 128
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)).repeat(1, 43)[:, :128]
+
+    ident = ChipIdentity(Mean(), np.array([[2.0, 0, 10], [0, 2.0, 10]]), 64, centre=np.ones(128))
+    out = ident(torch.full((2, 3, 64, 64), 100.0))
+    assert out.shape == (2, 128)
+    np.testing.assert_allclose(out.numpy(), 99.0, atol=1e-3)
+
+
+def _fake_data_dir(tmp_path: Path, n: int = 3) -> Path:
+    root = tmp_path / "data"
+    img_dir = root / "mebeauty" / "images" / "x"
+    img_dir.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        shutil.copy(EXAMPLE, img_dir / f"a{i}.jpg")
+        rows.append({"image": f"images/x/a{i}.jpg", "score": 4.0 + i})
+    for split, rs in (("train", rows[:-1]), ("val", rows[-1:])):
+        with open(root / "mebeauty" / f"{split}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["image", "score"])
+            w.writeheader()
+            w.writerows(rs)
+    return root
+
+
+def test_prepare_aligns_with_beautyrt_aligner(tmp_path):
+    from beautyrt.export.errors import CheckpointError
+    from beautyrt.export.train.data import load_aligned, prepare
+
+    root = _fake_data_dir(tmp_path)
+    try:
+        p = prepare(root, sizes=(32,), cache=tmp_path / "cache", workers=1)
+    except CheckpointError as e:
+        pytest.skip(f"MTCNN weights unavailable: {e}")
+    d = load_aligned(p)
+    assert d["images_32"].shape == (3, 32, 32, 3) and d["images_32"].dtype == np.uint8
+    assert list(d["split"]) == [0, 0, 1] and len(d["missed"]) == 0
+    # FFHQ alignment puts the eyes at ~0.38/0.62 of the width, ~0.47 of the height
+    lm = d["lm_32"][0] / 32
+    assert abs(lm[0, 0] - 0.38) < 0.05 and abs(lm[1, 0] - 0.62) < 0.05 and abs(lm[0, 1] - 0.47) < 0.06
+    assert prepare(root, sizes=(32,), cache=tmp_path / "cache", workers=1) == p  # cached
+
+
+PACK = REPO / "export" / "demo_pack"
+
+
+@pytest.mark.skipif(not (PACK / "config.json").is_file(), reason="demo pack not committed yet")
+def test_pack_loads_and_scores(tmp_path):
+    import torch
+
+    from beautyrt.export.demo_pack import PACK_FILES, build_demo_modelset
+
+    assert sum((PACK / f).stat().st_size for f in PACK_FILES) < 25e6
+    ms = build_demo_modelset()
+    R = ms.generator.img_resolution
+    ws = torch.from_numpy(ms.w_avg)[None, None].repeat(2, ms.generator.num_ws, 1)
+    with torch.no_grad():
+        img = ms.generator.synthesis(ws)
+        score = ms.beauty((img.clamp(-1, 1) + 1) * 127.5)
+        emb = ms.identity((img.clamp(-1, 1) + 1) * 127.5)
+        w = ms.encoder(img)
+    assert img.shape == (2, 3, R, R) and score.shape == (2,) and emb.shape == (2, 128)
+    assert torch.isfinite(score).all() and 1.0 < float(score.mean()) < 10.0
+    assert w.shape == (2, ms.generator.num_ws, ms.generator.w_dim)
+    assert "beauty_direction" in ms.extra_models
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (PACK / "config.json").is_file(), reason="demo pack not committed yet")
+def test_pack_exports(tmp_path):
+    from beautyrt.engines import load_manifest
+    from beautyrt.export.api import export_preset
+
+    out = export_preset("demo", tmp_path / "demo", detector=False)
+    m = load_manifest(out)
+    assert m.has("beauty_direction") and m.generator["resolution"] == 64
+    assert m.data["source"]["kind"] == "demo_pack"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "mebeauty").is_dir(), reason="needs ../shared/data (MEBeauty)")
+def test_prepare_on_mebeauty_sample(tmp_path):
+    from beautyrt.export.train.data import load_aligned, prepare
+
+    d = load_aligned(prepare(SHARED_DATA, sizes=(64,), cache=tmp_path, include_omi=False, limit=6, workers=1))
+    assert d["images_64"].shape[0] + len(d["missed"]) == 6 and d["images_64"].shape[0] >= 5
