@@ -130,7 +130,9 @@ class OrtEngine(Engine):
             if p == TRT:
                 trt_opts = {"device_id": device_id, "trt_fp16_enable": False}
                 if cache_dir:
-                    d = Path(cache_dir) / f"ort-trt-{cache_key}"
+                    # keyed by model hash AND the onnxruntime build and device, so an upgrade or another GPU
+                    # never picks up engines built for something else
+                    d = Path(cache_dir) / f"ort-trt-{cache_key}-ort{ort.__version__}-dev{device_id}"
                     d.mkdir(parents=True, exist_ok=True)
                     trt_opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(d),
                                      "trt_timing_cache_enable": True, "trt_timing_cache_path": str(d)})
