@@ -188,7 +188,7 @@ def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data
     train = to_tensor(data[f"images_{R}"][data["split"] != 1])
     ws = encode_all(E, train)
     w_avg, w_std = encoded_stats(ws)
-    bst = torch.load(beauty_ckpt, weights_only=False)
+    bst = torch.load(beauty_ckpt, weights_only=True)
     ident = build_identity(data[f"lm_{R}"], R)
     ident.centre.copy_(bst["centre"])
     beauty = DescriptorBeauty(ident, hidden=bst["hidden"], feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy())

@@ -197,4 +197,4 @@ if __name__ == "__main__":  # python -m beautyrt.export.train.data DATA
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    print(prepare(sys.argv[1]))
+    sys.stdout.write(f"{prepare(sys.argv[1])}\n")

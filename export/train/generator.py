@@ -7,7 +7,9 @@ G(w_best) - G(w_start) onto the photo's own crop, which a 64 px generator carrie
 
 Recipe (after DESIGN's probe): autoencoder (encoder -> RMS-normalised W+ rows -> synthesis), L1 at 64 and
 32 px, Adam lr 1e-3 with linear warm-up, gradient clipping, latent noise (``latent_noise`` x per-dimension
-std of the batch's W) on half of each batch so that perturbed latents still decode to faces. Optional:
+std of the batch's W) on half of each batch -- one offset shared by all rows (a move in W, as the search
+makes) for a quarter, independent per-row offsets for another quarter -- so perturbed latents still decode
+to faces. Optional:
 an identity loss through dlib's face descriptor (``id_weight``; costly on CPU). The MEBeauty val split is
 held out (it is what ``beautyrt evaluate`` runs on).
 
@@ -92,7 +94,7 @@ def train_generator(data: dict, out: str | Path, cfg: GenConfig = GenConfig(), r
     step = 0
     ckpt = out / "generator.pt"
     if resume and ckpt.is_file():
-        st = torch.load(ckpt, weights_only=False)
+        st = torch.load(ckpt, weights_only=True)
         G.load_state_dict(st["G"]), E.load_state_dict(st["E"]), opt.load_state_dict(st["opt"])
         step = st["step"]
     lossl = LossLog(out / "gen_log.jsonl")
@@ -108,10 +110,16 @@ def train_generator(data: dict, out: str | Path, cfg: GenConfig = GenConfig(), r
         x = batch(train, idx, gen)
         ws = E(x)
         if cfg.latent_noise > 0:
+            # half the batch: clean; a quarter: one W offset shared by all rows (how the search moves);
+            # a quarter: independent per-row offsets (W+); both latent_noise x the batch's per-dim std
             std = ws.detach().std(dim=0, keepdim=True)
-            noise = torch.randn(ws.shape, generator=gen) * std * cfg.latent_noise
-            noise[: cfg.batch // 2] = 0
-            ws = ws + noise
+            shared = torch.randn(ws.shape[0], 1, ws.shape[2], generator=gen).expand_as(ws)
+            per_row = torch.randn(ws.shape, generator=gen)
+            q = cfg.batch // 4
+            noise = torch.zeros_like(ws)
+            noise[2 * q:3 * q] = shared[2 * q:3 * q]
+            noise[3 * q:] = per_row[3 * q:]
+            ws = ws + noise * std * cfg.latent_noise
         y = G.synthesis(ws)
         l1 = (y - x).abs().mean()
         l1_low = (F.avg_pool2d(y, 2) - F.avg_pool2d(x, 2)).abs().mean()
@@ -164,7 +172,7 @@ def _save(path: Path, G, E, opt, step: int, cfg: GenConfig) -> None:
 
 
 def load_checkpoint(path: str | Path) -> tuple[Generator, NormalisedEncoder, GenConfig]:
-    st = torch.load(path, weights_only=False)
+    st = torch.load(path, weights_only=True)
     cfg = GenConfig(**{**st["config"], "enc_channels": tuple(st["config"]["enc_channels"])})
     G, E = build(cfg)
     G.load_state_dict(st["G"]), E.load_state_dict(st["E"])
