@@ -45,12 +45,12 @@ def _load_avg() -> Optional[list[float]]:
 
 def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, popsize: int = 16, generations: int = 10,
                  repeats: int = 3, threads: Optional[int] = None, space: str = "w", device: str = "cpu",
-                 torch_score_resolution: Optional[int] = None) -> dict:
+                 torch_score_resolution: Optional[int] = None, torch_threads: Optional[int] = None) -> dict:
     import torch
 
     load_before = _load_avg()
     b = Beautifier(bundle, device=device, threads=threads)
-    ref = TorchReference(bundle, threads=threads, score_resolution=torch_score_resolution)
+    ref = TorchReference(bundle, threads=torch_threads or threads, score_resolution=torch_score_resolution)
     try:
         aligned = image is None or not b.has_detector
         if aligned:
@@ -141,10 +141,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--space", default="w")
     ap.add_argument("--torch-score-resolution", type=int, help="score at this resolution on the torch side")
+    ap.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the reference (default: --threads)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     res = run_vs_torch(a.bundle, image=a.image, popsize=a.popsize, generations=a.generations, repeats=a.repeats,
-                       threads=a.threads, space=a.space, torch_score_resolution=a.torch_score_resolution)
+                       threads=a.threads, space=a.space, torch_score_resolution=a.torch_score_resolution,
+                       torch_threads=a.torch_threads)
     print(json.dumps(res, indent=1) if a.json else format_vs(res))
 
 
