@@ -211,13 +211,16 @@ def bench(
                                   "checkout + export extra) alternately and report `speedup` = torch / beautyrt."),
     image: Optional[Path] = typer.Option(None, "--image", help="With --vs-torch: photo to detect/align/paste "
                                          "(default: an aligned crop rendered by the bundle)."),
+    torch_threads: Optional[int] = typer.Option(None, "--torch-threads", help="With --vs-torch: torch threads of the "
+                                                "reference (default: --threads; 1 is often faster on busy cores)."),
 ):
     """Per-stage latency (p50/p90/p99) and candidates/s of the search loop on a bundle."""
     _setup_logging(verbose, as_json)
     if vs_torch:
         vs = _load_vs_torch()
         res = vs.run_vs_torch(_bundle_arg(bundle), image=image, popsize=popsize, generations=generations,
-                              repeats=repeats, threads=threads, device=device if device != "auto" else "cpu")
+                              repeats=repeats, threads=threads, device=device if device != "auto" else "cpu",
+                              torch_threads=torch_threads)
         sys.stdout.write(json.dumps(res, indent=1) + "\n") if as_json else typer.echo(vs.format_vs(res))
         return
     from beautyrt.runtime.bench import format_table, run_bench
