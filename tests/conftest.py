@@ -56,6 +56,12 @@ def face_crop() -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+@pytest.fixture(scope="session")
+def cli():
+    """``cli(*args, env=..., block_torch=...)`` runs ``beautyrt ARGS`` in a subprocess (see run_cli)."""
+    return run_cli
+
+
 def run_cli(*args: str, env: dict | None = None, block_torch: bool = False, cwd: Path | None = None,
             timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``beautyrt ARGS`` in a subprocess (optionally with ``import torch`` made to fail)."""

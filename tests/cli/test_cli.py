@@ -10,17 +10,6 @@ from PIL import Image
 from beautyrt.engines.errors import BundleIntegrityError, BundleNotFoundError
 from beautyrt.runtime.errors import ImageDecodeError, ImageNotFoundError, OutputError
 
-# run_cli lives in conftest; pytest's importlib mode cannot import conftest, so reach it through a fixture
-@pytest.fixture()
-def cli():
-    import importlib.util
-    import pathlib
-    spec = importlib.util.spec_from_file_location("_bt_conftest", pathlib.Path(__file__).parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.run_cli
-
-
 @pytest.fixture()
 def crop_file(tmp_path, face_crop):
     p = tmp_path / "face.png"

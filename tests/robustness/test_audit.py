@@ -1,7 +1,6 @@
 """`beautyrt audit`: per-group statistics over a labelled folder (groups = relative sub-directories)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -12,14 +11,6 @@ from PIL import Image
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MEBEAUTY = SHARED_DATA / "mebeauty" / "images"
-
-
-@pytest.fixture(scope="module")
-def cli():
-    spec = importlib.util.spec_from_file_location("_bt_conftest", pathlib.Path(__file__).parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.run_cli
 
 
 @pytest.fixture()

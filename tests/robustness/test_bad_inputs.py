@@ -13,7 +13,6 @@ extension; plus a report path that is a directory (the image must then not be wr
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import pathlib
@@ -32,14 +31,6 @@ from beautyrt.runtime.errors import (ImageDecodeError, ImageNotFoundError, Image
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "astronaut.jpg"
 FAST = ["-g", "1", "-p", "4", "--seed", "0"]
-
-
-@pytest.fixture(scope="module")
-def cli():
-    spec = importlib.util.spec_from_file_location("_bt_conftest", pathlib.Path(__file__).parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.run_cli
 
 
 # --- corpus builders: each writes one input into ``d`` and returns its path --------------------------------

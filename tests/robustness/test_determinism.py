@@ -8,20 +8,11 @@ their provenance metadata, which holds no timestamp) must be byte-identical.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
 from PIL import Image
-
-
-@pytest.fixture(scope="module")
-def cli():
-    spec = importlib.util.spec_from_file_location("_bt_conftest", pathlib.Path(__file__).parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.run_cli
 
 
 def test_without_timings_drops_only_clock_fields():

@@ -6,7 +6,6 @@ Reading it by hand:
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,14 +15,6 @@ import pytest
 from PIL import Image
 
 DST = b"http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
-
-
-@pytest.fixture(scope="module")
-def cli():
-    spec = importlib.util.spec_from_file_location("_bt_conftest", pathlib.Path(__file__).parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.run_cli
 
 
 @pytest.fixture(scope="module")
