@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from . import cuda_driver
 from .base import Engine, TensorSpec
 from .errors import BundleIntegrityError, EngineRuntimeError, MissingDependencyError, ProviderError, UsageError
 
@@ -37,19 +38,7 @@ def _ort():
 
 def _cuda_device_count() -> int:
     """Devices the CUDA driver reports, 0 when there is no driver (without importing any CUDA python pkg)."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        try:
-            if lib.cuInit(0) != 0:
-                return 0
-            n = ctypes.c_int(0)
-            return n.value if lib.cuDeviceGetCount(ctypes.byref(n)) == 0 else 0
-        except AttributeError:
-            return 0
-    return 0
+    return cuda_driver.device_count()
 
 
 def _tensorrt_loadable() -> bool:

@@ -12,7 +12,6 @@ Engine per worker for concurrency.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +19,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from . import cuda_driver
 from .base import Engine
 from .errors import (BundleIntegrityError, BundleSchemaError, BundleVersionError, EngineInputError, EngineRuntimeError,
                      MissingDependencyError, ProviderError)
@@ -42,27 +42,8 @@ def installed_tensorrt_version() -> Optional[str]:
 
 
 def gpu_info(device_id: int = 0) -> Optional[dict]:
-    """{"name", "compute_capability"} of a CUDA device from the driver (ctypes), None without a driver."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        try:
-            if lib.cuInit(0) != 0:
-                return None
-            dev = ctypes.c_int(0)
-            if lib.cuDeviceGet(ctypes.byref(dev), int(device_id)) != 0:
-                return None
-            buf = ctypes.create_string_buffer(256)
-            lib.cuDeviceGetName(buf, 256, dev)
-            major, minor = ctypes.c_int(0), ctypes.c_int(0)
-            lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-            lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-            return {"name": buf.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}
-        except AttributeError:
-            return None
-    return None
+    """{"name", "compute_capability"} of a CUDA device from the driver, None without a driver."""
+    return cuda_driver.gpu_info(device_id)
 
 
 def check_plan_compat(role: str, rec: Mapping, trt_version: Optional[str], gpu: Optional[Mapping]) -> None:
