@@ -150,7 +150,7 @@ def optimize(
 @_guarded
 def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory to write. Default: the default bundle location."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="tiny | stylegan2-256 | stylegan2-1024 (random weights). Default tiny without checkpoints; with checkpoints it only fills the parts not given."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="demo (the committed self-trained pack, export/demo_pack) | tiny | stylegan2-256 | stylegan2-1024 (random weights). Default demo without checkpoints; with checkpoints it only fills the parts not given."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random-weight presets."),
     stylegan: Optional[Path] = typer.Option(None, "--stylegan", help="Generator: stylegan2-ada-pytorch .pkl (G_ema) or rosinality .pt (g_ema)."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="Encoder: pSp / e4e checkpoint (its decoder is the generator if --stylegan is absent)."),
@@ -187,7 +187,7 @@ def export_cmd(
                                   seed=seed, identity_spec=identity_spec, beauty_spec=beauty_spec,
                                   identity_crop=None if identity_crop == "none" else identity_crop)
     else:
-        path = export_preset(preset or "tiny", out or default_bundle(), seed=seed, overwrite=force, detector=detector,
+        path = export_preset(preset or "demo", out or default_bundle(), seed=seed, overwrite=force, detector=detector,
                              progress=progress, identity="dlib" if identity is not None else "preset")
     if trt:
         from beautyrt.export.trt_build import build_engines
@@ -308,6 +308,8 @@ def train(
     max_steps: int = typer.Option(1_000_000, "--max-steps", help="generator: step limit."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="beauty/pack: generator checkpoint (beauty: adds reconstructions as training inputs)."),
     beauty: Optional[Path] = typer.Option(None, "--beauty", help="pack: beauty checkpoint (beauty.pt)."),
+    hard_bundle: Optional[Path] = typer.Option(None, "--hard-bundle", help="beauty: a bundle with a first regressor; its search results on training faces become hard negatives."),
+    hard_n: int = typer.Option(150, "--hard-n", help="beauty: how many training faces to mine hard negatives on."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core machine)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Aligned-face cache folder (default ~/.cache/beautyrt/train)."),
@@ -323,7 +325,8 @@ def train(
     if what == "generator":
         res = tapi.train_generator_cmd(data, out, minutes=minutes, seed=seed, max_steps=max_steps, threads=threads, cache=cache)
     elif what == "beauty":
-        res = tapi.train_beauty_cmd(data, out, generator=generator, seed=seed, threads=threads, cache=cache)
+        res = tapi.train_beauty_cmd(data, out, generator=generator, seed=seed, threads=threads, cache=cache,
+                                    hard_bundle=hard_bundle, hard_n=hard_n)
     elif what == "pack":
         if generator is None or beauty is None:
             from beautyrt.runtime.errors import UsageError

@@ -139,7 +139,7 @@ def export_demo(out: str | Path, *, overwrite: bool = False, detector: bool = Tr
 # ---------------------------------------------------------------------------------------------------
 # building the pack from training outputs
 @torch.no_grad()
-def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch.Tensor, n: int = 384,
+def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch.Tensor, n: int = 768,
                   step: float = 0.5, seed: int = 0) -> tuple[np.ndarray, dict]:
     """InterFaceGAN-style linear beauty direction in W (units of w_std).
 
@@ -161,13 +161,16 @@ def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch
         y.append(beauty((img.clamp(-1, 1) + 1) * 127.5))
     y = torch.cat(y).numpy().astype(np.float64)
     Xn = X.numpy().astype(np.float64)
-    onehot = np.eye(len(starts))[s_idx]
-    A = np.hstack([Xn, onehot])
+    # within-start regression: remove each start's mean (its own intercept), then ridge on the offsets
+    s_idx = np.asarray(s_idx)
+    yc, Xc = y.copy(), Xn.copy()
+    for k in np.unique(s_idx):
+        m = s_idx == k
+        yc[m] -= y[m].mean()
+        Xc[m] -= Xn[m].mean(0)
     lam = 1.0
-    coef = np.linalg.solve(A.T @ A + lam * np.eye(A.shape[1]), A.T @ y)
-    a = coef[:wd]
-    pred = A @ coef
-    r2 = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    a = np.linalg.solve(Xc.T @ Xc + lam * np.eye(wd), Xc.T @ yc)
+    r2 = 1 - ((yc - Xc @ a) ** 2).sum() / (yc ** 2).sum()
     return (a / np.linalg.norm(a)).astype(np.float32), {"samples": n, "step": step, "r2": float(r2),
                                                        "slope_per_std": float(np.linalg.norm(a))}
 

@@ -25,15 +25,24 @@ def train_generator_cmd(data: str | Path, out: str | Path, *, minutes: float = 3
 
 def train_beauty_cmd(data: str | Path, out: str | Path, *, generator: Optional[str | Path] = None, seed: int = 0,
                      omi_weight: float = 0.5, threads: Optional[int] = 1, cache: Optional[str | Path] = None,
-                     limit: Optional[int] = None) -> dict:
+                     limit: Optional[int] = None, hard_bundle: Optional[str | Path] = None, hard_n: int = 150) -> dict:
+    """``hard_bundle``: a bundle built with a first regressor; its search results on ``hard_n`` training
+    faces become hard negatives (see ``beauty.add_hard_examples``) for this one."""
     import torch
 
-    from .beauty import train_beauty
+    from .beauty import add_hard_examples, train_beauty
     from .data import DEFAULT_CACHE, load_aligned, prepare
 
     if threads:
         torch.set_num_threads(threads)
     path = prepare(data, cache=cache or DEFAULT_CACHE, limit=limit)
+    if hard_bundle is not None:
+        if generator is None:
+            raise ValueError("hard examples need the generator checkpoint too (--generator)")
+        from .beauty import compute_features
+
+        compute_features(load_aligned(path), Path(out), str(generator))
+        add_hard_examples(load_aligned(path), Path(out), hard_bundle, str(generator), n=hard_n, seed=seed)
     res = train_beauty(load_aligned(path), out, generator_ckpt=str(generator) if generator else None,
                        omi_weight=omi_weight, seed=seed)
     Path(out, "beauty_result.json").write_text(json.dumps(res, indent=1))

@@ -74,11 +74,66 @@ def compute_features(data: dict, out: Path, generator_ckpt: Optional[str] = None
         feats["flip_index"] = tr
         feats["flip"] = descriptors(identity, imgs[tr].flip(-1), label="flip")
         np.savez(cache, **feats)
-    if generator_ckpt and "recon" not in feats:
+    if generator_ckpt:
+        from ..dlib_dat import sha256_file
         from .generator import load_checkpoint
 
+        key = sha256_file(generator_ckpt)[:16]  # reconstructions belong to one generator checkpoint
+        if "recon" not in feats or str(feats.get("recon_key", "")) != key:
+            G, E, _ = load_checkpoint(generator_ckpt)
+            feats["recon"] = descriptors(identity, reconstruct(G, E, imgs), label="recon")
+            feats["recon_key"] = np.asarray(key)
+            np.savez(cache, **feats)
+    return feats
+
+
+def add_hard_examples(data: dict, out: Path, bundle: str | Path, generator_ckpt: str, n: int = 120,
+                      seed: int = 0, res: int = 64, settings=None) -> dict:
+    """Hard negatives: what the search finds on training faces, labelled with the face's own rating.
+
+    The search (``bundle``, the runtime's own Beautifier on the aligned crops) climbs the regressor; on a
+    weak generator it climbs with colour blotches the regressor mistakes for beauty. Their descriptors,
+    labelled with the unedited face's rating, teach the next regressor that such edits are not an
+    improvement. Also adds random W perturbations (0.5 and 1 std, one offset for all rows) of the
+    training faces' reconstructions, with the same labels. Cached in ``out/descriptors.npz``."""
+    from beautyrt.runtime.pipeline import Beautifier, Settings
+
+    from .generator import load_checkpoint
+
+    cache = out / "descriptors.npz"
+    feats = dict(np.load(cache))
+    identity = build_identity(data[f"lm_{res}"], res)
+    tr = np.flatnonzero(data["split"] == 0)
+    rng = np.random.default_rng(seed)
+    if "pert" not in feats:
         G, E, _ = load_checkpoint(generator_ckpt)
-        feats["recon"] = descriptors(identity, reconstruct(G, E, imgs), label="recon")
+        imgs = to_tensor(data[f"images_{res}"][tr])
+        with torch.no_grad():
+            ws = torch.cat([E(imgs[i:i + 64]) for i in range(0, len(imgs), 64)])
+            std = ws.reshape(-1, ws.shape[-1]).std(0)
+            g = torch.Generator().manual_seed(seed)
+            scale = torch.where(torch.rand(len(ws), generator=g) < 0.5, 0.5, 1.0)[:, None, None]
+            wp = ws + torch.randn(len(ws), 1, ws.shape[-1], generator=g) * std * scale
+            pert = torch.cat([G.synthesis(wp[i:i + 64]) for i in range(0, len(wp), 64)])
+        feats["pert"] = descriptors(identity, pert, label="perturbed")
+        feats["pert_index"] = tr
+        np.savez(cache, **feats)
+    pick = np.sort(rng.choice(tr, size=min(n, len(tr)), replace=False))
+    done = set(feats.get("hard_index", np.zeros(0, np.int64)).tolist())
+    todo = [int(i) for i in pick if int(i) not in done]
+    if todo:
+        s = settings or Settings()
+        outs = []
+        with Beautifier(bundle, threads=1) as bf:
+            for k, i in enumerate(todo):
+                r = bf.optimize(data[f"images_{res}"][i], s, aligned=True)
+                outs.append(r.generated_best)
+                if k % 20 == 0:
+                    log.info("hard examples %d/%d", k, len(todo))
+        x = to_tensor(np.stack(outs))
+        new = descriptors(identity, x, label="hard")
+        feats["hard"] = np.concatenate([feats["hard"], new]) if "hard" in feats else new
+        feats["hard_index"] = np.concatenate([feats.get("hard_index", np.zeros(0, np.int64)), np.asarray(todo)])
         np.savez(cache, **feats)
     return feats
 
@@ -100,6 +155,10 @@ def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = No
     X.append(feats["flip"][[fl[int(i)] for i in tr]]), y.append(score[tr]), wgt.append(np.ones(len(tr)))
     if "recon" in feats:
         X.append(feats["recon"][tr]), y.append(score[tr]), wgt.append(np.ones(len(tr)))
+    for key, w_extra in (("pert", 1.0), ("hard", 3.0)):  # see add_hard_examples
+        if key in feats:
+            idx = feats[f"{key}_index"].astype(np.int64)
+            X.append(feats[key]), y.append(score[idx]), wgt.append(np.full(len(idx), w_extra))
     if omi_weight > 0 and len(omi):
         X.append(feats["real"][omi]), y.append(score[omi]), wgt.append(np.full(len(omi), omi_weight))
         X.append(feats["flip"][[fl[int(i)] for i in omi]]), y.append(score[omi]), wgt.append(np.full(len(omi), omi_weight))
