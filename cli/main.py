@@ -350,6 +350,8 @@ def evaluate(
     generations: int = typer.Option(20, "--generations", "-g"),
     popsize: int = typer.Option(16, "--popsize", "-p"),
     identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help="Default: the bundle's recommendation."),
+    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help="Default: the bundle's recommendation."),
+    sigma: float = typer.Option(0.5, "--sigma", help="Initial step in units of W's std (the demo pack is best at 0.3)."),
     seed: int = typer.Option(0, "--seed"),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout."),
@@ -361,8 +363,8 @@ def evaluate(
     from beautyrt.runtime import api
     from beautyrt.runtime.evaluate import evaluate as run_eval, format_summary
 
-    settings = api.Settings(generations=generations, popsize=popsize, seed=seed,
-                            weights=api.ObjectiveWeights(identity_floor=identity_floor)).validate()
+    settings = api.Settings(generations=generations, popsize=popsize, seed=seed, sigma0=sigma,
+                            weights=api.ObjectiveWeights(identity_floor=identity_floor, latent_weight=latent_weight)).validate()
     prog = _Progress("evaluate", enabled=not as_json)
     rep = run_eval(images, _bundle_arg(bundle), settings=settings, limit=limit, csv_path=csv_path, sheet=sheet,
                    seed=seed, threads=threads, progress=lambda i, n: prog(i, n))

@@ -116,6 +116,7 @@ def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
                 "metrics": cfg.get("metrics", {}), "licences": LICENCES,
                 "identity": "dlib descriptor on the FFHQ crop warped into dlib's chip, centred on the training mean",
                 "recommended_objective": cfg.get("recommended_objective", {}),
+                "recommended_search": cfg.get("recommended_search", {}),
                 "notes": "mapping network untrained: sample W from w_avg/w_std, not from z"},
         parity_batches=(1, 3), tolerance=2e-3,
         objective_defaults=dict(cfg.get("recommended_objective", {})),
