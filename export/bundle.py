@@ -52,6 +52,7 @@ class ModelSet:
     tolerance: float = 1e-3
     extra_models: dict = field(default_factory=dict)  # role -> callable(out_dir) -> manifest entry (e.g. detector)
     objective_defaults: dict = field(default_factory=dict)  # e.g. identity floor/target fitting the identity net
+    search_defaults: dict = field(default_factory=dict)  # e.g. {"sigma0": 0.3} measured best for these weights
 
     def eval(self) -> "ModelSet":
         for m in (self.generator, self.encoder, self.beauty, self.identity):
@@ -208,6 +209,7 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         },
         "crop": ms.crop,
         "objective_defaults": dict(ms.objective_defaults),
+        "search_defaults": {k: v for k, v in ms.search_defaults.items() if k in ("sigma0",)},
         "models": models,
     }
 

@@ -38,6 +38,7 @@ from .timing import StageTimer
 log = logging.getLogger("beautyrt")
 
 Progress = Callable[[int, int, float], None]  # (generation, total generations, best score so far)
+DEFAULT_SIGMA0 = 0.5
 DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
 OUTPUT_MODES = ("transfer", "generated")
 
@@ -48,7 +49,7 @@ class Settings:
 
     generations: int = 20
     popsize: int = 16
-    sigma0: float = 0.5          # initial CMA-ES step, in units of W's per-dimension std
+    sigma0: Optional[float] = None  # initial CMA-ES step in units of W's std; None: the bundle's, else 0.5
     seed: int = 0
     space: str = "w"             # w | groups | wplus (see objective.LatentSpace)
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)  # None fields: the bundle's defaults
@@ -62,7 +63,7 @@ class Settings:
             raise UsageError(f"generations must be in 1..10000, got {self.generations}")
         if not 2 <= self.popsize <= 1024:
             raise UsageError(f"popsize must be in 2..1024, got {self.popsize}")
-        if not 0 < self.sigma0 <= 10:
+        if self.sigma0 is not None and not 0 < self.sigma0 <= 10:
             raise UsageError(f"sigma0 must be in (0, 10], got {self.sigma0}")
         if self.space not in SPACES:
             raise UsageError(f"unknown search space {self.space!r}; choose one of {', '.join(SPACES)}")
@@ -230,7 +231,9 @@ class Beautifier:
     def resolve(self, settings: Optional[Settings] = None) -> Settings:
         """Settings with every objective weight filled in (the bundle's recommendations for unset ones)."""
         s = (settings or Settings()).validate()
-        return replace(s, weights=s.weights.resolved(self.manifest.data.get("objective_defaults")))
+        sigma0 = s.sigma0 if s.sigma0 is not None else float(
+            (self.manifest.data.get("search_defaults") or {}).get("sigma0", DEFAULT_SIGMA0))
+        return replace(s, sigma0=sigma0, weights=s.weights.resolved(self.manifest.data.get("objective_defaults"))).validate()
 
     def optimize(self, image: ImageLike, settings: Optional[Settings] = None, *, aligned: bool = False,
                  progress: Optional[Progress] = None) -> Result:

@@ -84,6 +84,7 @@ class TorchReference:
             self.nets = (_TorchNet(n["pnet"], ("reg", "prob")), _TorchNet(n["rnet"], ("reg", "prob")),
                          _TorchNet(n["onet"], ("reg", "landmarks", "prob")))
         self.objective_defaults = m.get("objective_defaults")
+        self.sigma0_default = float((m.get("search_defaults") or {}).get("sigma0", 0.5))
         self.load_seconds = time.perf_counter() - t0
 
     @torch.no_grad()
@@ -124,7 +125,8 @@ class TorchReference:
                 "tolfun": 0, "tolfunhist": 0, "tolflatfitness": 10**9, "tolstagnation": 10**9, "popsize": s.popsize}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            es = cma.CMAEvolutionStrategy(np.zeros(space.dim), s.sigma0, opts)
+            sigma0 = s.sigma0 if s.sigma0 is not None else self.sigma0_default  # as Beautifier.resolve
+            es = cma.CMAEvolutionStrategy(np.zeros(space.dim), sigma0, opts)
         wt = s.weights.resolved(self.objective_defaults)  # as Beautifier.resolve: unset weights from the bundle
         best_score, best_ws, best_cos = float(score0[0]), w_start.clone(), 1.0
         eval_t = 0.0

@@ -93,3 +93,22 @@ def test_photo_mode_with_detector(tiny_bundle_with_detector, example_photo):
         blank = np.full((200, 200, 3), 128, np.uint8)
         with pytest.raises(NoFaceError):
             b.optimize(blank, Settings(generations=1, popsize=4))
+
+
+def test_search_defaults_from_bundle(tiny_bundle, tmp_path, face_crop):
+    """An unset sigma0 takes the bundle's search_defaults; an explicit one wins."""
+    import json
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["search_defaults"] = {"sigma0": 0.25}
+    (b / "manifest.json").write_text(json.dumps(m))
+    with Beautifier(b, device="cpu") as bf:
+        assert bf.resolve(Settings()).sigma0 == 0.25
+        assert bf.resolve(Settings(sigma0=0.7)).sigma0 == 0.7
+        r = bf.optimize(face_crop, Settings(generations=1, popsize=4), aligned=True)
+        assert r.report()["settings"]["sigma0"] == 0.25
+    with Beautifier(tiny_bundle, device="cpu") as bf:
+        assert bf.resolve(Settings()).sigma0 == 0.5
