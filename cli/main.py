@@ -115,6 +115,7 @@ def optimize(
     latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help="Penalty per unit of mean squared step (default 0.1)."),
     aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="Edit every detected face (largest first)."),
     mode: str = typer.Option("transfer", "--mode", help="transfer: apply the edit to the photo; generated: paste the generated face."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
@@ -132,7 +133,7 @@ def optimize(
 
     settings = api.Settings(generations=generations, popsize=popsize, seed=seed, space=space, sigma0=sigma,
                             weights=api.ObjectiveWeights(identity_floor, identity_target, identity_weight, latent_weight),
-                            output_mode=mode, face=face).validate()
+                            output_mode=mode, face=face, all_faces=all_faces).validate()
     out = out or image.with_name(f"{image.stem}.beautified{image.suffix.lower() if image.suffix else '.png'}")
     prog = _Progress("search", enabled=not (quiet or as_json))
     rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,

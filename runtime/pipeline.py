@@ -55,6 +55,7 @@ class Settings:
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)  # None fields: the bundle's defaults
     output_mode: str = "transfer"  # transfer: add G(best)-G(start) to the photo; generated: G(best) itself
     face: Optional[int] = None   # index into faces sorted largest first; None = the largest
+    all_faces: bool = False      # edit every detected face (largest first) instead of one
     min_face: float = 40.0       # smallest face side (pixels) the detector looks for
     work_size: int = 512         # side of the crop that carries the edit back into the photo
 
@@ -69,6 +70,8 @@ class Settings:
             raise UsageError(f"unknown search space {self.space!r}; choose one of {', '.join(SPACES)}")
         if self.output_mode not in OUTPUT_MODES:
             raise UsageError(f"output mode must be one of {', '.join(OUTPUT_MODES)}, got {self.output_mode!r}")
+        if self.all_faces and self.face is not None:
+            raise UsageError("choose either a face index or all faces, not both")
         if self.face is not None and self.face < 0:
             raise UsageError(f"face index must be >= 0, got {self.face}")
         if not 16 <= self.work_size <= 4096:
@@ -104,7 +107,7 @@ class Result:
     faces_found: int = 0
     generations_run: int = 0
     stop_reason: str = ""
-
+    faces: list = field(default_factory=list)  # with all_faces: one summary per edited face
     def report(self) -> dict:
         return {
             "score_before": self.score_before,
@@ -120,6 +123,7 @@ class Result:
             "bundle_hash": self.bundle_hash,
             "face": self.face,
             "faces_found": self.faces_found,
+            **({"faces": self.faces} if self.faces else {}),
             "output_size": [int(self.image.shape[1]), int(self.image.shape[0])],
         }
 
@@ -241,31 +245,63 @@ class Beautifier:
         timer = StageTimer()
         with timer("decode"):
             rgb = load_image(image)
-        face_info, faces_found, align_work = None, 0, None
         if aligned:
-            crop = resize_u8(rgb, self.resolution) if rgb.shape[0] == rgb.shape[1] else None
-            if crop is None:
+            if rgb.shape[0] != rgb.shape[1]:
                 raise UsageError(f"--aligned input must be a square face crop, got {rgb.shape[1]}x{rgb.shape[0]}")
+            edit = self._edit(rgb, resize_u8(rgb, self.resolution), None, None, s, timer, progress)
+            faces_found, per_face = 0, []
         else:
-            from .align import ffhq_alignment, warp
-
             with timer("detect"):
                 faces = self.detect(rgb, s.min_face)
             faces_found = len(faces)
             if not faces:
                 raise NoFaceError("no face found in the image")
-            idx = 0 if s.face is None else s.face
-            if idx >= len(faces):
-                raise NoFaceError(f"face {idx} asked for, but only {len(faces)} face(s) found (indices 0..{len(faces) - 1})")
-            f = faces[idx]
-            with timer("align"):
-                a_gen = ffhq_alignment(f.landmarks, self.resolution)
-                crop = warp(rgb, a_gen.matrix, self.resolution)
-                work = max(self.resolution, s.work_size)
-                align_work = ffhq_alignment(f.landmarks, work)
-                crop_work = warp(rgb, align_work.matrix, work)
-            face_info = {"index": idx, **f.to_dict(), "alignment": a_gen.to_dict(),
-                         "work_alignment": align_work.to_dict()}
+            if s.all_faces:
+                chosen = list(range(len(faces)))
+            else:
+                idx = 0 if s.face is None else s.face
+                if idx >= len(faces):
+                    raise NoFaceError(f"face {idx} asked for, but only {len(faces)} face(s) found "
+                                      f"(indices 0..{len(faces) - 1})")
+                chosen = [idx]
+            out, per_face, edit = rgb, [], None
+            for idx in chosen:  # largest first; each edit is pasted into the photo the previous one produced
+                e = self._edit_face(out, faces[idx], idx, s, timer, progress)
+                out = e["image"]
+                edit = edit or e
+                per_face.append({"index": idx, "box": e["face"]["box"], "score_before": e["search"]["score_before"],
+                                 "score_after": e["search"]["score_after"], "identity": e["search"]["identity"],
+                                 "generations_run": e["search"]["generations"]})
+            edit = {**edit, "image": out}
+        search = edit["search"]
+        timings = timer.summary()
+        timings["load_bundle"] = self.load_seconds
+        return Result(image=edit["image"], aligned=edit["crop"], generated_start=to_uint8(edit["g_start"]),
+                      generated_best=to_uint8(edit["g_best"]), w_start=edit["w_start"][0], w_best=search["w_best"][0],
+                      score_before=search["score_before"], score_after=search["score_after"],
+                      identity=search["identity"], history=search["history"], timings=timings, settings=s,
+                      bundle_hash=self.bundle_hash, face=edit.get("face"), faces_found=faces_found,
+                      generations_run=search["generations"], stop_reason=search["stop"],
+                      faces=per_face if s.all_faces else [])
+
+    def _edit_face(self, rgb: np.ndarray, f, idx: int, s: Settings, timer: StageTimer,
+                   progress: Optional[Progress]) -> dict:
+        """Align one detected face, search, and paste the edit back into ``rgb`` (returns a new image)."""
+        from .align import ffhq_alignment, warp
+
+        with timer("align"):
+            a_gen = ffhq_alignment(f.landmarks, self.resolution)
+            crop = warp(rgb, a_gen.matrix, self.resolution)
+            align_work = ffhq_alignment(f.landmarks, max(self.resolution, s.work_size))
+            crop_work = warp(rgb, align_work.matrix, align_work.size)
+        e = self._edit(crop_work, crop, rgb, align_work, s, timer, progress)
+        e["face"] = {"index": idx, **f.to_dict(), "alignment": a_gen.to_dict(), "work_alignment": align_work.to_dict()}
+        return e
+
+    def _edit(self, base: np.ndarray, crop: np.ndarray, photo: Optional[np.ndarray], align_work, s: Settings,
+              timer: StageTimer, progress: Optional[Progress]) -> dict:
+        """Encode ``crop`` (generator resolution), search, and apply the edit to ``base`` (any square size);
+        with ``photo`` and ``align_work`` the edited ``base`` is pasted back into the photo."""
         with timer("encode"):
             w_start = self.engines["encoder"].run({"image": model_input(crop, self.encoder_norm)})["ws"].astype(np.float32)
         search = self._search(w_start, s, timer, progress)
@@ -273,26 +309,13 @@ class Beautifier:
             imgs = self.engines["synthesis"].run({"ws": np.concatenate([w_start, search["w_best"]])})["image"]
         g_start, g_best = imgs[0], imgs[1]
         with timer("compose"):
-            if s.output_mode == "generated":
-                edit_crop = to_uint8(g_best)
-                delta = None
-            else:
-                delta = (g_best - g_start).transpose(1, 2, 0) * 127.5
-                edit_crop = np.clip(np.rint(crop.astype(np.float32) + delta), 0, 255).astype(np.uint8)
-            if aligned:
-                out = edit_crop if rgb.shape[0] == self.resolution else self._apply_delta(rgb, delta, g_best)
-            else:
+            delta = None if s.output_mode == "generated" else (g_best - g_start).transpose(1, 2, 0) * 127.5
+            out = self._apply_delta(base, delta, g_best)
+            if photo is not None:
                 from .paste import paste_back
 
-                work_crop = self._apply_delta(crop_work, delta, g_best)
-                out = paste_back(rgb, work_crop, align_work)
-        timings = timer.summary()
-        timings["load_bundle"] = self.load_seconds
-        return Result(image=out, aligned=crop, generated_start=to_uint8(g_start), generated_best=to_uint8(g_best),
-                      w_start=w_start[0], w_best=search["w_best"][0], score_before=search["score_before"],
-                      score_after=search["score_after"], identity=search["identity"], history=search["history"],
-                      timings=timings, settings=s, bundle_hash=self.bundle_hash, face=face_info,
-                      faces_found=faces_found, generations_run=search["generations"], stop_reason=search["stop"])
+                out = paste_back(photo, out, align_work)
+        return {"image": out, "crop": crop, "g_start": g_start, "g_best": g_best, "w_start": w_start, "search": search}
 
     @staticmethod
     def _apply_delta(base: np.ndarray, delta: Optional[np.ndarray], g_best: np.ndarray) -> np.ndarray:

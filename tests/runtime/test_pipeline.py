@@ -112,3 +112,29 @@ def test_search_defaults_from_bundle(tiny_bundle, tmp_path, face_crop):
         assert r.report()["settings"]["sigma0"] == 0.25
     with Beautifier(tiny_bundle, device="cpu") as bf:
         assert bf.resolve(Settings()).sigma0 == 0.5
+
+
+def test_all_faces_edits_each_face(tiny_bundle_with_detector, example_photo):
+    from PIL import Image
+
+    from beautyrt.runtime.imageio import load_image
+
+    photo = load_image(example_photo)
+    small = np.asarray(Image.fromarray(photo).resize((256, 256)))
+    tiled = np.concatenate([np.concatenate([small, small], 1), np.concatenate([small, small], 1)], 0)
+    with Beautifier(tiny_bundle_with_detector, device="cpu") as b:
+        with pytest.raises(UsageError):
+            b.optimize(tiled, Settings(generations=1, popsize=4, all_faces=True, face=0))
+        one = b.optimize(tiled, Settings(generations=2, popsize=4, seed=1))
+        allf = b.optimize(tiled, Settings(generations=2, popsize=4, seed=1, all_faces=True))
+    assert allf.faces_found == 4 and len(allf.faces) == 4 and "faces" in allf.report()
+    assert "faces" not in one.report()
+    changed = np.abs(allf.image.astype(int) - tiled.astype(int)).sum(axis=2) > 0
+    for q in allf.faces:  # every face's box region was edited
+        x0, y0, x1, y1 = (int(v) for v in q["box"])
+        assert changed[max(y0, 0):y1, max(x0, 0):x1].mean() > 0.2, q
+    # the single-face run changes only one of the four quadrants
+    one_changed = np.abs(one.image.astype(int) - tiled.astype(int)).sum(axis=2) > 0
+    quads = [one_changed[:256, :256].any(), one_changed[:256, 256:].any(), one_changed[256:, :256].any(),
+             one_changed[256:, 256:].any()]
+    assert sum(quads) == 1
