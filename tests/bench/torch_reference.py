@@ -58,10 +58,16 @@ class TorchReference:
         self.root = Path(bundle).expanduser()
         m = json.loads((self.root / "manifest.json").read_text())
         src = m.get("source", {})
-        if src.get("kind") != "preset":
-            raise SystemExit(f"torch reference: bundle source {src} is not a preset; cannot rebuild its networks")
         t0 = time.perf_counter()
-        ms = build_preset(get_preset(src["preset"]), seed=int(src["seed"]))
+        if src.get("kind") == "preset":
+            ms = build_preset(get_preset(src["preset"]), seed=int(src["seed"]), identity=src.get("identity", "preset"))
+        elif src.get("kind") == "demo_pack":
+            from beautyrt.export.demo_pack import build_demo_modelset
+
+            ms = build_demo_modelset()
+        else:
+            raise SystemExit(f"torch reference: bundle source {src} is neither a preset nor the demo pack; "
+                             f"cannot rebuild its networks")
         gen = m["generator"]
         if not np.allclose(ms.w_avg, np.asarray(gen["w_avg"], np.float32), atol=1e-5):
             raise SystemExit("torch reference: rebuilt w_avg differs from the manifest's; not the same weights")
