@@ -210,24 +210,8 @@ def atomic_write_many(items: Sequence[tuple[str | os.PathLike, bytes]]) -> list[
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    p = check_writable(path) if Path(path).suffix.lower() in FORMATS else Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{p}: directory {parent} does not exist")
-    fd, tmp = _mkstemp_for(p)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException as e:  # also on KeyboardInterrupt: never leave the temporary behind
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
-        raise
-    return p
+    """Write one output through a temporary file renamed into place (``atomic_write_many`` of one item)."""
+    return atomic_write_many([(path, data)])[0]
 
 
 def encode_image(rgb: np.ndarray, fmt: str, quality: int = 95, text: Optional[Mapping[str, str]] = None,
