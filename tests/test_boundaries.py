@@ -55,3 +55,19 @@ def test_no_unrestricted_pickle_load():
             for line in src.splitlines():
                 if "torch.load(" in line:
                     assert "weights_only=True" in line, f"{p}: {line.strip()}"
+
+
+def test_every_source_package_ships_in_the_wheel():
+    """pyproject lists packages explicitly (package-dir maps export/ -> beautyrt.export ...): a new
+    subpackage missing from that list works in an editable install but vanishes from a wheel."""
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    for pkg, folder in cfg["package-dir"].items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            name = ".".join([pkg, *rel.parts])
+            assert name in listed, f"{name} ({init.parent.relative_to(REPO)}) is not in pyproject's packages"
+    data = cfg.get("package-data", {}).get("beautyrt.export", [])
+    assert "demo_pack/*" in data, "the demo pack's weights must be package data of beautyrt.export"
