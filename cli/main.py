@@ -117,6 +117,8 @@ def optimize(
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Edit every detected face (largest first)."),
     mode: str = typer.Option("transfer", "--mode", help="transfer: apply the edit to the photo; generated: paste the generated face."),
+    score_on: str = typer.Option("auto", "--score-on", help="output: the search scores the photo plus each candidate's edit (what you get); generated: the generated face; auto: output where the bundle allows."),
+    transfer: str = typer.Option("luma", "--transfer", help="luma: the edit changes light and shape, the photo keeps its colours; rgb: colours too."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
@@ -133,7 +135,8 @@ def optimize(
 
     settings = api.Settings(generations=generations, popsize=popsize, seed=seed, space=space, sigma0=sigma,
                             weights=api.ObjectiveWeights(identity_floor, identity_target, identity_weight, latent_weight),
-                            output_mode=mode, face=face, all_faces=all_faces).validate()
+                            output_mode=mode, face=face, all_faces=all_faces, score_on=score_on,
+                            transfer=transfer).validate()
     out = out or image.with_name(f"{image.stem}.beautified{image.suffix.lower() if image.suffix else '.png'}")
     prog = _Progress("search", enabled=not (quiet or as_json))
     rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,
@@ -354,6 +357,8 @@ def evaluate(
     latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help="Default: the bundle's recommendation."),
     sigma: Optional[float] = typer.Option(None, "--sigma", help="Initial step in units of W's std (default: the bundle's recommendation, else 0.5)."),
     seed: int = typer.Option(0, "--seed"),
+    score_on: str = typer.Option("auto", "--score-on", help="output | generated | auto (as optimize)."),
+    transfer: str = typer.Option("luma", "--transfer", help="luma | rgb (as optimize)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout."),
     threads: Optional[int] = typer.Option(None, "--threads"),
@@ -365,7 +370,8 @@ def evaluate(
     from beautyrt.runtime.evaluate import evaluate as run_eval, format_summary
 
     settings = api.Settings(generations=generations, popsize=popsize, seed=seed, sigma0=sigma,
-                            weights=api.ObjectiveWeights(identity_floor=identity_floor, latent_weight=latent_weight)).validate()
+                            weights=api.ObjectiveWeights(identity_floor=identity_floor, latent_weight=latent_weight),
+                            score_on=score_on, transfer=transfer).validate()
     prog = _Progress("evaluate", enabled=not as_json)
     rep = run_eval(images, _bundle_arg(bundle), settings=settings, limit=limit, csv_path=csv_path, sheet=sheet,
                    seed=seed, threads=threads, progress=lambda i, n: prog(i, n))

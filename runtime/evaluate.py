@@ -2,8 +2,9 @@
 
 For every photo (torch-free; the bundle's engines only):
 
-* the search: :meth:`Beautifier.optimize` with the given settings -> regressor gain (G(best) vs G(start)),
-  identity cosine of the best candidate to the starting inversion, time;
+* the search: :meth:`Beautifier.optimize` with the given settings -> regressor gain and identity cosine of the
+  best candidate, measured where the search scored (``score_on``: the photo crop + edit vs the photo crop, or
+  G(best) vs G(start)), time;
 * the output the user gets: the beauty and identity models on the edited FFHQ crop (photo crop + edit)
   vs the photo's own crop (``gain_output`` / ``identity_output``);
 * the linear baseline (InterFaceGAN-style): walk from w_start along the bundle's ``beauty_direction``
@@ -29,7 +30,7 @@ from PIL import Image, ImageDraw
 from .errors import NoFaceError, UsageError
 from .imageio import load_image
 from .objective import cosine_to
-from .pipeline import Beautifier, Settings, model_input, resize_float
+from .pipeline import Beautifier, Settings, edit_delta, model_input, resize_float
 
 log = logging.getLogger("beautyrt")
 EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -81,12 +82,16 @@ class Evaluator:
         return (self.beauty.run({"image": xb})["score"].astype(np.float64),
                 self.identity.run({"image": xi})["embedding"].astype(np.float64))
 
-    def linear(self, w_start: np.ndarray) -> dict:
-        """Walk along the direction until the identity floor."""
+    def linear(self, w_start: np.ndarray, crop: np.ndarray) -> dict:
+        """Walk along the direction until the identity floor, scored like the search (on the photo crop plus
+        the edit with ``score_on="output"``, on G(w) otherwise): all steps in one batched call."""
         ts = self.step * np.arange(0, self.max_steps + 1, dtype=np.float32)
         off = ts[:, None] * self.direction[None] * self.bf.w_std[None]
         ws = (w_start[None] + off[:, None, :]).astype(np.float32)
-        out = self.bf.engines["scorer"].run({"ws": ws})
+        if self.s.score_on == "output":
+            out = self.bf._output_scorer(w_start[None], crop, self.s.transfer)(ws)
+        else:
+            out = self.bf.engines["scorer"].run({"ws": ws})
         score = out["score"].astype(np.float64)
         cos = cosine_to(out["embedding"][0].astype(np.float64), out["embedding"].astype(np.float64))
         floor = self.s.weights.identity_floor
@@ -96,6 +101,12 @@ class Evaluator:
         return {"t": float(ts[k]), "score_before": float(score[0]), "score_after": float(score[k]),
                 "gain": float(score[k] - score[0]), "identity": float(cos[k]), "ws": ws[k]}
 
+    def _delta(self, w_start: np.ndarray, w_best: np.ndarray) -> np.ndarray:
+        """The edit the output carries, (H, W, 3) in grey levels, from the float generator images (the uint8
+        ones are clipped, which would lose the part of an edit beyond the value range)."""
+        g = self.bf.engines["synthesis"].run({"ws": np.stack([w_start, w_best]).astype(np.float32)})["image"]
+        return edit_delta((g[1] - g[0])[None], self.s.transfer)[0].transpose(1, 2, 0) * 127.5
+
     def one(self, path: Path) -> tuple[dict, Optional[dict]]:
         t0 = time.perf_counter()
         r = self.bf.optimize(path, self.s)
@@ -104,15 +115,15 @@ class Evaluator:
                "gain": r.score_after - r.score_before, "identity": r.identity, "seconds": secs,
                "generations": r.generations_run}
         R = self.bf.resolution
-        delta = (r.generated_best.astype(np.float32) - r.generated_start.astype(np.float32))
+        delta = self._delta(r.w_start, r.w_best)
         edited = np.clip(np.rint(r.aligned.astype(np.float32) + delta), 0, 255).astype(np.uint8)
         vis = {"rgb": load_image(path), "landmarks": np.asarray(r.face["landmarks"]) if r.face else None,
                "out": r.image, "aligned": r.aligned, "delta_search": delta}
         crops = [r.aligned, edited]
         if self.direction is not None:
-            lin = self.linear(r.w_start.astype(np.float32))
+            lin = self.linear(r.w_start.astype(np.float32), r.aligned)
             g = self.bf.engines["synthesis"].run({"ws": np.stack([r.w_start, lin["ws"]]).astype(np.float32)})["image"]
-            d_lin = (g[1] - g[0]).transpose(1, 2, 0) * 127.5
+            d_lin = edit_delta((g[1] - g[0])[None], self.s.transfer)[0].transpose(1, 2, 0) * 127.5
             vis["delta_linear"] = d_lin
             crops.append(np.clip(np.rint(r.aligned.astype(np.float32) + d_lin), 0, 255).astype(np.uint8))
             row.update(linear_gain=lin["gain"], linear_identity=lin["identity"], linear_t=lin["t"])

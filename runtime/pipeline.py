@@ -41,6 +41,9 @@ Progress = Callable[[int, int, float], None]  # (generation, total generations, 
 DEFAULT_SIGMA0 = 0.5
 DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
 OUTPUT_MODES = ("transfer", "generated")
+SCORE_ON = ("auto", "output", "generated")
+TRANSFERS = ("luma", "rgb")
+LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class Settings:
     all_faces: bool = False      # edit every detected face (largest first) instead of one
     min_face: float = 40.0       # smallest face side (pixels) the detector looks for
     work_size: int = 512         # side of the crop that carries the edit back into the photo
+    score_on: str = "auto"       # output: score photo crop + edit (what the user gets); generated: G(w) itself;
+                                 # auto: output where the bundle's beauty/identity models take the generator's crop
+    transfer: str = "luma"       # luma: carry the edit's brightness only (keeps the photo's colours); rgb: all
 
     def validate(self) -> "Settings":
         if not 1 <= self.generations <= 10000:
@@ -70,6 +76,10 @@ class Settings:
             raise UsageError(f"unknown search space {self.space!r}; choose one of {', '.join(SPACES)}")
         if self.output_mode not in OUTPUT_MODES:
             raise UsageError(f"output mode must be one of {', '.join(OUTPUT_MODES)}, got {self.output_mode!r}")
+        if self.score_on not in SCORE_ON:
+            raise UsageError(f"score-on must be one of {', '.join(SCORE_ON)}, got {self.score_on!r}")
+        if self.transfer not in TRANSFERS:
+            raise UsageError(f"transfer must be one of {', '.join(TRANSFERS)}, got {self.transfer!r}")
         if self.all_faces and self.face is not None:
             raise UsageError("choose either a face index or all faces, not both")
         if self.face is not None and self.face < 0:
@@ -148,6 +158,32 @@ def resize_float(a: np.ndarray, h: int, w: int) -> np.ndarray:
                      for c in range(a.shape[2])], axis=-1)
 
 
+def edit_delta(d: np.ndarray, transfer: str) -> np.ndarray:
+    """(n, 3, H, W) generator difference -> the edit carried to the photo: as is ("rgb"), or its luma only,
+    the same on all three channels ("luma": the photo keeps its colours, the edit moves light and shape)."""
+    if transfer == "rgb":
+        return d
+    y = np.tensordot(LUMA, d, axes=([0], [1]))  # (n, H, W)
+    return np.repeat(y[:, None], 3, axis=1).astype(np.float32)
+
+
+def crop_to_unit(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (1, 3, size, size) in [-1, 1] (the generator's value range)."""
+    x = resize_u8(rgb, size).astype(np.float32) / 127.5 - 1.0
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def normalise_unit(imgs: np.ndarray, norm: dict) -> np.ndarray:
+    """(n, 3, R, R) in [-1, 1] -> a model's input (resized to its size, its mean/std)."""
+    size = int(norm["size"])
+    x = (imgs + 1.0) * 0.5
+    if x.shape[-1] != size:
+        x = np.stack([resize_float(np.ascontiguousarray(a.transpose(1, 2, 0)), size, size).transpose(2, 0, 1) for a in x])
+    mean = np.asarray(norm["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(norm["std"], np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
 def model_input(rgb: np.ndarray, norm: dict) -> np.ndarray:
     """uint8 (H, W, 3) RGB -> float32 (1, 3, S, S) with the manifest's normalisation."""
     if norm.get("color_order", "RGB") != "RGB" or norm.get("layout", "NCHW") != "NCHW":
@@ -188,6 +224,9 @@ class Beautifier:
         check_role_shapes(self.manifest, self.num_ws, self.w_dim, self.resolution)
         kw = dict(backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir)
         self.engines = {role: open_engine(self.manifest, role, **kw) for role in ("encoder", "scorer", "synthesis")}
+        self.image_norms = self._image_model_norms()
+        if self.image_norms:
+            self.engines.update({role: open_engine(self.manifest, role, **kw) for role in self.image_norms})
         self.encoder_norm = self.manifest.model("encoder").normalisation
         if not self.encoder_norm:
             raise BundleSchemaError("manifest: encoder has no normalisation; rebuild the bundle")
@@ -201,6 +240,21 @@ class Beautifier:
         self.load_seconds = time.perf_counter() - t0
         log.debug("bundle %s loaded in %.2fs (%s)", self.manifest.root, self.load_seconds,
                  ", ".join(f"{k}: {getattr(e, 'providers', ['?'])[0]}" for k, e in self.engines.items()))
+
+    def _image_model_norms(self) -> dict:
+        """{"beauty": norm, "identity": norm} when both standalone models take the generator's FFHQ crop
+        (plain resize, RGB NCHW, no alignment template of their own): then the search can score the very
+        image the user gets (photo crop + edit). Empty otherwise."""
+        norms = {}
+        for role in ("beauty", "identity"):
+            if not self.manifest.has(role):
+                return {}
+            n = self.manifest.model(role).normalisation or {}
+            if (not n or n.get("crop_from_generator") is not None or n.get("color_order", "RGB") != "RGB"
+                    or n.get("layout", "NCHW") != "NCHW"):
+                return {}
+            norms[role] = n
+        return norms
 
     @property
     def bundle_hash(self) -> str:
@@ -237,7 +291,16 @@ class Beautifier:
         s = (settings or Settings()).validate()
         sigma0 = s.sigma0 if s.sigma0 is not None else float(
             (self.manifest.data.get("search_defaults") or {}).get("sigma0", DEFAULT_SIGMA0))
-        return replace(s, sigma0=sigma0, weights=s.weights.resolved(self.manifest.data.get("objective_defaults"))).validate()
+        score_on = s.score_on
+        if score_on == "auto":
+            score_on = "output" if self.image_norms and s.output_mode == "transfer" else "generated"
+        elif score_on == "output" and not self.image_norms:
+            raise UsageError("--score-on output needs the bundle's beauty and identity models to take the generator's "
+                             "crop as it is; this bundle's do not (use --score-on generated)")
+        elif score_on == "output" and s.output_mode != "transfer":
+            raise UsageError("--score-on output scores the photo plus the edit; it needs --output-mode transfer")
+        return replace(s, sigma0=sigma0, score_on=score_on,
+                       weights=s.weights.resolved(self.manifest.data.get("objective_defaults"))).validate()
 
     def optimize(self, image: ImageLike, settings: Optional[Settings] = None, *, aligned: bool = False,
                  progress: Optional[Progress] = None) -> Result:
@@ -304,12 +367,13 @@ class Beautifier:
         with ``photo`` and ``align_work`` the edited ``base`` is pasted back into the photo."""
         with timer("encode"):
             w_start = self.engines["encoder"].run({"image": model_input(crop, self.encoder_norm)})["ws"].astype(np.float32)
-        search = self._search(w_start, s, timer, progress)
+        search = self._search(w_start, crop, s, timer, progress)
         with timer("synthesize"):
             imgs = self.engines["synthesis"].run({"ws": np.concatenate([w_start, search["w_best"]])})["image"]
         g_start, g_best = imgs[0], imgs[1]
         with timer("compose"):
-            delta = None if s.output_mode == "generated" else (g_best - g_start).transpose(1, 2, 0) * 127.5
+            delta = None if s.output_mode == "generated" else \
+                edit_delta((g_best - g_start)[None], s.transfer)[0].transpose(1, 2, 0) * 127.5
             out = self._apply_delta(base, delta, g_best)
             if photo is not None:
                 from .paste import paste_back
@@ -326,11 +390,35 @@ class Beautifier:
         d = resize_float(delta.astype(np.float32), h, w)
         return np.clip(np.rint(base.astype(np.float32) + d), 0, 255).astype(np.uint8)
 
-    def _search(self, w_start: np.ndarray, s: Settings, timer: StageTimer, progress: Optional[Progress]) -> dict:
+    def _output_scorer(self, w_start: np.ndarray, crop: np.ndarray, transfer: str):
+        """ws (n, num_ws, w_dim) -> {"score", "embedding"} of the photo's crop plus each candidate's edit
+        G(w) - G(w_start): the image the user will get, at the generator's resolution. One batched call
+        per engine (synthesis, beauty, identity)."""
+        R = self.resolution
+        base = crop_to_unit(crop, R)  # (1, 3, R, R) in [-1, 1]
+        g0 = self.engines["synthesis"].run({"ws": w_start})["image"]
+
+        def run(ws: np.ndarray) -> dict:
+            imgs = base if ws is None else np.clip(
+                base + edit_delta(self.engines["synthesis"].run({"ws": ws})["image"] - g0, transfer), -1.0, 1.0)
+            out = {}
+            for role, key in (("beauty", "score"), ("identity", "embedding")):
+                out[key] = self.engines[role].run({"image": normalise_unit(imgs, self.image_norms[role])})[key]
+            return out
+        return run
+
+    def _search(self, w_start: np.ndarray, crop: np.ndarray, s: Settings, timer: StageTimer,
+                progress: Optional[Progress]) -> dict:
         space = LatentSpace(s.space, self.num_ws, self.w_dim, self.w_std, self.groups)
-        scorer = self.engines["scorer"]
-        with timer("score_start"):
-            r0 = scorer.run({"ws": w_start})
+        if s.score_on == "output":
+            score_fn = self._output_scorer(w_start, crop, s.transfer)
+            with timer("score_start"):
+                r0 = score_fn(None)
+        else:
+            scorer = self.engines["scorer"]
+            score_fn = lambda ws: scorer.run({"ws": ws})  # noqa: E731
+            with timer("score_start"):
+                r0 = score_fn(w_start)
         score0 = float(r0["score"][0])
         e_ref = r0["embedding"][0].astype(np.float64)
         es = CMAStrategy(space.dim, sigma0=s.sigma0, popsize=s.popsize, seed=s.seed, max_generations=s.generations)
@@ -344,7 +432,7 @@ class Beautifier:
             X = es.ask()
             ws = (w_start + space.offsets(X)).astype(np.float32)
             t1 = time.perf_counter()
-            out = scorer.run({"ws": ws})
+            out = score_fn(ws)
             t2 = time.perf_counter()
             score = out["score"].astype(np.float64)
             cos = cosine_to(e_ref, out["embedding"].astype(np.float64))
