@@ -28,7 +28,7 @@ from beautyrt.export.nets.scorer import Scorer
 from beautyrt.export.presets import get_preset
 from beautyrt.runtime.objective import INFEASIBLE, LatentSpace
 from beautyrt.runtime.search import DIAGONAL_ABOVE
-from beautyrt.runtime.pipeline import Settings, model_input, resize_u8
+from beautyrt.runtime.pipeline import LUMA, Settings, crop_to_unit, edit_delta, model_input, resize_u8
 from beautyrt.runtime.timing import StageTimer
 
 
@@ -76,6 +76,11 @@ class TorchReference:
                                     or gen["resolution"])
         self.scorer = Scorer(ms.generator.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm,
                              self.score_resolution).eval()
+        self.beauty, self.identity = ms.beauty.eval(), ms.identity.eval()
+        # as Beautifier._image_model_norms: score_on="output" needs both models to take the generator's crop
+        norms = {r: m["models"].get(r, {}).get("normalisation") or {} for r in ("beauty", "identity")}
+        self.image_norms = norms if all(n and n.get("crop_from_generator") is None and
+                                        int(n["size"]) == int(gen["resolution"]) for n in norms.values()) else {}
         self.resolution, self.num_ws, self.w_dim = int(gen["resolution"]), int(gen["num_ws"]), int(gen["w_dim"])
         self.w_std = np.asarray(gen["w_std"], np.float32)
         self.w_std_t = torch.from_numpy(self.w_std)
@@ -92,6 +97,29 @@ class TorchReference:
         self.objective_defaults = m.get("objective_defaults")
         self.sigma0_default = float((m.get("search_defaults") or {}).get("sigma0", 0.5))
         self.load_seconds = time.perf_counter() - t0
+
+    def _output_scorer(self, w_start: torch.Tensor, crop: np.ndarray, transfer: str):
+        """Plain torch version of Beautifier._output_scorer: photo crop + the candidate's edit -> score, embedding."""
+        base = torch.from_numpy(crop_to_unit(crop, self.resolution))
+        g0 = self.G.synthesis(w_start)
+        luma = torch.from_numpy(LUMA).reshape(1, 3, 1, 1)
+
+        def norm(x: torch.Tensor, n: dict) -> torch.Tensor:
+            mean = torch.tensor(n["mean"], dtype=torch.float32).reshape(1, 3, 1, 1)
+            std = torch.tensor(n["std"], dtype=torch.float32).reshape(1, 3, 1, 1)
+            return ((x + 1.0) * 0.5 - mean) / std
+
+        def run(ws):
+            if ws is None:
+                x = base
+            else:
+                d = self.G.synthesis(ws) - g0
+                if transfer == "luma":
+                    d = (d * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+                x = torch.clamp(base + d, -1.0, 1.0)
+            return (self.beauty(norm(x, self.image_norms["beauty"])),
+                    self.identity(norm(x, self.image_norms["identity"])))
+        return run
 
     @torch.no_grad()
     def optimize(self, image, s: Settings, aligned: bool = False) -> dict:
@@ -121,8 +149,19 @@ class TorchReference:
             w_start = self.encoder(torch.from_numpy(model_input(crop, self.encoder_norm)))
         # --- the search, plainly: pycma + torch scorer + objective on tensors -------------------------
         t_search = time.perf_counter()
-        with timer("score_start"):
-            score0, e_ref = self.scorer(w_start)
+        score_on = s.score_on
+        if score_on == "auto":  # as Beautifier.resolve
+            score_on = "output" if self.image_norms and s.output_mode == "transfer" else "generated"
+        if score_on == "output":
+            if not self.image_norms:
+                raise SystemExit("torch reference: score_on=output needs beauty/identity models at the generator's size")
+            score_fn = self._output_scorer(w_start, crop, s.transfer)
+            with timer("score_start"):
+                score0, e_ref = score_fn(None)
+        else:
+            score_fn = self.scorer
+            with timer("score_start"):
+                score0, e_ref = score_fn(w_start)
         space = LatentSpace(s.space, self.num_ws, self.w_dim, self.w_std, self.groups)
         rows = torch.from_numpy(space.rows)
         rng = np.random.default_rng(s.seed)
@@ -141,7 +180,7 @@ class TorchReference:
             Xt = torch.tensor(np.asarray(X), dtype=torch.float32).reshape(len(X), space.n_vectors, self.w_dim)
             ws = w_start + Xt[:, rows, :] * self.w_std_t
             t1 = time.perf_counter()
-            score, emb = self.scorer(ws)
+            score, emb = score_fn(ws)
             eval_t += time.perf_counter() - t1
             score, emb = score.double(), emb.double()
             cos = F.cosine_similarity(emb, e_ref.double(), dim=1)
@@ -162,7 +201,7 @@ class TorchReference:
             imgs = self.G.synthesis(torch.cat([w_start, best_ws])).numpy()
         g_start, g_best = imgs[0], imgs[1]
         with timer("compose"):
-            delta = (g_best - g_start).transpose(1, 2, 0) * 127.5
+            delta = edit_delta((g_best - g_start)[None], s.transfer)[0].transpose(1, 2, 0) * 127.5
             if aligned:
                 out = np.clip(np.rint(crop.astype(np.float32) + delta), 0, 255).astype(np.uint8)
             else:
