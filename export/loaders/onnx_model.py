@@ -3,16 +3,23 @@
 The spec says what the model expects; nothing is guessed from the graph except the tensor names, which
 are checked against the declaration:
 
-    {"size": 112, "color_order": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": "unit"}
+    {"size": 112, "color_order": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "scale": "unit",
+     "crop": "resize", "output": "fc1"}
 
 ``scale``: "unit" (mean/std apply to pixel/255, the manifest's convention) or "pixel" (mean/std in 0..255,
-converted). Given inline (``size=112,color=BGR,mean=127.5,std=127.5,scale=pixel``) or as a JSON/TOML file.
+converted). ``mean``/``std`` are listed in the model's own channel order (``color_order``). ``crop``: how the
+model's input is cut from the generator's FFHQ-aligned crop: "resize" (the whole crop, resized; default) or
+"arcface" (insightface's 5-point ArcFace template, scaled to ``size``); a JSON/TOML spec may instead give
+``template``: five (x, y) points (eyes, nose, mouth corners) in the model's input pixels. ``output``: which
+output to use when the model has several. Given inline (``size=112,color=BGR,mean=127.5,std=127.5,
+scale=pixel,crop=arcface``) or as a JSON/TOML file.
+
+Such a model is fused into the bundle's scorer by :mod:`beautyrt.export.fuse`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,16 +31,32 @@ from ..errors import CheckpointError
 log = logging.getLogger("beautyrt")
 
 
+# insightface's ArcFace alignment template (5 points in a 112 x 112 input; eyes, nose, mouth corners)
+ARCFACE_TEMPLATE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655),
+                        (70.7299, 92.2041))
+
+
 @dataclass
 class InputSpec:
     size: int
     color_order: str = "RGB"
-    mean: tuple = (0.5, 0.5, 0.5)
+    mean: tuple = (0.5, 0.5, 0.5)   # in the model's channel order
     std: tuple = (0.5, 0.5, 0.5)
+    template: Optional[tuple] = None  # five (x, y) points in the input's pixels, or None: resize the whole crop
+    output: Optional[str] = None
 
     def normalisation(self) -> dict:
-        return {"size": self.size, "color_order": self.color_order, "layout": "NCHW", "value_scale": "pixel/255",
-                "mean": [float(x) for x in self.mean], "std": [float(x) for x in self.std]}
+        """The model's own input convention (channel order as the model wants it)."""
+        d = {"size": self.size, "color_order": self.color_order, "layout": "NCHW", "value_scale": "pixel/255",
+             "mean": [float(x) for x in self.mean], "std": [float(x) for x in self.std]}
+        if self.template is not None:
+            d.update(template=[list(map(float, p)) for p in self.template], template_size=self.size)
+        return d
+
+    def rgb_mean_std(self) -> tuple[list, list]:
+        """mean/std per RGB channel (what a caller feeding RGB uses when the model's channels are flipped in-graph)."""
+        mean, std = [float(x) for x in self.mean], [float(x) for x in self.std]
+        return (mean[::-1], std[::-1]) if self.color_order == "BGR" else (mean, std)
 
 
 def _triple(v, key: str) -> tuple:
@@ -72,7 +95,7 @@ def parse_input_spec(spec: Any) -> InputSpec:
         spec = d
     if not isinstance(spec, dict):
         raise CheckpointError(f"input spec must be a mapping, got {type(spec).__name__}")
-    known = {"size", "color_order", "color", "mean", "std", "scale"}
+    known = {"size", "color_order", "color", "mean", "std", "scale", "crop", "template", "output"}
     extra = set(spec) - known
     if extra:
         raise CheckpointError(f"input spec: unknown key(s) {', '.join(sorted(extra))} (known: {', '.join(sorted(known))})")
@@ -89,7 +112,28 @@ def parse_input_spec(spec: Any) -> InputSpec:
         raise CheckpointError(f"input spec: scale must be 'unit' or 'pixel', got {scale!r}")
     if any(s <= 0 for s in std):
         raise CheckpointError("input spec: std must be positive")
-    return InputSpec(size=int(spec["size"]), color_order=order, mean=mean, std=std)
+    try:
+        size = int(spec["size"])
+    except (TypeError, ValueError):
+        raise CheckpointError(f"input spec: 'size' must be an integer, got {spec['size']!r}") from None
+    if size < 8:
+        raise CheckpointError(f"input spec: 'size' {size} is too small")
+    crop = str(spec.get("crop", "template" if "template" in spec else "resize")).lower()
+    template = None
+    if crop == "arcface":
+        template = tuple((x * size / 112.0, y * size / 112.0) for x, y in ARCFACE_TEMPLATE_112)
+    elif crop == "template":
+        t = spec.get("template")
+        try:
+            template = tuple((float(x), float(y)) for x, y in t)
+        except (TypeError, ValueError):
+            template = ()
+        if len(template) != 5:
+            raise CheckpointError("input spec: 'template' must be five [x, y] points (eyes, nose, mouth corners)")
+    elif crop != "resize":
+        raise CheckpointError(f"input spec: crop must be resize or arcface (or give 'template'), got {crop!r}")
+    output = str(spec["output"]) if spec.get("output") not in (None, "") else None
+    return InputSpec(size=size, color_order=order, mean=mean, std=std, template=template, output=output)
 
 
 @dataclass
@@ -98,16 +142,17 @@ class ExternalOnnx:
     spec: InputSpec
     input_name: str
     outputs: list  # [{"name", "dtype", "shape"}]
+    batch: Optional[int] = None  # the input's fixed batch size, None when symbolic
 
-    def manifest_entry(self, out_dir: Path, role: str) -> dict:
-        dst = Path(out_dir) / f"{role}.onnx"
-        shutil.copyfile(self.path, dst)
-        s = self.spec.size
-        return {"file": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size,
-                "inputs": [{"name": self.input_name, "dtype": "float32", "shape": ["batch", 3, s, s]}],
-                "outputs": self.outputs, "normalisation": self.spec.normalisation(),
-                "parity": {"reference": "external ONNX model copied as-is (not re-exported)"},
-                "source": {"kind": "external-onnx", "file": self.path.name, "sha256": sha256_file(self.path)}}
+    @property
+    def output(self) -> str:
+        """The output used (the spec's ``output``, else the only one)."""
+        return self.spec.output or self.outputs[0]["name"]
+
+    def record(self) -> dict:
+        return {"kind": "external-onnx", "file": self.path.name, "sha256": sha256_file(self.path),
+                "input": self.input_name, "output": self.output, "batch": self.batch if self.batch else "dynamic",
+                "normalisation": self.spec.normalisation()}
 
 
 def _dim(d) -> Any:
@@ -141,13 +186,17 @@ def load_external_onnx(path, spec) -> ExternalOnnx:
     for ax in (2, 3):
         if _dim(shape[ax]) is not None and shape[ax] != sp.size:
             raise CheckpointError(f"{path}: input '{inp.name}' is {shape[2]}x{shape[3]} but the spec declares size {sp.size}")
-    if _dim(shape[0]) not in (None,):
-        log.warning("%s: input batch is fixed to %s; the runtime will need batch %s", path, shape[0], shape[0])
     outs = []
     for o in sess.get_outputs():
         if o.type != "tensor(float)":
             raise CheckpointError(f"{path}: output '{o.name}' is {o.type}, expected tensor(float)")
         oshape = ["batch" if i == 0 and _dim(shape[0]) is None else (d if _dim(d) else f"d{i}") for i, d in enumerate(o.shape)]
         outs.append({"name": o.name, "dtype": "float32", "shape": oshape})
+    names = [o["name"] for o in outs]
+    if sp.output is not None and sp.output not in names:
+        raise CheckpointError(f"{path}: the spec names output '{sp.output}' but the model's outputs are {', '.join(names)}")
+    if sp.output is None and len(outs) > 1:
+        raise CheckpointError(f"{path}: the model has {len(outs)} outputs ({', '.join(names)}); say which one with "
+                              f"output=NAME in its spec")
     log.info("external ONNX %s: input %s %s, outputs %s", path, inp.name, shape, [o["name"] for o in outs])
-    return ExternalOnnx(path=path, spec=sp, input_name=inp.name, outputs=outs)
+    return ExternalOnnx(path=path, spec=sp, input_name=inp.name, outputs=outs, batch=_dim(shape[0]))
