@@ -316,6 +316,7 @@ def train(
     beauty: Optional[Path] = typer.Option(None, "--beauty", help="pack: beauty checkpoint (beauty.pt)."),
     hard_bundle: Optional[Path] = typer.Option(None, "--hard-bundle", help="beauty: a bundle with a first regressor; its search results on training faces become hard negatives."),
     hard_n: int = typer.Option(150, "--hard-n", help="beauty: how many training faces to mine hard negatives on."),
+    head: str = typer.Option("ridge", "--head", help="beauty: ridge (the pack's: linear head on dlib block features) | mlp (MLP on the descriptor)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core machine)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Aligned-face cache folder (default ~/.cache/beautyrt/train)."),
@@ -332,7 +333,7 @@ def train(
         res = tapi.train_generator_cmd(data, out, minutes=minutes, seed=seed, max_steps=max_steps, threads=threads, cache=cache)
     elif what == "beauty":
         res = tapi.train_beauty_cmd(data, out, generator=generator, seed=seed, threads=threads, cache=cache,
-                                    hard_bundle=hard_bundle, hard_n=hard_n)
+                                    hard_bundle=hard_bundle, hard_n=hard_n, head=head)
     elif what == "pack":
         if generator is None or beauty is None:
             from beautyrt.runtime.errors import UsageError

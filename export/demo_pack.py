@@ -62,7 +62,7 @@ def load_pack(pack: str | Path = PACK_DIR):
     """(G, E, identity, beauty, config) as eval-mode torch modules."""
     from .nets.encoder import Encoder
     from .nets.stylegan2 import Generator
-    from .train.modules import ChipIdentity, DescriptorBeauty, NormalisedEncoder
+    from .train.modules import ChipIdentity, NormalisedEncoder
 
     pack = Path(pack)
     missing = [f for f in PACK_FILES if not (pack / f).is_file()]
@@ -80,12 +80,30 @@ def load_pack(pack: str | Path = PACK_DIR):
     bst = torch.load(pack / "beauty.pt", weights_only=True)
     ident = ChipIdentity(build_dlib_resnet(load_dlib_resnet()), np.asarray(cfg["identity"]["crop_to_chip"]),
                          cfg["generator"]["img_resolution"], centre=bst["centre"].numpy())
-    beauty = DescriptorBeauty(ident, hidden=int(cfg["beauty"]["hidden"]), feat_mean=bst["feat_mean"].numpy(),
-                              feat_std=bst["feat_std"].numpy())
-    beauty.head.load_state_dict({k[5:]: v for k, v in bst.items() if k.startswith("head.")})
+    head = {k[5:]: v for k, v in bst.items() if k.startswith("head.")}
+    beauty = beauty_module(ident, cfg["beauty"], bst, head)
     for m in (G, E, ident, beauty):
         m.eval().requires_grad_(False)
     return G, E, ident, beauty, cfg
+
+
+def beauty_module(ident, bcfg: dict, bst: dict, head: dict):
+    """The pack's regressor from its config entry (``kind``) and tensors: ``ridge_blocks`` (a linear head on
+    dlib block features, :class:`~beautyrt.export.train.modules.BlockFeatureBeauty`) or
+    ``mlp_on_dlib_descriptor`` (an MLP on the descriptor, :class:`~...DescriptorBeauty`)."""
+    from .train.modules import BlockFeatureBeauty, DescriptorBeauty
+
+    kind = bcfg.get("kind", "mlp_on_dlib_descriptor")
+    if kind == "ridge_blocks":
+        m = BlockFeatureBeauty(ident, first_block=int(bcfg["first_block"]), dim=int(bcfg["dim"]),
+                               feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy())
+    elif kind == "mlp_on_dlib_descriptor":
+        m = DescriptorBeauty(ident, hidden=int(bcfg["hidden"]), feat_mean=bst["feat_mean"].numpy(),
+                             feat_std=bst["feat_std"].numpy())
+    else:
+        raise CheckpointError(f"demo pack: unknown beauty kind {kind!r}")
+    m.head.load_state_dict(head)
+    return m.eval()
 
 
 def _direction_entry(direction: np.ndarray, info: dict):
@@ -177,6 +195,11 @@ def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch
                                                        "slope_per_std": float(np.linalg.norm(a))}
 
 
+def _sidecar_metrics(beauty_ckpt) -> dict:
+    p = Path(beauty_ckpt).with_name("beauty_metrics.json")
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
 def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data_npz: str | Path,
                              out: str | Path = PACK_DIR, extra_config: Optional[dict] = None) -> Path:
     """Generator/encoder checkpoint + beauty head + aligned data -> the committed pack (with encoded W
@@ -185,7 +208,6 @@ def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data
     from .train.common import to_tensor
     from .train.data import load_aligned
     from .train.generator import encode_all, encoded_stats, load_checkpoint
-    from .train.modules import DescriptorBeauty
 
     G, E, gcfg = load_checkpoint(gen_ckpt)
     data = load_aligned(data_npz)
@@ -196,9 +218,11 @@ def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data
     bst = torch.load(beauty_ckpt, weights_only=True)
     ident = build_identity(data[f"lm_{R}"], R)
     ident.centre.copy_(bst["centre"])
-    beauty = DescriptorBeauty(ident, hidden=bst["hidden"], feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy())
-    beauty.head.load_state_dict(bst["head"])
-    beauty.eval()
+    if bst.get("kind") == "ridge_blocks":
+        bcfg = {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])}
+    else:
+        bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(bst["hidden"])}
+    beauty = beauty_module(ident, bcfg, bst, bst["head"])
     gsel = torch.Generator().manual_seed(1)
     starts = ws[torch.randperm(len(ws), generator=gsel)[:48]]
     direction, dinfo = fit_direction(G, beauty, w_avg, w_std, starts)
@@ -208,11 +232,11 @@ def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data
         "encoder": {"channels": list(gcfg.enc_channels), "rms_normalised_rows": True},
         "identity": {"crop_to_chip": np.asarray(bst["matrix"]).tolist(), "chip_size": 150,
                      "centred": True},
-        "beauty": {"hidden": int(bst["hidden"]), "kind": "mlp_on_dlib_descriptor"},
+        "beauty": bcfg,
         "w_avg": [float(v) for v in w_avg], "w_std": [float(v) for v in w_std],
         "w_stats": f"mean/std over {len(ws)} encoded training faces x {ws.shape[1]} rows",
         "direction": [float(v) for v in direction], "direction_info": dinfo,
-        "metrics": {"beauty": bst.get("metrics", {})},
+        "metrics": {"beauty": bst.get("metrics") or _sidecar_metrics(beauty_ckpt)},
         "licences": LICENCES,
         **(extra_config or {}),
     }

@@ -23,6 +23,8 @@ with ``F.pad`` on sizes that are static at export time, so it exports to a plain
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -113,7 +115,7 @@ class DlibResNet(nn.Module):
         self.ops.append((kind, len(self.mods)))
         self.mods.append(module)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def _walk(self, image: torch.Tensor, block_out: Optional[list] = None) -> torch.Tensor:
         if image.dim() != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != self.input_size:
             raise ValueError(f"expected (N, 3, {self.input_size[0]}, {self.input_size[1]}) RGB in [0, 255], "
                              f"got {tuple(image.shape)}")
@@ -126,15 +128,27 @@ class DlibResNet(nn.Module):
                 x = tags[ref]
             elif kind == "add_prev":
                 x = add_prev(x, tags[ref])
+                if block_out is not None:
+                    block_out.append(x)
             elif kind == "global_avg":
                 x = x.mean(dim=(2, 3), keepdim=True)
             elif kind == "fc":
                 x = self.mods[ref](x.flatten(1))
             else:
                 x = self.mods[ref](x)
+        return x
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self._walk(image)
         if self.l2_normalize:
             x = F.normalize(x, dim=1)
         return x
+
+    def blocks_and_descriptor(self, image: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """The output of every residual block (after its skip addition, before the ReLU) and the raw
+        descriptor, in one pass."""
+        blocks: list = []
+        return blocks, self._walk(image, blocks)
 
 
 def build_dlib_resnet(parsed: DlibNet, l2_normalize: bool = False) -> DlibResNet:

@@ -25,10 +25,15 @@ def train_generator_cmd(data: str | Path, out: str | Path, *, minutes: float = 3
 
 def train_beauty_cmd(data: str | Path, out: str | Path, *, generator: Optional[str | Path] = None, seed: int = 0,
                      omi_weight: float = 0.5, threads: Optional[int] = 1, cache: Optional[str | Path] = None,
-                     limit: Optional[int] = None, hard_bundle: Optional[str | Path] = None, hard_n: int = 150) -> dict:
-    """``hard_bundle``: a bundle built with a first regressor; its search results on ``hard_n`` training
-    faces become hard negatives (see ``beauty.add_hard_examples``) for this one."""
+                     limit: Optional[int] = None, hard_bundle: Optional[str | Path] = None, hard_n: int = 150,
+                     head: str = "ridge") -> dict:
+    """``head="ridge"`` (the pack's): a ridge head on dlib block features, lambda by cross-validation on
+    MEBeauty train (``beauty.train_beauty_ridge``). ``head="mlp"``: the earlier MLP on the descriptor;
+    ``hard_bundle``: a bundle built with a first regressor; its search results on ``hard_n`` training
+    faces become hard negatives (see ``beauty.add_hard_examples``) for it."""
     import torch
+
+    from beautyrt.runtime.errors import UsageError
 
     from .beauty import add_hard_examples, train_beauty
     from .data import DEFAULT_CACHE, load_aligned, prepare
@@ -36,9 +41,19 @@ def train_beauty_cmd(data: str | Path, out: str | Path, *, generator: Optional[s
     if threads:
         torch.set_num_threads(threads)
     path = prepare(data, cache=cache or DEFAULT_CACHE, limit=limit)
+    if head == "ridge":
+        from .beauty import train_beauty_ridge
+
+        if hard_bundle is not None or generator is not None:
+            raise UsageError("--generator/--hard-bundle apply to --head mlp only")
+        res = train_beauty_ridge(load_aligned(path), out, omi_weight=omi_weight, seed=seed)
+        Path(out, "beauty_result.json").write_text(json.dumps(res, indent=1))
+        return res
+    if head != "mlp":
+        raise UsageError(f"unknown beauty head {head!r}: ridge or mlp")
     if hard_bundle is not None:
         if generator is None:
-            raise ValueError("hard examples need the generator checkpoint too (--generator)")
+            raise UsageError("hard examples need the generator checkpoint too (--generator)")
         from .beauty import compute_features
 
         compute_features(load_aligned(path), Path(out), str(generator))

@@ -15,6 +15,7 @@ numbers in export/demo_pack/README.md).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -219,3 +220,97 @@ def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = No
 
 def identity_matrix(data: dict, res: int) -> np.ndarray:
     return chip_affine(data[f"lm_{res}"].reshape(-1, 5, 2).mean(0), res)
+
+
+def _blur_noise(x: torch.Tensor, gen: torch.Generator, noise: float = 0.03) -> torch.Tensor:
+    """Generator-like degradation of [-1,1] crops: a 5-tap binomial blur and Gaussian noise."""
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    k2 = (k[:, None] * k[None]).expand(3, 1, 5, 5).contiguous()
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"), k2, groups=3)
+    return (y + noise * torch.randn(y.shape, generator=gen)).clamp(-1, 1)
+
+
+@torch.no_grad()
+def block_features(model, images: torch.Tensor, batch: int = 64, label: str = "") -> np.ndarray:
+    out, t0 = [], time.time()
+    for i in range(0, len(images), batch):
+        out.append(model.features((images[i:i + batch].clamp(-1, 1) + 1) * 127.5).numpy())
+        if (i // batch) % 10 == 0:
+            log.info("block features %s %d/%d (%.0fs)", label, i, len(images), time.time() - t0)
+    return np.concatenate(out).astype(np.float64)
+
+
+def _ridge(X: np.ndarray, y: np.ndarray, w: np.ndarray, lam: float):
+    """Weighted ridge on standardised features; lam is per sample (scaled by the weight total)."""
+    mu = np.average(X, axis=0, weights=w)
+    sd = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=w)) + 1e-6
+    Z = (X - mu) / sd
+    ym = float(np.average(y, weights=w))
+    coef = np.linalg.solve(Z.T @ (Z * w[:, None]) + lam * w.sum() * np.eye(X.shape[1]), Z.T @ (w * (y - ym)))
+    return coef, ym, mu, sd
+
+
+def train_beauty_ridge(data: dict, out: str | Path, omi_weight: float = 0.5, first_block: int = 7, seed: int = 0,
+                       res: int = 64, lambdas=(0.3, 1.0, 3.0, 10.0), folds: int = 5) -> dict:
+    """The pack's regressor: a ridge head on dlib block features (:class:`BlockFeatureBeauty`).
+
+    Training set: MEBeauty train crops, their mirror images and a blurred+noisy copy (robustness to the
+    generator's softness), plus OMI faces (``omi_weight`` per sample, same three views). The ridge lambda
+    is chosen by ``folds``-fold cross-validation over MEBeauty train *faces* (a face's views stay in one
+    fold); MEBeauty val is only measured, never used for a choice. Writes ``out/beauty.pt`` + metrics."""
+    from .modules import BlockFeatureBeauty
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = seed_all(seed)
+    split, score = data["split"], data["score"].astype(np.float64)
+    identity = build_identity(data[f"lm_{res}"], res)
+    imgs = to_tensor(data[f"images_{res}"])
+    probe = BlockFeatureBeauty(identity, first_block=first_block, dim=1).eval()
+    real = block_features(probe, imgs, label="real")
+    dim = real.shape[1]
+    centre = real[split != 1, -128:].mean(0)  # the identity's descriptor centre (as the MLP head's trainer)
+    fit_idx = np.flatnonzero(split != 1) if omi_weight > 0 else np.flatnonzero(split == 0)
+    flip = block_features(probe, imgs[fit_idx].flip(-1), label="flip")
+    aug = block_features(probe, _blur_noise(imgs[fit_idx], gen), label="blur+noise")
+    va = np.flatnonzero(split == 1)
+    X = np.concatenate([real[fit_idx], flip, aug])
+    y = np.tile(score[fit_idx], 3)
+    w = np.tile(np.where(split[fit_idx] == 0, 1.0, omi_weight), 3)
+    face = np.tile(fit_idx, 3)
+    # lambda by cross-validation over MEBeauty train faces (OMI always in the fitting part)
+    meb = np.flatnonzero(split == 0)
+    order = np.random.default_rng(seed).permutation(meb)
+    fold_of = {int(i): k % folds for k, i in enumerate(order)}
+    fold = np.asarray([fold_of.get(int(i), -1) for i in face])
+    cv = {}
+    for lam in lambdas:
+        pred = np.zeros(len(split))
+        for k in range(folds):
+            fit = fold != k
+            coef, ym, mu, sd = _ridge(X[fit], y[fit], w[fit], lam)
+            held = np.asarray([i for i in meb if fold_of[int(i)] == k])
+            pred[held] = ((real[held] - mu) / sd) @ coef + ym
+        cv[lam] = float(np.corrcoef(pred[meb], score[meb])[0, 1])
+        log.info("ridge lambda %g: cross-validated r on MEBeauty train %.3f", lam, cv[lam])
+    lam = max(cv, key=cv.get)
+    coef, ym, mu, sd = _ridge(X, y, w, lam)
+    model = BlockFeatureBeauty(identity, first_block=first_block, dim=dim, feat_mean=mu, feat_std=sd).eval()
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(coef).float()[None])
+        model.head.bias.fill_(ym)
+    res_m = {"head": "ridge on dlib blocks", "first_block": first_block, "dim": dim, "lambda": lam,
+             "cv_pearson_r_train": cv,
+             "val_real": metrics(((real[va] - mu) / sd) @ coef + ym, score[va]),
+             "val_blur_noise": metrics(((block_features(probe, _blur_noise(imgs[va], gen), label="val aug") - mu) / sd) @ coef + ym,
+                                       score[va])}
+    with torch.no_grad():  # the module that gets exported, end to end (features + head), must agree
+        res_m["val_real_torch"] = metrics(model((imgs[va].clamp(-1, 1) + 1) * 127.5).numpy(), score[va])
+    log.info("ridge beauty: lambda %g, val r %.3f (torch module %.3f), MAE %.3f", lam, res_m["val_real"]["pearson_r"],
+             res_m["val_real_torch"]["pearson_r"], res_m["val_real"]["mae"])
+    torch.save({"kind": "ridge_blocks", "head": model.head.state_dict(), "first_block": torch.tensor(first_block),
+                "dim": torch.tensor(dim), "centre": torch.from_numpy(centre).float(),
+                "feat_mean": torch.from_numpy(mu).float(), "feat_std": torch.from_numpy(sd).float(),
+                "matrix": torch.from_numpy(identity_matrix(data, res))}, out / "beauty.pt")
+    (out / "beauty_metrics.json").write_text(json.dumps(res_m, indent=1))
+    return res_m

@@ -166,3 +166,50 @@ def test_prepare_on_mebeauty_sample(tmp_path):
 
     d = load_aligned(prepare(SHARED_DATA, sizes=(64,), cache=tmp_path, include_omi=False, limit=6, workers=1))
     assert d["images_64"].shape[0] + len(d["missed"]) == 6 and d["images_64"].shape[0] >= 5
+
+
+def test_ridge_beauty_recovers_a_planted_score_and_round_trips(tmp_path):
+    """train_beauty_ridge on faces whose 'ratings' are a planted linear function of the block features:
+    the cross-validated ridge must recover it on held-out faces, and the saved head, rebuilt by the pack
+    loader, must give the trainer's predictions."""
+    import torch
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    from beautyrt.export.demo_pack import beauty_module
+    from beautyrt.export.train.beauty import build_identity, train_beauty_ridge
+    from beautyrt.export.train.common import to_tensor
+    from beautyrt.export.train.modules import BlockFeatureBeauty
+
+    rng = np.random.default_rng(0)
+    base = Image.open(EXAMPLE).convert("RGB").crop((150, 40, 300, 190))
+    imgs = []
+    for i in range(48):  # varied views of one face: brightness, contrast, blur, shifts
+        im = ImageEnhance.Brightness(base).enhance(rng.uniform(0.6, 1.4))
+        im = ImageEnhance.Contrast(im).enhance(rng.uniform(0.6, 1.4)).filter(ImageFilter.GaussianBlur(rng.uniform(0, 2)))
+        dx, dy = rng.integers(-8, 9, size=2)
+        imgs.append(np.asarray(im.crop((8 + dx, 8 + dy, 142 + dx, 142 + dy)).resize((64, 64), Image.BICUBIC)))
+    lm = np.tile(np.array([[22, 28], [42, 28], [32, 38], [24, 48], [40, 48]], np.float32), (48, 1, 1))
+    data = {"images_64": np.stack(imgs), "lm_64": lm, "split": np.array([0] * 32 + [2] * 6 + [1] * 10, np.int8)}
+    probe = BlockFeatureBeauty(build_identity(lm, 64), dim=1).eval()
+    with torch.no_grad():
+        f = probe.features((to_tensor(data["images_64"]) + 1) * 127.5).numpy().astype(np.float64)
+    z = (f - f.mean(0)) / (f.std(0) + 1e-6)
+    planted = z @ rng.normal(size=f.shape[1])
+    data["score"] = (5.5 + planted / planted.std()).astype(np.float32)
+
+    res = train_beauty_ridge(data, tmp_path, omi_weight=0.5, lambdas=(0.01, 0.1, 1.0), folds=4)
+    assert res["val_real"]["pearson_r"] > 0.8, res["val_real"]
+    assert res["val_real_torch"]["pearson_r"] == pytest.approx(res["val_real"]["pearson_r"], abs=1e-3)
+    assert set(res["cv_pearson_r_train"]) == {0.01, 0.1, 1.0} and res["lambda"] in (0.01, 0.1, 1.0)
+
+    bst = torch.load(tmp_path / "beauty.pt", weights_only=True)
+    assert bst["kind"] == "ridge_blocks"
+    ident = build_identity(lm, 64)
+    m = beauty_module(ident, {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])},
+                      bst, bst["head"])
+    with torch.no_grad():
+        pred = m((to_tensor(data["images_64"][-10:]) + 1) * 127.5).numpy()
+    r = np.corrcoef(pred, data["score"][-10:])[0, 1]
+    assert r == pytest.approx(res["val_real"]["pearson_r"], abs=1e-3)
+    with pytest.raises(Exception, match="unknown beauty kind"):
+        beauty_module(ident, {"kind": "forest"}, bst, bst["head"])
