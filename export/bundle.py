@@ -25,7 +25,7 @@ from .errors import ExportError
 from .nets.beauty import BeautyRegressor
 from .nets.encoder import Encoder
 from .nets.identity import IResNet
-from .nets.scorer import Scorer
+from .nets.scorer import CropScorer, Scorer
 from .nets.stylegan2 import Generator, layer_groups
 from .onnx_export import OPSET, check_parity, export_onnx
 from .presets import Preset
@@ -155,6 +155,7 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
     score_res = ms.score_resolution or R
     ext = ms.external
     scorer = None if ext else Scorer(G.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm, score_res).eval()
+    crop_scorer = None if ext else CropScorer(ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm).eval()
 
     def ws_inputs(b, g):
         return (w_avg_t + w_std_t * torch.randn(b, nw, wd, generator=g),)
@@ -185,8 +186,13 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
          img_inputs(ms.identity_norm), _image_norm(ms.identity_norm)),
         ("scorer", scorer, [_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
          ws_inputs, None),
+        # the same two models on any crop in the generator's frame, [-1, 1] (the runtime's score_on="output")
+        ("crop_scorer", crop_scorer, [_spec("image", ["batch", 3, R, R])],
+         [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
+         lambda b, g: (torch.rand(b, 3, R, R, generator=g) * 2.0 - 1.0,), None),
     ]
-    jobs = [j for j in jobs if j[0] not in ext and not (j[0] == "scorer" and ext)]  # external: see below
+    # external models: the scorer is fused below; no crop_scorer (the runtime then scores through the roles)
+    jobs = [j for j in jobs if j[0] not in ext and not (j[0] in ("scorer", "crop_scorer") and ext)]
     models = {}
     total = len(jobs) + 2 * len(ext) + len(ms.extra_models)
     for i, (role, module, ins, outs, make_inputs, norm) in enumerate(jobs):
@@ -202,6 +208,8 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
             entry["normalisation"] = norm
         if role == "scorer":
             entry["score_resolution"] = score_res
+        if role == "crop_scorer":
+            entry["input_range"] = [-1.0, 1.0]
         models[role] = entry
     if ext:
         from .fuse import write_fused_scorer, write_standalone

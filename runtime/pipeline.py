@@ -224,9 +224,10 @@ class Beautifier:
         check_role_shapes(self.manifest, self.num_ws, self.w_dim, self.resolution)
         kw = dict(backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir)
         self.engines = {role: open_engine(self.manifest, role, **kw) for role in ("encoder", "scorer", "synthesis")}
-        self.image_norms = self._image_model_norms()
-        if self.image_norms:
-            self.engines.update({role: open_engine(self.manifest, role, **kw) for role in self.image_norms})
+        # score_on="output": the crop_scorer role (one call, shared networks), else the standalone roles
+        self.image_norms = {} if self.manifest.has("crop_scorer") else self._image_model_norms()
+        for role in ("crop_scorer",) if self.manifest.has("crop_scorer") else tuple(self.image_norms):
+            self.engines[role] = open_engine(self.manifest, role, **kw)
         self.encoder_norm = self.manifest.model("encoder").normalisation
         if not self.encoder_norm:
             raise BundleSchemaError("manifest: encoder has no normalisation; rebuild the bundle")
@@ -255,6 +256,10 @@ class Beautifier:
                 return {}
             norms[role] = n
         return norms
+
+    @property
+    def can_score_output(self) -> bool:
+        return "crop_scorer" in self.engines or bool(self.image_norms)
 
     @property
     def bundle_hash(self) -> str:
@@ -293,8 +298,8 @@ class Beautifier:
             (self.manifest.data.get("search_defaults") or {}).get("sigma0", DEFAULT_SIGMA0))
         score_on = s.score_on
         if score_on == "auto":
-            score_on = "output" if self.image_norms and s.output_mode == "transfer" else "generated"
-        elif score_on == "output" and not self.image_norms:
+            score_on = "output" if self.can_score_output and s.output_mode == "transfer" else "generated"
+        elif score_on == "output" and not self.can_score_output:
             raise UsageError("--score-on output needs the bundle's beauty and identity models to take the generator's "
                              "crop as it is; this bundle's do not (use --score-on generated)")
         elif score_on == "output" and s.output_mode != "transfer":
@@ -393,7 +398,7 @@ class Beautifier:
     def _output_scorer(self, w_start: np.ndarray, crop: np.ndarray, transfer: str):
         """ws (n, num_ws, w_dim) -> {"score", "embedding"} of the photo's crop plus each candidate's edit
         G(w) - G(w_start): the image the user will get, at the generator's resolution. One batched call
-        per engine (synthesis, beauty, identity)."""
+        per engine: synthesis, then the crop_scorer (or beauty and identity on older bundles)."""
         R = self.resolution
         base = crop_to_unit(crop, R)  # (1, 3, R, R) in [-1, 1]
         g0 = self.engines["synthesis"].run({"ws": w_start})["image"]
@@ -401,6 +406,8 @@ class Beautifier:
         def run(ws: np.ndarray) -> dict:
             imgs = base if ws is None else np.clip(
                 base + edit_delta(self.engines["synthesis"].run({"ws": ws})["image"] - g0, transfer), -1.0, 1.0)
+            if "crop_scorer" in self.engines:
+                return self.engines["crop_scorer"].run({"image": np.ascontiguousarray(imgs, dtype=np.float32)})
             out = {}
             for role, key in (("beauty", "score"), ("identity", "embedding")):
                 out[key] = self.engines[role].run({"image": normalise_unit(imgs, self.image_norms[role])})[key]

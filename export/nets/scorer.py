@@ -58,22 +58,38 @@ class Normalise(nn.Module):
         return (x01 - self.mean) / self.std
 
 
-class Scorer(nn.Module):
-    def __init__(self, synthesis: nn.Module, beauty: nn.Module, beauty_norm: dict, identity: nn.Module,
-                 identity_norm: dict, score_resolution: Optional[int] = None):
+class CropScorer(nn.Module):
+    """The generator's FFHQ crop (N, 3, R, R) in [-1, 1] -> (beauty score (N,), identity embedding (N, D)):
+    each model's frame (``to_model_frame``) and normalisation, then the model. Exported on its own as the
+    ``crop_scorer`` role, so that the runtime can score any crop in the generator's frame (the photo's crop
+    plus an edit) in one call, sharing what the two models share (e.g. the demo pack's dlib network)."""
+
+    def __init__(self, beauty: nn.Module, beauty_norm: dict, identity: nn.Module, identity_norm: dict):
         super().__init__()
-        self.synthesis, self.beauty, self.identity = synthesis, beauty, identity
-        self.score_resolution = score_resolution or synthesis.img_resolution
+        self.beauty, self.identity = beauty, identity
         self.beauty_frame, self.identity_frame = dict(beauty_norm), dict(identity_norm)
         self.beauty_norm = Normalise(beauty_norm["mean"], beauty_norm["std"])
         self.identity_norm = Normalise(identity_norm["mean"], identity_norm["std"])
 
-    def forward(self, ws: torch.Tensor):
-        stop = None if self.score_resolution == self.synthesis.img_resolution else self.score_resolution
-        img = self.synthesis(ws, stop_at=stop)
+    def forward(self, img: torch.Tensor):
         score = self.beauty(self.beauty_norm(to_model_frame(img, self.beauty_frame)))
         emb = self.identity(self.identity_norm(to_model_frame(img, self.identity_frame)))
         return score, emb
+
+
+class Scorer(nn.Module):
+    """W+ -> synthesis (optionally stopped early at ``score_resolution``) -> :class:`CropScorer`."""
+
+    def __init__(self, synthesis: nn.Module, beauty: nn.Module, beauty_norm: dict, identity: nn.Module,
+                 identity_norm: dict, score_resolution: Optional[int] = None):
+        super().__init__()
+        self.synthesis = synthesis
+        self.crop_scorer = CropScorer(beauty, beauty_norm, identity, identity_norm)
+        self.score_resolution = score_resolution or synthesis.img_resolution
+
+    def forward(self, ws: torch.Tensor):
+        stop = None if self.score_resolution == self.synthesis.img_resolution else self.score_resolution
+        return self.crop_scorer(self.synthesis(ws, stop_at=stop))
 
 
 class ImageModel(nn.Module):

@@ -81,6 +81,7 @@ class TorchReference:
         norms = {r: m["models"].get(r, {}).get("normalisation") or {} for r in ("beauty", "identity")}
         self.image_norms = norms if all(n and n.get("crop_from_generator") is None and
                                         int(n["size"]) == int(gen["resolution"]) for n in norms.values()) else {}
+        self.has_crop_scorer = "crop_scorer" in m["models"]
         self.resolution, self.num_ws, self.w_dim = int(gen["resolution"]), int(gen["num_ws"]), int(gen["w_dim"])
         self.w_std = np.asarray(gen["w_std"], np.float32)
         self.w_std_t = torch.from_numpy(self.w_std)
@@ -117,6 +118,8 @@ class TorchReference:
                 if transfer == "luma":
                     d = (d * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
                 x = torch.clamp(base + d, -1.0, 1.0)
+            if self.has_crop_scorer:  # the crop_scorer role's module
+                return self.scorer.crop_scorer(x)
             return (self.beauty(norm(x, self.image_norms["beauty"])),
                     self.identity(norm(x, self.image_norms["identity"])))
         return run
@@ -151,9 +154,9 @@ class TorchReference:
         t_search = time.perf_counter()
         score_on = s.score_on
         if score_on == "auto":  # as Beautifier.resolve
-            score_on = "output" if self.image_norms and s.output_mode == "transfer" else "generated"
+            score_on = "output" if (self.has_crop_scorer or self.image_norms) and s.output_mode == "transfer" else "generated"
         if score_on == "output":
-            if not self.image_norms:
+            if not (self.has_crop_scorer or self.image_norms):
                 raise SystemExit("torch reference: score_on=output needs beauty/identity models at the generator's size")
             score_fn = self._output_scorer(w_start, crop, s.transfer)
             with timer("score_start"):

@@ -1,9 +1,13 @@
 """The search scores what the user gets (photo crop + edit), and the luma transfer keeps the photo's colours."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
+from beautyrt.engines import open_engine
 from beautyrt.runtime.api import Beautifier, ObjectiveWeights, Settings
 from beautyrt.runtime.errors import UsageError
 from beautyrt.runtime.objective import cosine_to
@@ -19,8 +23,9 @@ def bf(tiny_bundle):
 def _image_scores(bf, crops):
     """Beauty scores and embeddings of uint8 crops through the bundle's standalone models (independent path)."""
     nb, ni = bf.manifest.model("beauty").normalisation, bf.manifest.model("identity").normalisation
-    sc = bf.engines["beauty"].run({"image": np.concatenate([model_input(c, nb) for c in crops])})["score"]
-    emb = bf.engines["identity"].run({"image": np.concatenate([model_input(c, ni) for c in crops])})["embedding"]
+    beauty, identity = open_engine(bf.manifest, "beauty", device="cpu"), open_engine(bf.manifest, "identity", device="cpu")
+    sc = beauty.run({"image": np.concatenate([model_input(c, nb) for c in crops])})["score"]
+    emb = identity.run({"image": np.concatenate([model_input(c, ni) for c in crops])})["embedding"]
     return sc.astype(np.float64), emb.astype(np.float64)
 
 
@@ -34,7 +39,7 @@ def test_edit_delta_luma_is_grey_and_rgb_is_unchanged():
 
 
 def test_auto_resolves_to_output_on_a_bundle_whose_models_take_the_crop(bf):
-    assert set(bf.image_norms) == {"beauty", "identity"}
+    assert "crop_scorer" in bf.engines and bf.can_score_output
     assert bf.resolve(Settings()).score_on == "output"
     assert bf.resolve(Settings(output_mode="generated")).score_on == "generated"
     with pytest.raises(UsageError, match="transfer"):
@@ -80,3 +85,22 @@ def test_luma_transfer_changes_every_channel_alike(bf, face_crop):
     r2 = bf.optimize(face_crop, Settings(**{**s.__dict__, "transfer": "rgb"}), aligned=True)
     d2 = r2.image.astype(np.int16) - face_crop.astype(np.int16)
     assert (d2.max(-1) - d2.min(-1))[inside].max() > 1  # rgb: channels differ (the control)
+
+
+def test_bundles_without_crop_scorer_score_through_the_standalone_models(bf, tiny_bundle, face_crop, tmp_path):
+    """Older bundles (or ones with external models) have no crop_scorer role: the runtime then runs the beauty
+    and identity roles itself, with the same result."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    (old / m["models"].pop("crop_scorer")["file"]).unlink()
+    (old / "manifest.json").write_text(json.dumps(m))
+    s = Settings(generations=4, popsize=8, seed=5, sigma0=1.0, weights=ObjectiveWeights(identity_floor=0.5))
+    a = bf.optimize(face_crop, s, aligned=True)
+    with Beautifier(old, device="cpu") as b2:
+        assert "crop_scorer" not in b2.engines and set(b2.image_norms) == {"beauty", "identity"}
+        r = b2.optimize(face_crop, s, aligned=True)
+    assert r.settings.score_on == a.settings.score_on == "output"
+    assert r.score_before == pytest.approx(a.score_before, abs=1e-4)
+    assert r.score_after == pytest.approx(a.score_after, abs=1e-3)
+    np.testing.assert_allclose(r.w_best, a.w_best, atol=1e-4)
