@@ -14,6 +14,7 @@ from ``Settings.seed``, so a given input and seed give the same result in any th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,7 +43,8 @@ DEFAULT_SIGMA0 = 0.5
 DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
 OUTPUT_MODES = ("transfer", "generated")
 SCORE_ON = ("auto", "output", "generated")
-TRANSFERS = ("luma", "rgb")
+TRANSFERS = ("detail", "luma", "rgb")
+DETAIL_SIGMA = 1.0 / 16.0  # "detail" transfer: Gaussian sigma of the removed broad part, as a fraction of the crop side
 LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 
 
@@ -63,7 +65,8 @@ class Settings:
     work_size: int = 512         # side of the crop that carries the edit back into the photo
     score_on: str = "auto"       # output: score photo crop + edit (what the user gets); generated: G(w) itself;
                                  # auto: output where the bundle's beauty/identity models take the generator's crop
-    transfer: str = "luma"       # luma: carry the edit's brightness only (keeps the photo's colours); rgb: all
+    transfer: str = "detail"     # detail: the edit's luma minus its broad (blurred) part -- shape and shading, no
+                                 # exposure blotches; luma: its whole brightness change; rgb: colours too
 
     def validate(self) -> "Settings":
         if not 1 <= self.generations <= 10000:
@@ -159,12 +162,35 @@ def resize_float(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def edit_delta(d: np.ndarray, transfer: str) -> np.ndarray:
-    """(n, 3, H, W) generator difference -> the edit carried to the photo: as is ("rgb"), or its luma only,
-    the same on all three channels ("luma": the photo keeps its colours, the edit moves light and shape)."""
+    """(n, 3, H, W) generator difference -> the edit carried to the photo: as is ("rgb"); its luma only, the
+    same on all three channels ("luma": the photo keeps its colours); or that luma minus its Gaussian blur
+    with sigma ``DETAIL_SIGMA`` of the side ("detail": local shape and shading -- eyes, brows, contours --
+    without the broad brightening a weak generator's edit tends to carry, which reads as a blotch)."""
     if transfer == "rgb":
         return d
-    y = np.tensordot(LUMA, d, axes=([0], [1]))  # (n, H, W)
+    y = np.tensordot(LUMA, d, axes=([0], [1])).astype(np.float32)  # (n, H, W)
+    if transfer == "detail":
+        bh, bw = _blur_matrix(y.shape[1], DETAIL_SIGMA * y.shape[1]), _blur_matrix(y.shape[2], DETAIL_SIGMA * y.shape[2])
+        y = y - bh @ y @ bw.T
     return np.repeat(y[:, None], 3, axis=1).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) Gaussian blur along one axis with mirrored borders (rows sum to 1); read-only, memoised."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    m = np.zeros((n, n), np.float64)
+    for i in range(n):
+        for o, w in zip(range(-r, r + 1), k):
+            j = i + o
+            while j < 0 or j >= n:  # reflect (d c b | a b c d | c b a)
+                j = -j if j < 0 else 2 * (n - 1) - j
+            m[i, j] += w
+    m = m.astype(np.float32)
+    m.flags.writeable = False
+    return m
 
 
 def crop_to_unit(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from beautyrt.export.nets.scorer import Scorer
 from beautyrt.export.presets import get_preset
 from beautyrt.runtime.objective import INFEASIBLE, LatentSpace
 from beautyrt.runtime.search import DIAGONAL_ABOVE
-from beautyrt.runtime.pipeline import LUMA, Settings, crop_to_unit, edit_delta, model_input, resize_u8
+from beautyrt.runtime.pipeline import DETAIL_SIGMA, LUMA, Settings, _blur_matrix, crop_to_unit, edit_delta, model_input, resize_u8
 from beautyrt.runtime.timing import StageTimer
 
 
@@ -115,8 +115,13 @@ class TorchReference:
                 x = base
             else:
                 d = self.G.synthesis(ws) - g0
-                if transfer == "luma":
-                    d = (d * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+                if transfer in ("luma", "detail"):
+                    d = (d * luma).sum(1, keepdim=True)
+                    if transfer == "detail":
+                        n = d.shape[-1]
+                        b = torch.from_numpy(np.array(_blur_matrix(n, DETAIL_SIGMA * n)))
+                        d = d - b @ d @ b.T
+                    d = d.expand(-1, 3, -1, -1)
                 x = torch.clamp(base + d, -1.0, 1.0)
             if self.has_crop_scorer:  # the crop_scorer role's module
                 return self.scorer.crop_scorer(x)

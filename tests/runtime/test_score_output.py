@@ -50,7 +50,21 @@ def test_auto_resolves_to_output_on_a_bundle_whose_models_take_the_crop(bf):
         Settings(transfer="hsv").validate()
 
 
-@pytest.mark.parametrize("transfer", ["luma", "rgb"])
+def test_detail_transfer_drops_the_broad_part():
+    rng = np.random.default_rng(1)
+    flat = np.full((1, 3, 32, 32), 0.3, np.float32)  # a uniform brightening: all broad, nothing carried
+    assert np.abs(edit_delta(flat, "detail")).max() < 1e-5
+    yy, xx = np.mgrid[:32, :32]
+    spot = np.zeros((1, 3, 32, 32), np.float32)
+    spot[..., 15:17, 15:17] = 1.0  # a 2 px detail: mostly kept
+    det = edit_delta(spot, "detail")
+    assert det[0, 0, 15:17, 15:17].mean() > 0.7
+    assert np.array_equal(det[:, 0], det[:, 2])
+    mix = edit_delta(spot + flat + 0.01 * rng.normal(size=spot.shape).astype(np.float32), "detail")
+    assert abs(float(mix.mean())) < 0.02  # the broad part (and so the mean) is gone
+
+
+@pytest.mark.parametrize("transfer", ["detail", "luma", "rgb"])
 def test_reported_scores_are_the_scores_of_the_output(bf, face_crop, transfer):
     """score_before is the photo crop's own score; score_after and identity are those of crop + edit, recomputed
     here from the result's generated images through the standalone models."""
