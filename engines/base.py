@@ -108,3 +108,23 @@ class Engine(abc.ABC):
 
 def spec_list(items: Sequence[Mapping]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec.from_dict(d) for d in items)
+
+
+def run_in_batches(feeds: Mapping[str, np.ndarray], min_batch: int, max_batch: int, run) -> dict[str, np.ndarray]:
+    """Run ``run(feeds)`` on batches an engine with a fixed batch range accepts (e.g. a TensorRT plan whose
+    profile is static at the population size): a batch below ``min_batch`` is padded with copies of its last
+    row and the outputs cut back; one above ``max_batch`` is split into chunks. Every input's first axis is
+    the batch; so is every output's."""
+    if min_batch < 1 or max_batch < min_batch:
+        raise ValueError(f"bad batch range {min_batch}..{max_batch}")
+    b = next(iter(feeds.values())).shape[0]
+    if min_batch <= b <= max_batch:
+        return run(feeds)
+    outs: list[dict] = []
+    for start in range(0, b, max_batch):
+        chunk = {k: v[start:start + max_batch] for k, v in feeds.items()}
+        n = next(iter(chunk.values())).shape[0]
+        if n < min_batch:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], min_batch - n, axis=0)]) for k, v in chunk.items()}
+        outs.append({k: v[:n] for k, v in run(chunk).items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

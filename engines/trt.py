@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from . import cuda_driver
-from .base import Engine
+from .base import Engine, run_in_batches
 from .errors import (BundleIntegrityError, BundleSchemaError, BundleVersionError, EngineInputError, EngineRuntimeError,
                      MissingDependencyError, ProviderError)
 from .manifest import Manifest, sha256_file
@@ -133,11 +133,11 @@ class TrtEngine(Engine):
         return ptr
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        b = next(iter(feeds.values())).shape[0]
-        if b < self._min_batch:
-            raise EngineInputError(f"engine '{self.name}': batch {b} is outside the TensorRT profile "
-                                   f"({self._min_batch}..{self.max_batch}); rebuild the engine with a matching profile "
-                                   f"(beautyrt export --trt --trt-popsize {b})")
+        # a static profile (the scorers: batch = the population) still serves a start image (batch 1) or a
+        # longer walk: padded / chunked to the profile
+        return run_in_batches(feeds, self._min_batch, self.max_batch, self._run_profile)
+
+    def _run_profile(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         trt, cu = self._trt, self._cudart
         H2D, D2H = cu.cudaMemcpyKind.cudaMemcpyHostToDevice, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:

@@ -25,7 +25,8 @@ from .errors import ExportError, MissingDependencyError
 
 log = logging.getLogger("beautyrt")
 
-TRT_ROLES = ("scorer", "synthesis", "encoder", "mapping", "beauty", "identity")
+TRT_ROLES = ("scorer", "crop_scorer", "synthesis", "encoder", "mapping", "beauty", "identity")
+STATIC_ROLES = ("scorer", "crop_scorer")  # called once per generation with the whole population
 DEFAULT_TIMING_CACHE = Path("~/.cache/beautyrt/trt-timing.cache")
 WORKSPACE = 4 << 30
 
@@ -51,7 +52,8 @@ def require_tensorrt():
 def plan_profiles(models: dict, scorer_batch: int = 16, max_batch: int = 8, opt_batch: int = 1,
                   roles: Iterable[str] = TRT_ROLES) -> dict:
     """{role: {input: {"min", "opt", "max"}}} from the manifest's tensor specs. Only the batch axis may be
-    symbolic; the scorer's batch is fixed to ``scorer_batch`` (the population)."""
+    symbolic; the scorers' batch is fixed to ``scorer_batch`` (the population; other batches are padded or
+    chunked by the engine, see ``engines.base.run_in_batches``)."""
     if scorer_batch < 1 or max_batch < 1:
         raise ExportError("TensorRT profile batches must be >= 1")
     out = {}
@@ -64,7 +66,7 @@ def plan_profiles(models: dict, scorer_batch: int = 16, max_batch: int = 8, opt_
             if any(isinstance(d, str) for d in shape[1:]):
                 raise ExportError(f"{role}: input {spec['name']} has symbolic non-batch dims {shape}; "
                                   f"no TensorRT profile for it")
-            if role == "scorer":
+            if role in STATIC_ROLES:
                 lo = opt = hi = scorer_batch
             else:
                 lo, opt, hi = 1, max(1, min(opt_batch, max_batch)), max_batch

@@ -37,7 +37,8 @@ def write_fake_bundle(d: Path) -> Path:
              "encoder": (img(32), [_spec("ws", ["batch", nw, wd])]),
              "beauty": (img(32), [_spec("score", ["batch"])]),
              "identity": (img(32), [_spec("embedding", ["batch", 32])]),
-             "scorer": ([_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", 32])])}
+             "scorer": ([_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", 32])]),
+             "crop_scorer": (img(r), [_spec("score", ["batch"]), _spec("embedding", ["batch", 32])])}
     models = {}
     for role, (ins, outs) in roles.items():
         f = d / f"{role}.onnx"
@@ -71,7 +72,8 @@ def test_profiles_static_scorer_dynamic_rest(bundle):
     assert prof["scorer"]["ws"] == {"min": [24, 8, 32], "opt": [24, 8, 32], "max": [24, 8, 32]}
     assert prof["synthesis"]["ws"] == {"min": [1, 8, 32], "opt": [1, 8, 32], "max": [6, 8, 32]}
     assert prof["encoder"]["image"]["max"] == [6, 3, 32, 32]
-    assert set(prof) == {"scorer", "synthesis", "encoder", "mapping", "beauty", "identity"}
+    assert prof["crop_scorer"]["image"] == {"min": [24, 3, 32, 32], "opt": [24, 3, 32, 32], "max": [24, 3, 32, 32]}
+    assert set(prof) == {"scorer", "crop_scorer", "synthesis", "encoder", "mapping", "beauty", "identity"}
 
 
 def _fake_plan(bundle_dir: Path, role: str, trt_version: str, gpu="NVIDIA H100 80GB HBM3", cc="9.0") -> None:
