@@ -52,7 +52,7 @@ class ModelSet:
     tolerance: float = 1e-3
     extra_models: dict = field(default_factory=dict)  # role -> callable(out_dir) -> manifest entry (e.g. detector)
     objective_defaults: dict = field(default_factory=dict)  # e.g. identity floor/target fitting the identity net
-    search_defaults: dict = field(default_factory=dict)  # e.g. {"sigma0": 0.3} measured best for these weights
+    search_defaults: dict = field(default_factory=dict)  # e.g. {"sigma0": 0.3, "generations": 30}: measured for these weights
     external: dict = field(default_factory=dict)  # role -> fuse.Prepared: external ONNX beauty/identity, fused into the scorer
 
     def eval(self) -> "ModelSet":
@@ -244,7 +244,7 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         },
         "crop": ms.crop,
         "objective_defaults": dict(ms.objective_defaults),
-        "search_defaults": {k: v for k, v in ms.search_defaults.items() if k in ("sigma0",)},
+        "search_defaults": {k: v for k, v in ms.search_defaults.items() if k in ("sigma0", "generations")},
         "models": models,
     }
 

@@ -40,6 +40,7 @@ log = logging.getLogger("beautyrt")
 
 Progress = Callable[[int, int, float], None]  # (generation, total generations, best score so far)
 DEFAULT_SIGMA0 = 0.5
+DEFAULT_GENERATIONS = 20
 DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
 OUTPUT_MODES = ("transfer", "generated")
 SCORE_ON = ("auto", "output", "generated")
@@ -52,7 +53,7 @@ LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 class Settings:
     """Everything that decides the result besides the input and the bundle."""
 
-    generations: int = 20
+    generations: Optional[int] = None  # CMA-ES generations; None: the bundle's recommendation, else 20
     popsize: int = 16
     sigma0: Optional[float] = None  # initial CMA-ES step in units of W's std; None: the bundle's, else 0.5
     seed: int = 0
@@ -69,7 +70,7 @@ class Settings:
                                  # exposure blotches; luma: its whole brightness change; rgb: colours too
 
     def validate(self) -> "Settings":
-        if not 1 <= self.generations <= 10000:
+        if self.generations is not None and not 1 <= self.generations <= 10000:
             raise UsageError(f"generations must be in 1..10000, got {self.generations}")
         if not 2 <= self.popsize <= 1024:
             raise UsageError(f"popsize must be in 2..1024, got {self.popsize}")
@@ -320,8 +321,9 @@ class Beautifier:
     def resolve(self, settings: Optional[Settings] = None) -> Settings:
         """Settings with every objective weight filled in (the bundle's recommendations for unset ones)."""
         s = (settings or Settings()).validate()
-        sigma0 = s.sigma0 if s.sigma0 is not None else float(
-            (self.manifest.data.get("search_defaults") or {}).get("sigma0", DEFAULT_SIGMA0))
+        rec = self.manifest.data.get("search_defaults") or {}
+        sigma0 = s.sigma0 if s.sigma0 is not None else float(rec.get("sigma0", DEFAULT_SIGMA0))
+        generations = s.generations if s.generations is not None else int(rec.get("generations", DEFAULT_GENERATIONS))
         score_on = s.score_on
         if score_on == "auto":
             score_on = "output" if self.can_score_output and s.output_mode == "transfer" else "generated"
@@ -330,7 +332,7 @@ class Beautifier:
                              "crop as it is; this bundle's do not (use --score-on generated)")
         elif score_on == "output" and s.output_mode != "transfer":
             raise UsageError("--score-on output scores the photo plus the edit; it needs --output-mode transfer")
-        return replace(s, sigma0=sigma0, score_on=score_on,
+        return replace(s, sigma0=sigma0, generations=generations, score_on=score_on,
                        weights=s.weights.resolved(self.manifest.data.get("objective_defaults"))).validate()
 
     def optimize(self, image: ImageLike, settings: Optional[Settings] = None, *, aligned: bool = False,

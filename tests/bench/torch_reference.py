@@ -97,6 +97,7 @@ class TorchReference:
                          _TorchNet(n["onet"], ("reg", "landmarks", "prob")))
         self.objective_defaults = m.get("objective_defaults")
         self.sigma0_default = float((m.get("search_defaults") or {}).get("sigma0", 0.5))
+        self.generations_default = int((m.get("search_defaults") or {}).get("generations", 20))
         self.load_seconds = time.perf_counter() - t0
 
     def _output_scorer(self, w_start: torch.Tensor, crop: np.ndarray, transfer: str):
@@ -131,7 +132,12 @@ class TorchReference:
 
     @torch.no_grad()
     def optimize(self, image, s: Settings, aligned: bool = False) -> dict:
+        import dataclasses
+
         import cma
+
+        if s.generations is None:  # as Beautifier.resolve
+            s = dataclasses.replace(s, generations=self.generations_default)
 
         from beautyrt.runtime.imageio import load_image
         from beautyrt.runtime.pipeline import Beautifier

@@ -103,15 +103,18 @@ def test_search_defaults_from_bundle(tiny_bundle, tmp_path, face_crop):
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
     m = json.loads((b / "manifest.json").read_text())
-    m["search_defaults"] = {"sigma0": 0.25}
+    m["search_defaults"] = {"sigma0": 0.25, "generations": 3}
     (b / "manifest.json").write_text(json.dumps(m))
     with Beautifier(b, device="cpu") as bf:
         assert bf.resolve(Settings()).sigma0 == 0.25
         assert bf.resolve(Settings(sigma0=0.7)).sigma0 == 0.7
-        r = bf.optimize(face_crop, Settings(generations=1, popsize=4), aligned=True)
+        assert bf.resolve(Settings(generations=5)).generations == 5
+        r = bf.optimize(face_crop, Settings(popsize=4), aligned=True)
         assert r.report()["settings"]["sigma0"] == 0.25
+        assert r.generations_run == r.report()["settings"]["generations"] == 3 == len(r.history)
     with Beautifier(tiny_bundle, device="cpu") as bf:
         assert bf.resolve(Settings()).sigma0 == 0.5
+        assert bf.resolve(Settings()).generations == 20
 
 
 def test_all_faces_edits_each_face(tiny_bundle_with_detector, example_photo):
