@@ -138,7 +138,7 @@ def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
                 "notes": "mapping network untrained: sample W from w_avg/w_std, not from z"},
         parity_batches=(1, 3), tolerance=2e-3,
         objective_defaults=dict(cfg.get("recommended_objective", {})),
-        search_defaults={k: v for k, v in cfg.get("recommended_search", {}).items() if k == "sigma0"},
+        search_defaults={k: v for k, v in cfg.get("recommended_search", {}).items() if k in ("sigma0", "generations")},
     ).eval()
     if cfg.get("direction") is not None:
         ms.extra_models["beauty_direction"] = _direction_entry(np.asarray(cfg["direction"]), cfg.get("direction_info", {}))
