@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from .errors import NoFaceError, UsageError
 from .imageio import load_image
 from .objective import cosine_to
-from .pipeline import Beautifier, Settings, edit_delta, model_input, resize_float
+from .pipeline import Beautifier, Settings, crop_to_unit, edit_delta, model_input, resize_float
 
 log = logging.getLogger("beautyrt")
 EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -69,11 +69,20 @@ class Evaluator:
             if d.shape != (bf.w_dim,):
                 raise UsageError(f"bundle beauty_direction has shape {d.shape}, expected ({bf.w_dim},)")
             self.direction = d / max(float(np.linalg.norm(d)), 1e-12)
-        self.beauty = open_engine(m, "beauty") if m.has("beauty") else None
-        self.identity = open_engine(m, "identity") if m.has("identity") else None
+        # output-side metrics: the crop_scorer, else the standalone models where they take the crop as it is
+        # (a model with its own alignment template, e.g. an external ArcFace, would need that crop: skipped)
+        self.beauty = self.identity = None
+        if not bf.can_score_output:
+            log.warning("this bundle cannot score crops in the generator's frame: no output-side metrics")
+        elif "crop_scorer" not in bf.engines:
+            self.beauty, self.identity = open_engine(m, "beauty"), open_engine(m, "identity")
 
     def _image_models(self, crops: Sequence[np.ndarray]):
-        """(scores, embeddings) of uint8 crops through the bundle's own beauty / identity models."""
+        """(scores, embeddings) of uint8 crops in the generator's frame through the bundle's own models."""
+        if "crop_scorer" in self.bf.engines:
+            x = np.concatenate([crop_to_unit(c, self.bf.resolution) for c in crops])
+            out = self.bf.engines["crop_scorer"].run({"image": x})
+            return out["score"].astype(np.float64), out["embedding"].astype(np.float64)
         if self.beauty is None or self.identity is None:
             return None, None
         bn, inn = self.bf.manifest.model("beauty").normalisation, self.bf.manifest.model("identity").normalisation

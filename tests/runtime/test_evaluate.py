@@ -54,6 +54,12 @@ def test_evaluate_without_direction(tiny_bundle_with_detector, photos, tmp_path)
                    sheet=tmp_path / "sheet.png")
     assert rep["photos"] == 2 and rep["ok"] == 2 and rep["failures"] == []
     assert rep["gain"]["mean"] >= 0.0 and rep["linear_gain"] is None
+    # the search scored the photo crop + edit (score_on=output): the output-side re-measurement through the
+    # crop_scorer on the 8-bit edited crop must agree with what the search reported
+    assert rep["settings"]["score_on"] == "output"
+    for row in rep["rows"]:
+        assert row["gain_output"] == pytest.approx(row["gain"], abs=0.02)
+        assert row["identity_output"] == pytest.approx(row["identity"], abs=0.01)
     assert -1.0 <= rep["identity"]["mean"] <= 1.0 and rep["seconds"]["mean"] > 0
     from PIL import Image
 
