@@ -72,3 +72,13 @@ def run_cli(*args: str, env: dict | None = None, block_torch: bool = False, cwd:
     e.update(env or {})
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=e,
                           cwd=cwd, timeout=timeout)
+
+
+def edit_manifest(bundle_dir: Path, fn) -> None:
+    """Apply ``fn(manifest_dict)`` to a bundle's manifest.json in place (tests of refusals and fallbacks)."""
+    import json
+
+    p = Path(bundle_dir) / "manifest.json"
+    m = json.loads(p.read_text())
+    fn(m)
+    p.write_text(json.dumps(m))

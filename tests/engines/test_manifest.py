@@ -10,6 +10,7 @@ import pytest
 from beautyrt.engines import load_manifest, open_engine
 from beautyrt.engines.errors import (BundleIntegrityError, BundleNotFoundError, BundleSchemaError, BundleVersionError,
                                      EngineInputError)
+from tests.conftest import edit_manifest
 
 
 @pytest.fixture()
@@ -17,13 +18,6 @@ def bundle_copy(tiny_bundle, tmp_path):
     dst = tmp_path / "b"
     shutil.copytree(tiny_bundle, dst)
     return dst
-
-
-def _edit_manifest(d, fn):
-    p = d / "manifest.json"
-    m = json.loads(p.read_text())
-    fn(m)
-    p.write_text(json.dumps(m))
 
 
 def test_valid_bundle_loads(tiny_bundle):
@@ -51,7 +45,7 @@ def test_truncated_onnx_refused(bundle_copy):
         load_manifest(bundle_copy)
     # and if the hash is updated to match, onnxruntime's refusal is still a typed error
     from beautyrt.engines.manifest import sha256_file
-    _edit_manifest(bundle_copy, lambda m: m["models"]["encoder"].update(sha256=sha256_file(p)))
+    edit_manifest(bundle_copy, lambda m: m["models"]["encoder"].update(sha256=sha256_file(p)))
     m = load_manifest(bundle_copy)
     with pytest.raises(BundleIntegrityError, match="onnxruntime cannot load"):
         open_engine(m, "encoder")
@@ -71,7 +65,7 @@ def test_missing_bundle_and_manifest(tmp_path):
 
 
 def test_newer_format_refused(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m.update(format_version=99, beautyrt_version="9.0"))
+    edit_manifest(bundle_copy, lambda m: m.update(format_version=99, beautyrt_version="9.0"))
     with pytest.raises(BundleVersionError, match="newer beautyrt"):
         load_manifest(bundle_copy)
 
@@ -86,7 +80,7 @@ def test_bad_json_and_schema(bundle_copy):
 
 
 def test_path_escape_refused(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["models"]["scorer"].update(file="../scorer.onnx"))
+    edit_manifest(bundle_copy, lambda m: m["models"]["scorer"].update(file="../scorer.onnx"))
     with pytest.raises(BundleSchemaError):
         load_manifest(bundle_copy)
 
@@ -108,7 +102,7 @@ def test_engine_checks_feeds(tiny_bundle):
 
 def test_wrong_role_shapes_refused(bundle_copy):
     # the manifest claims a different input name than the ONNX file has
-    _edit_manifest(bundle_copy, lambda m: m["models"]["scorer"]["inputs"][0].update(name="latents"))
+    edit_manifest(bundle_copy, lambda m: m["models"]["scorer"]["inputs"][0].update(name="latents"))
     m = load_manifest(bundle_copy)
     with pytest.raises(BundleIntegrityError, match="differ from the manifest"):
         open_engine(m, "scorer")

@@ -29,6 +29,8 @@ from beautyrt.engines.errors import (BundleIntegrityError, BundleNotFoundError, 
 from beautyrt.runtime.errors import (ImageDecodeError, ImageNotFoundError, ImageTooLargeError, ImageTooSmallError,
                                      NoFaceError, OutputError)
 
+from tests.conftest import edit_manifest
+
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "astronaut.jpg"
 FAST = ["-g", "1", "-p", "4", "--seed", "0"]
 
@@ -209,13 +211,6 @@ def _copy_bundle(src, d):
     return b
 
 
-def _edit_manifest(b, fn):
-    mp = b / "manifest.json"
-    m = json.loads(mp.read_text())
-    fn(m)
-    mp.write_text(json.dumps(m))
-
-
 def f_bundle_absent(src, d):
     return d / "no-bundle-here"
 
@@ -234,7 +229,7 @@ def f_bundle_truncated_onnx(src, d):
     f = b / "synthesis.onnx"
     f.write_bytes(f.read_bytes()[:5000])
     digest = hashlib.sha256(f.read_bytes()).hexdigest()
-    _edit_manifest(b, lambda m: m["models"]["synthesis"].__setitem__("sha256", digest))
+    edit_manifest(b, lambda m: m["models"]["synthesis"].__setitem__("sha256", digest))
     return b
 
 
@@ -249,7 +244,7 @@ def f_bundle_tampered(src, d):
 
 def f_bundle_newer(src, d):
     b = _copy_bundle(src, d)
-    _edit_manifest(b, lambda m: m.update(format_version=m["format_version"] + 1, beautyrt_version="99.0"))
+    edit_manifest(b, lambda m: m.update(format_version=m["format_version"] + 1, beautyrt_version="99.0"))
     return b
 
 
@@ -259,7 +254,7 @@ def f_bundle_wrong_shapes(src, d):
 
     def bad(m):
         m["models"]["scorer"]["inputs"][0]["shape"] = ["batch", m["generator"]["num_ws"], 2 * m["generator"]["w_dim"]]
-    _edit_manifest(b, bad)
+    edit_manifest(b, bad)
     return b
 
 
