@@ -17,6 +17,9 @@ generation) does not change when a role comes from an external ONNX file such as
 ``onnx.compose.merge_models`` connects the front half's ``<role>_input`` outputs to the external inputs.
 Parity: the fused model in onnxruntime vs the front half in torch followed by the ORIGINAL external file in
 onnxruntime (its own batch handling), at the bundle's parity batches; recorded like every other model's.
+The ``crop_scorer`` (``image [batch, 3, R, R]`` in [-1, 1], the generator's crop -> the same two outputs; what
+the runtime's ``score_on="output"`` calls) is built the same way from :class:`CropFront`, the front half
+without the synthesis, joined to the same external graph(s) and checked the same way.
 The bundle's own ``beauty``/``identity`` roles for such a model are the external graph behind a small
 front that takes the manifest's RGB ``image`` input (channels flipped in-graph for BGR models).
 """
@@ -82,6 +85,7 @@ class Prepared:
     out_dim: int           # values per image: 1 for beauty, D for identity
     batch_note: str        # "dynamic" or how a fixed batch was handled
     _orig: object = field(default=None, repr=False)
+    _at_opset: dict = field(default_factory=dict, repr=False)  # target opset -> converted model (scorer, crop_scorer)
 
     @property
     def size(self) -> int:
@@ -125,6 +129,12 @@ class Prepared:
                 parts.append(self._orig.run([self.ext.output], {self.ext.input_name: chunk})[0][:n])
             y = np.concatenate(parts)
         return self.post(y)
+
+    def at_opset(self, target: int):
+        """The prepared model converted to ``target`` (done once, shared by the fused models)."""
+        if target not in self._at_opset:
+            self._at_opset[target] = _to_opset(self.model, target, str(self.ext.path))
+        return self._at_opset[target]
 
     def post(self, y: np.ndarray) -> np.ndarray:
         return y.reshape(len(y)) if self.role == "beauty" else y.reshape(len(y), -1)
@@ -211,16 +221,18 @@ def _make_batch_dynamic(model, prep: Prepared, rng: np.random.Generator):
 
 
 # --------------------------------------------------------------------------------------------- front half (torch)
-class FrontHalf(nn.Module):
-    """W+ -> synthesis -> per role: the torch model's output, or the external model's normalised input.
+class CropFront(nn.Module):
+    """The generator's crop ``[N, 3, R, R]`` in [-1, 1] -> per role: the torch model's output, or the external
+    model's normalised input. The front half of the fused ``crop_scorer``, and the crop stage of :class:`FrontHalf`.
 
     Outputs, in order beauty then identity: ``score`` / ``embedding`` for torch roles, ``<role>_input``
     (``[N, 3, S, S]`` in the external model's channel order and normalisation) for external ones."""
 
-    def __init__(self, synthesis: nn.Module, score_resolution: int, torch_roles: dict, external: dict):
+    input_name = "image"
+    describe = "generator crop -> crop/normalise"
+
+    def __init__(self, torch_roles: dict, external: dict):
         super().__init__()
-        self.synthesis = synthesis
-        self.score_resolution = score_resolution
         self.roles = [r for r in ROLES if r in torch_roles or r in external]
         self.frames: dict = {}
         self.flip: dict = {}
@@ -242,9 +254,7 @@ class FrontHalf(nn.Module):
     def output_names(self) -> list[str]:
         return [OUT_NAME[r] if r in self.nets else f"{r}_input" for r in self.roles]
 
-    def forward(self, ws: torch.Tensor):
-        stop = None if self.score_resolution == self.synthesis.img_resolution else self.score_resolution
-        img = self.synthesis(ws, stop_at=stop)
+    def forward(self, img: torch.Tensor):
         outs = []
         for r in self.roles:
             x = to_model_frame(img, self.frames[r])
@@ -254,6 +264,26 @@ class FrontHalf(nn.Module):
             x = (x - getattr(self, f"{r}_mean")) / getattr(self, f"{r}_std")
             outs.append(self.nets[r](x) if r in self.nets else x)
         return tuple(outs)
+
+
+class FrontHalf(nn.Module):
+    """W+ -> synthesis (stopped at ``score_resolution``) -> :class:`CropFront`: the fused ``scorer``'s front half."""
+
+    input_name = "ws"
+    describe = "W+ -> synthesis -> crop/normalise"
+
+    def __init__(self, synthesis: nn.Module, score_resolution: int, torch_roles: dict, external: dict):
+        super().__init__()
+        self.synthesis = synthesis
+        self.score_resolution = score_resolution
+        self.crop = CropFront(torch_roles, external)
+
+    def output_names(self) -> list[str]:
+        return self.crop.output_names()
+
+    def forward(self, ws: torch.Tensor):
+        stop = None if self.score_resolution == self.synthesis.img_resolution else self.score_resolution
+        return self.crop(self.synthesis(ws, stop_at=stop))
 
 
 # --------------------------------------------------------------------------------------------- ONNX surgery
@@ -298,8 +328,7 @@ def _join(front, exts: Sequence[tuple[Prepared, str]], what: str):
     merged = _to_opset(front, target, what)
     for prep, io in exts:
         pre = f"{prep.role}_ext/"
-        m = _to_opset(prep.model, target, str(prep.ext.path))
-        m = compose.add_prefix(m, pre)
+        m = compose.add_prefix(prep.at_opset(target), pre)  # a copy
         m = _with_contract_output(m, pre, prep, OUT_NAME[prep.role])
         ir = max(merged.ir_version, m.ir_version)
         merged.ir_version = m.ir_version = ir
@@ -348,18 +377,33 @@ def _check(name: str, ref: dict, got: dict, tolerance: float, batches, reference
 
 def write_fused_scorer(d: Path, synthesis: nn.Module, score_resolution: int, torch_roles: dict, external: dict,
                        make_inputs: Callable, tolerance: float, batches: Sequence[int], seed: int = 1234) -> tuple[Path, dict]:
-    """Export the front half, join the external graph(s), check parity; returns (path, manifest extras)."""
+    """The ``scorer`` (``ws`` -> score, embedding): export the front half, join the external graph(s), check
+    parity; returns (path, manifest extras)."""
     front_mod = FrontHalf(synthesis, score_resolution, torch_roles, external).eval()
-    names = front_mod.output_names()
-    front_path = d / ".scorer_front.onnx"
-    out = d / "scorer.onnx"
+    return _write_fused(d, "scorer", front_mod, external, make_inputs, tolerance, batches, seed)
+
+
+def write_fused_crop_scorer(d: Path, torch_roles: dict, external: dict, make_inputs: Callable, tolerance: float,
+                            batches: Sequence[int], seed: int = 1234) -> tuple[Path, dict]:
+    """The ``crop_scorer`` (``image`` [N, 3, R, R] in [-1, 1], the generator's crop -> score, embedding): the same
+    per-role crop/normalise as the scorer's front half without the synthesis, joined to the same external
+    graph(s); returns (path, manifest extras)."""
+    front_mod = CropFront(torch_roles, external).eval()
+    return _write_fused(d, "crop_scorer", front_mod, external, make_inputs, tolerance, batches, seed)
+
+
+def _write_fused(d: Path, name: str, front_mod: nn.Module, external: dict, make_inputs: Callable, tolerance: float,
+                 batches: Sequence[int], seed: int) -> tuple[Path, dict]:
+    front_path = d / f".{name}_front.onnx"
+    out = d / f"{name}.onnx"
     try:
-        export_onnx(front_mod, make_inputs(2, torch.Generator().manual_seed(0)), front_path, ["ws"], names)
+        export_onnx(front_mod, make_inputs(2, torch.Generator().manual_seed(0)), front_path, [front_mod.input_name],
+                    front_mod.output_names())
         front = onnx.load(str(front_path))
     finally:
         front_path.unlink(missing_ok=True)
     front_opset = _default_opset(front)
-    merged, opset = _join(front, [(external[r], f"{r}_input") for r in ROLES if r in external], "scorer")
+    merged, opset = _join(front, [(external[r], f"{r}_input") for r in ROLES if r in external], name)
     _save(merged, out)
 
     parity = fused_parity(front_mod, external, out, make_inputs, tolerance, batches, seed)
@@ -368,27 +412,28 @@ def write_fused_scorer(d: Path, synthesis: nn.Module, score_resolution: int, tor
     return out, {"parity": parity, "fused_external": fused, "front_opset": front_opset}
 
 
-def fused_parity(front_mod: FrontHalf, external: dict, path: Path, make_inputs: Callable, tolerance: float,
+def fused_parity(front_mod: nn.Module, external: dict, path: Path, make_inputs: Callable, tolerance: float,
                  batches: Sequence[int], seed: int = 1234) -> dict:
-    """The fused scorer in onnxruntime vs the front half in torch followed by the ORIGINAL external file(s) in
-    onnxruntime, on the same random W+ at each batch size; ParityError above ``tolerance`` (relative)."""
+    """A fused model in onnxruntime vs its front half (:class:`FrontHalf` or :class:`CropFront`) in torch followed
+    by the ORIGINAL external file(s) in onnxruntime, on the same random inputs at each batch size; ParityError
+    above ``tolerance`` (relative)."""
     names = front_mod.output_names()
     sess = _session(path)
     g = torch.Generator().manual_seed(seed)
     ref: dict = {"score": [], "embedding": []}
     got: dict = {"score": [], "embedding": []}
     for b in batches:
-        (ws,) = make_inputs(b, g)
+        (x,) = make_inputs(b, g)
         with torch.no_grad():
-            parts = dict(zip(names, front_mod(ws)))
+            parts = dict(zip(names, front_mod(x)))
         for r in ROLES:
             key = OUT_NAME[r]
             ref[key].append(external[r].run_original(parts[f"{r}_input"].numpy()) if r in external else parts[key].numpy())
-        res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"ws": ws.numpy()})))
+        res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {front_mod.input_name: x.numpy()})))
         for key in ref:
             got[key].append(res[key])
     return _check(path.name, ref, got, tolerance, batches,
-                  f"torch {torch.__version__} eager fp32 CPU front half (W+ -> synthesis -> crop/normalise), then the "
+                  f"torch {torch.__version__} eager fp32 CPU front half ({front_mod.describe}), then the "
                   f"external ONNX model(s) as-is in onnxruntime")
 
 
