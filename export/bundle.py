@@ -160,6 +160,9 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
     def ws_inputs(b, g):
         return (w_avg_t + w_std_t * torch.randn(b, nw, wd, generator=g),)
 
+    def crop_inputs(b, g):
+        return (torch.rand(b, 3, R, R, generator=g) * 2.0 - 1.0,)
+
     def img_inputs(norm):
         mean = torch.tensor(norm["mean"], dtype=torch.float32).reshape(1, 3, 1, 1)
         std = torch.tensor(norm["std"], dtype=torch.float32).reshape(1, 3, 1, 1)
@@ -189,12 +192,12 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         # the same two models on any crop in the generator's frame, [-1, 1] (the runtime's score_on="output")
         ("crop_scorer", crop_scorer, [_spec("image", ["batch", 3, R, R])],
          [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
-         lambda b, g: (torch.rand(b, 3, R, R, generator=g) * 2.0 - 1.0,), None),
+         crop_inputs, None),
     ]
-    # external models: the scorer is fused below; no crop_scorer (the runtime then scores through the roles)
+    # external models: the scorer and the crop_scorer are fused below (export/fuse.py)
     jobs = [j for j in jobs if j[0] not in ext and not (j[0] in ("scorer", "crop_scorer") and ext)]
     models = {}
-    total = len(jobs) + 2 * len(ext) + len(ms.extra_models)
+    total = len(jobs) + (len(ext) + 2 if ext else 0) + len(ms.extra_models)
     for i, (role, module, ins, outs, make_inputs, norm) in enumerate(jobs):
         progress(f"exporting {role}", i, total)
         path = d / f"{role}.onnx"
@@ -212,22 +215,23 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
             entry["input_range"] = [-1.0, 1.0]
         models[role] = entry
     if ext:
-        from .fuse import write_fused_scorer, write_standalone
+        from .fuse import write_fused_crop_scorer, write_fused_scorer, write_standalone
 
         for k, role in enumerate(sorted(ext)):
             progress(f"joining external {role} model", len(jobs) + k, total)
             models[role] = write_standalone(d, ext[role], ms.tolerance, ms.parity_batches)
-        progress("exporting and fusing scorer", len(jobs) + len(ext), total)
         torch_roles = {r: (getattr(ms, r), getattr(ms, f"{r}_norm")) for r in ("beauty", "identity") if r not in ext}
+        fused_out = [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])]
+        progress("exporting and fusing scorer", len(jobs) + len(ext), total)
         path, info = write_fused_scorer(d, G.synthesis, score_res, torch_roles, ext, ws_inputs, ms.tolerance,
                                         ms.parity_batches)
-        models["scorer"] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                            "inputs": [_spec("ws", ["batch", nw, wd])],
-                            "outputs": [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
-                            "parity": info["parity"], "score_resolution": score_res,
-                            "fused_external": info["fused_external"]}
+        models["scorer"] = _fused_entry(path, info, _spec("ws", ["batch", nw, wd]), fused_out, score_resolution=score_res)
+        progress("exporting and fusing crop_scorer", len(jobs) + len(ext) + 1, total)
+        path, info = write_fused_crop_scorer(d, torch_roles, ext, crop_inputs, ms.tolerance, ms.parity_batches)
+        models["crop_scorer"] = _fused_entry(path, info, _spec("image", ["batch", 3, R, R]), fused_out,
+                                             input_range=[-1.0, 1.0])
     for j, (role, fn) in enumerate(ms.extra_models.items()):
-        progress(f"exporting {role}", len(jobs) + 2 * len(ext) + j, total)
+        progress(f"exporting {role}", total - len(ms.extra_models) + j, total)
         models[role] = fn(d)
     progress("done", total, total)
     return {
@@ -247,6 +251,12 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         "search_defaults": {k: v for k, v in ms.search_defaults.items() if k in ("sigma0", "generations")},
         "models": models,
     }
+
+
+def _fused_entry(path: Path, info: dict, inp: dict, outs: list, **extra) -> dict:
+    """Manifest entry of a model fused with external ONNX graph(s) (export/fuse.py)."""
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "inputs": [inp],
+            "outputs": outs, "parity": info["parity"], **extra, "fused_external": info["fused_external"]}
 
 
 def _version() -> str:

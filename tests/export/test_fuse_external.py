@@ -105,10 +105,29 @@ def ros32(tmp_path_factory):
     return path
 
 
-def _model_in(img: np.ndarray, size: int, order: str, mean, std) -> np.ndarray:
-    """[-1,1] generator images (N,3,R,R) -> an external model's input, in numpy (integer-factor box resize)."""
+def _warp(img: np.ndarray, theta, size: int) -> np.ndarray:
+    """torch's affine_grid + grid_sample (bilinear, border padding, align_corners=False) in numpy."""
+    H, W = img.shape[-2:]
+    t = (np.arange(size) * 2 + 1) / size - 1
+    gx, gy = np.meshgrid(t, t)
+    th = np.asarray(theta, np.float64).reshape(2, 3)
+    ix = np.clip(((th[0, 0] * gx + th[0, 1] * gy + th[0, 2] + 1) * W - 1) / 2, 0, W - 1)
+    iy = np.clip(((th[1, 0] * gx + th[1, 1] * gy + th[1, 2] + 1) * H - 1) / 2, 0, H - 1)
+    x0, y0 = np.floor(ix).astype(int), np.floor(iy).astype(int)
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    wx, wy = ix - x0, iy - y0
+    return (img[:, :, y0, x0] * (1 - wx) * (1 - wy) + img[:, :, y0, x1] * wx * (1 - wy)
+            + img[:, :, y1, x0] * (1 - wx) * wy + img[:, :, y1, x1] * wx * wy)
+
+
+def _model_in(img: np.ndarray, size: int, order: str, mean, std, theta=None) -> np.ndarray:
+    """[-1,1] generator images (N,3,R,R) -> an external model's input, in numpy: the alignment crop ``theta``
+    (the model's template is small in the crop, so no pre-shrink) or an integer-factor box resize."""
     f = img.shape[-1] // size
-    x = img.reshape(img.shape[0], 3, size, f, size, f).mean(axis=(3, 5)) if f > 1 else img
+    if theta is not None:
+        x = _warp(img, theta, size)
+    else:
+        x = img.reshape(img.shape[0], 3, size, f, size, f).mean(axis=(3, 5)) if f > 1 else img
     x = np.clip(x, -1, 1) * 0.5 + 0.5
     if order == "BGR":
         x = x[:, ::-1]
@@ -118,56 +137,87 @@ def _model_in(img: np.ndarray, size: int, order: str, mean, std) -> np.ndarray:
 def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, ext, ros32, cli, face_crop):
     from PIL import Image
 
+    from beautyrt.runtime.pipeline import Beautifier, Settings
+
     out = tmp_path / "bundle"
-    r = cli("export", "--stylegan", ros32, "--identity", ext / "emb.onnx", "--identity-spec", ID_SPEC,
+    r = cli("export", "--stylegan", ros32, "--identity", ext / "emb.onnx", "--identity-spec", ID_SPEC + ",crop=arcface",
             "--beauty", ext / "beauty.onnx", "--beauty-spec", ext / "beauty.json", "--preset", "tiny", "--no-detector",
             "--out", out)
     assert r.returncode == 0, r.stderr
     man = json.loads((out / "manifest.json").read_text())
-    sc = man["models"]["scorer"]
-    assert [o["name"] for o in sc["outputs"]] == ["score", "embedding"] and sc["outputs"][1]["shape"] == ["batch", 12]
-    assert set(sc["fused_external"]) == {"beauty", "identity"}
-    assert sc["fused_external"]["identity"]["opset"] == "13 -> 18" and sc["fused_external"]["beauty"]["opset"] == "12 -> 18"
-    assert sc["parity"]["batches"] == [1, 3] and 0 <= sc["parity"]["max_rel"] < 1e-4, sc["parity"]
-    assert "external ONNX" in sc["parity"]["reference"]
-    assert man["source"]["roles"]["identity"]["kind"] == "onnx" and "scorer_identity" not in man["source"]["roles"]
-
-    # the scorer's outputs == the ORIGINAL external files on the generated crops, computed independently
-    rng = np.random.default_rng(3)
     gen = man["generator"]
+    R = gen["resolution"]
+    sc, cs = man["models"]["scorer"], man["models"]["crop_scorer"]
+    for m in (sc, cs):
+        assert [o["name"] for o in m["outputs"]] == ["score", "embedding"] and m["outputs"][1]["shape"] == ["batch", 12]
+        assert set(m["fused_external"]) == {"beauty", "identity"}
+        assert m["fused_external"]["identity"]["opset"] == "13 -> 18" and m["fused_external"]["beauty"]["opset"] == "12 -> 18"
+        assert m["parity"]["batches"] == [1, 3] and 0 <= m["parity"]["max_rel"] < 1e-4, m["parity"]
+        assert "external ONNX" in m["parity"]["reference"]
+    assert "synthesis" in sc["parity"]["reference"] and "synthesis" not in cs["parity"]["reference"]
+    assert cs["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, R, R]}]
+    assert cs["input_range"] == [-1.0, 1.0] and sc["score_resolution"] == R
+    assert man["source"]["roles"]["identity"]["kind"] == "onnx" and "scorer_identity" not in man["source"]["roles"]
+    theta = man["models"]["identity"]["normalisation"]["crop_from_generator"]
+
+    def want(img):  # the ORIGINAL external files on the generator crops, crop / normalise in numpy
+        x_id = _model_in(img, 16, "BGR", [0.5] * 3, [0.5] * 3, theta)
+        e = np.concatenate([_sess(ext / "emb.onnx").run(None, {"input.1": x_id[i:i + 1]})[0] for i in range(len(img))])
+        x_b = _model_in(img, 32, "RGB", BEAUTY_SPEC["mean"], [0.25] * 3)
+        return _sess(ext / "beauty.onnx").run(None, {"data": x_b})[0][:, 0], e
+
+    def close(got, ref):
+        for g, w in zip(got, ref):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+
+    # the scorer's outputs on the generated crops, and the crop_scorer's on those crops, == computed independently
+    rng = np.random.default_rng(3)
     ws = (np.asarray(gen["w_avg"]) + np.asarray(gen["w_std"]) * rng.standard_normal((5, gen["num_ws"], gen["w_dim"]))).astype(np.float32)
     img = _sess(out / "synthesis.onnx").run(None, {"ws": ws})[0]
     score, emb = _sess(out / "scorer.onnx").run(["score", "embedding"], {"ws": ws})
-    x_id = _model_in(img, 16, "BGR", [0.5] * 3, [0.5] * 3)
-    want_emb = np.concatenate([_sess(ext / "emb.onnx").run(None, {"input.1": x_id[i:i + 1]})[0] for i in range(5)])
-    x_b = _model_in(img, 32, "RGB", BEAUTY_SPEC["mean"], [0.25] * 3)
-    want_score = _sess(ext / "beauty.onnx").run(None, {"data": x_b})[0][:, 0]
+    ref = want(img)
     assert emb.shape == (5, 12) and score.shape == (5,)
-    np.testing.assert_allclose(emb, want_emb, rtol=1e-4, atol=1e-4 * np.abs(want_emb).max())
-    np.testing.assert_allclose(score, want_score, rtol=1e-4, atol=1e-4)
-    assert np.ptp(emb[:, 0]) > 1e-3  # the candidates differ: the comparison is not trivially constant
+    close((score, emb), ref)
+    assert np.ptp(emb[:, 0]) > 1e-3 and np.ptp(score) > 1e-3  # the candidates differ: not trivially constant
+    crop_sess = _sess(out / "crop_scorer.onnx")
+    close(crop_sess.run(["score", "embedding"], {"image": img}), ref)
+    close(crop_sess.run(["score", "embedding"], {"image": img}), (score, emb))
+    # any crop in the generator's frame (a photo's plus an edit), values past [-1, 1] clamped; batch 2 and 1
+    crops = np.clip(img[:2] + rng.normal(0, 0.4, (2, 3, R, R)), -1.3, 1.3).astype(np.float32)
+    close(crop_sess.run(["score", "embedding"], {"image": crops}), want(crops))
+    close(crop_sess.run(["score", "embedding"], {"image": crops[1:]}), want(crops[1:]))
 
     # the bundle's own identity role takes RGB (the runtime's convention); channels flipped inside
     ident = man["models"]["identity"]
     assert ident["inputs"][0]["name"] == "image" and ident["normalisation"]["color_order"] == "RGB"
     xr = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
     got = _sess(out / "identity.onnx").run(["embedding"], {"image": xr})[0]
-    want = np.concatenate([_sess(ext / "emb.onnx").run(None, {"input.1": np.ascontiguousarray(xr[i:i + 1, ::-1])})[0]
-                           for i in range(3)])
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    want_id = np.concatenate([_sess(ext / "emb.onnx").run(None, {"input.1": np.ascontiguousarray(xr[i:i + 1, ::-1])})[0]
+                              for i in range(3)])
+    np.testing.assert_allclose(got, want_id, rtol=1e-4, atol=1e-5)
 
+    # the runtime scores the output through the crop_scorer (the standalone identity needs its own alignment
+    # crop, so without that role it could only score the generated face)
+    bf = Beautifier(out)
+    try:
+        assert "crop_scorer" in bf.engines and not bf.image_norms and bf.can_score_output
+        assert bf.resolve(Settings()).score_on == "output"
+    finally:
+        bf.close()
     face = tmp_path / "face.png"
     Image.fromarray(face_crop).resize((64, 64)).save(face)
     r = cli("optimize", face, "--aligned", "--bundle", out, "-g", "2", "-p", "4", "-o", tmp_path / "o.png", "--json",
             "-q", "--device", "cpu", block_torch=True)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
+    assert res["settings"]["score_on"] == "output"
     assert (tmp_path / "o.png").is_file() and res["score_after"] >= res["score_before"] - 1e-6
 
 
 def test_fixed_batch_one_made_symbolic_identity_only(tmp_path, ext):
     from beautyrt.export.api import build_from_checkpoints
-    from beautyrt.export.fuse import write_fused_scorer
+    from beautyrt.export.fuse import write_fused_crop_scorer, write_fused_scorer
 
     ms = build_from_checkpoints(preset="tiny", identity=ext / "emb_b1.onnx", identity_spec=ID_SPEC + ",crop=arcface")
     assert ms.beauty is not None and ms.identity is None and set(ms.external) == {"identity"}
@@ -188,6 +238,25 @@ def test_fixed_batch_one_made_symbolic_identity_only(tmp_path, ext):
     one = np.concatenate([s.run(["embedding"], {"ws": ws[i:i + 1]})[0] for i in range(5)])
     assert both.shape == (5, 12)
     np.testing.assert_allclose(both, one, rtol=1e-5, atol=1e-6)
+
+    # the crop_scorer: same torch beauty and fixed-batch external identity, on G(ws) == the scorer on ws
+    R = G.img_resolution
+    assert R == 32
+
+    def crops(b, g):
+        return (torch.rand(b, 3, R, R, generator=g) * 2 - 1,)
+
+    cpath, cinfo = write_fused_crop_scorer(tmp_path, {"beauty": (ms.beauty, ms.beauty_norm)}, ms.external, crops,
+                                           1e-3, (1, 3))
+    assert cpath.name == "crop_scorer.onnx" and cinfo["parity"]["batches"] == [1, 3] and cinfo["parity"]["max_rel"] < 1e-4
+    assert "made symbolic" in cinfo["fused_external"]["identity"]["batch_handling"]
+    with torch.no_grad():
+        img = G.synthesis(torch.from_numpy(ws)).numpy()
+    cs = _sess(cpath)
+    for b in (5, 1):
+        got = cs.run(["score", "embedding"], {"image": img[:b]})
+        for g, w in zip(got, s.run(["score", "embedding"], {"ws": ws[:b]})):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
 
 
 @pytest.mark.parametrize("model, why", [("emb_reshape_b1.onnx", "making it symbolic fails"),
