@@ -217,7 +217,7 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
 
 def test_fixed_batch_one_made_symbolic_identity_only(tmp_path, ext):
     from beautyrt.export.api import build_from_checkpoints
-    from beautyrt.export.fuse import write_fused_crop_scorer, write_fused_scorer
+    from beautyrt.export.fuse import CropFront, fused_parity, write_fused_crop_scorer, write_fused_scorer
 
     ms = build_from_checkpoints(preset="tiny", identity=ext / "emb_b1.onnx", identity_spec=ID_SPEC + ",crop=arcface")
     assert ms.beauty is not None and ms.identity is None and set(ms.external) == {"identity"}
@@ -250,6 +250,9 @@ def test_fixed_batch_one_made_symbolic_identity_only(tmp_path, ext):
                                            1e-3, (1, 3))
     assert cpath.name == "crop_scorer.onnx" and cinfo["parity"]["batches"] == [1, 3] and cinfo["parity"]["max_rel"] < 1e-4
     assert "made symbolic" in cinfo["fused_external"]["identity"]["batch_handling"]
+    front = CropFront({"beauty": (ms.beauty, ms.beauty_norm)}, ms.external).eval()
+    with pytest.raises(ParityError, match="crop_scorer.onnx"):
+        fused_parity(front, ms.external, cpath, crops, 1e-12, (2,))
     with torch.no_grad():
         img = G.synthesis(torch.from_numpy(ws)).numpy()
     cs = _sess(cpath)
