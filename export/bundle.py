@@ -141,7 +141,7 @@ def write_bundle(ms: ModelSet, out_dir: str | Path, overwrite: bool = False, pro
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("bundle written to %s", out)
+    log.debug("bundle written to %s", out)  # the CLI says so itself
     return out
 
 
