@@ -312,6 +312,8 @@ def train(
     out: Path = typer.Option(..., "--out", help="Output folder (checkpoint, loss log)."),
     minutes: float = typer.Option(30.0, "--minutes", help="generator: wall-clock budget."),
     max_steps: int = typer.Option(1_000_000, "--max-steps", help="generator: step limit."),
+    resume: bool = typer.Option(False, "--resume", help="generator: continue OUT/generator.pt."),
+    id_weight: float = typer.Option(0.0, "--id-weight", help="generator: weight of the dlib identity loss (0: none)."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="beauty/pack: generator checkpoint (beauty: adds reconstructions as training inputs)."),
     beauty: Optional[Path] = typer.Option(None, "--beauty", help="pack: beauty checkpoint (beauty.pt)."),
     hard_bundle: Optional[Path] = typer.Option(None, "--hard-bundle", help="beauty: a bundle with a first regressor; its search results on training faces become hard negatives."),
@@ -330,7 +332,8 @@ def train(
     from beautyrt.export.train import api as tapi
 
     if what == "generator":
-        res = tapi.train_generator_cmd(data, out, minutes=minutes, seed=seed, max_steps=max_steps, threads=threads, cache=cache)
+        res = tapi.train_generator_cmd(data, out, minutes=minutes, seed=seed, max_steps=max_steps, threads=threads,
+                                       cache=cache, resume=resume, id_weight=id_weight)
     elif what == "beauty":
         res = tapi.train_beauty_cmd(data, out, generator=generator, seed=seed, threads=threads, cache=cache,
                                     hard_bundle=hard_bundle, hard_n=hard_n, head=head)

@@ -11,13 +11,32 @@ log = logging.getLogger("beautyrt")
 
 def train_generator_cmd(data: str | Path, out: str | Path, *, minutes: float = 30.0, seed: int = 0,
                         max_steps: int = 1_000_000, batch: int = 16, threads: Optional[int] = 1,
-                        cache: Optional[str | Path] = None, resume: bool = False, limit: Optional[int] = None) -> dict:
+                        cache: Optional[str | Path] = None, resume: bool = False, limit: Optional[int] = None,
+                        id_weight: float = 0.0) -> dict:
+    """``resume``: continue ``out/generator.pt`` (its step count, optimiser state). ``id_weight`` > 0 adds the
+    identity loss: 1 - cosine of dlib's descriptors (centred on the training faces' mean, as the pack's
+    identity) of a quarter of each batch's reconstructions vs their inputs."""
     from .data import DEFAULT_CACHE, load_aligned, prepare
     from .generator import GenConfig, train_generator
 
     path = prepare(data, cache=cache or DEFAULT_CACHE, limit=limit)
-    cfg = GenConfig(minutes=minutes, seed=seed, max_steps=max_steps, batch=batch, threads=threads)
-    res = train_generator(load_aligned(path), out, cfg, resume=resume)
+    cfg = GenConfig(minutes=minutes, seed=seed, max_steps=max_steps, batch=batch, threads=threads, id_weight=id_weight)
+    aligned = load_aligned(path)
+    identity = None
+    if id_weight > 0:
+        import torch
+
+        from .beauty import build_identity, descriptors
+        from .common import to_tensor
+
+        if threads:
+            torch.set_num_threads(threads)
+        R = cfg.resolution
+        identity = build_identity(aligned[f"lm_{R}"], R)
+        train = to_tensor(aligned[f"images_{R}"][aligned["split"] != 1])
+        identity.centre.copy_(torch.from_numpy(descriptors(identity, train, label="centre").mean(0)))
+        identity.eval().requires_grad_(False)
+    res = train_generator(aligned, out, cfg, resume=resume, identity=identity)
     res["data"] = str(path)
     Path(out, "generator_result.json").write_text(json.dumps(res, indent=1))
     return res

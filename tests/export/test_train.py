@@ -213,3 +213,34 @@ def test_ridge_beauty_recovers_a_planted_score_and_round_trips(tmp_path):
     assert r == pytest.approx(res["val_real"]["pearson_r"], abs=1e-3)
     with pytest.raises(Exception, match="unknown beauty kind"):
         beauty_module(ident, {"kind": "forest"}, bst, bst["head"])
+
+
+def test_generator_identity_loss_and_resume(tmp_path):
+    """id_weight > 0 with an identity module puts its loss in the log (0 without); resume continues the
+    checkpoint's step count and optimiser instead of starting over."""
+    import json
+
+    import torch
+
+    from beautyrt.export.train.generator import train_generator
+
+    class Ident(torch.nn.Module):  # a fixed random embedding of the [0,255] crop
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+
+        def forward(self, x):
+            return self.conv(x / 255.0).flatten(1)
+
+    torch.manual_seed(0)
+    ident = Ident().eval().requires_grad_(False)
+    data = _synthetic_faces()
+    train_generator(data, tmp_path / "a", _tiny_cfg(max_steps=10, id_weight=0.5), identity=ident)
+    log = [json.loads(line) for line in (tmp_path / "a" / "gen_log.jsonl").read_text().splitlines()]
+    assert all(rec["id"] > 0 for rec in log if "id" in rec)
+    r = train_generator(data, tmp_path / "a", _tiny_cfg(max_steps=25, id_weight=0.5), resume=True, identity=ident)
+    assert r["steps"] == 25
+    assert torch.load(tmp_path / "a" / "generator.pt", weights_only=True)["step"] == 25
+    train_generator(data, tmp_path / "b", _tiny_cfg(max_steps=10))
+    log = [json.loads(line) for line in (tmp_path / "b" / "gen_log.jsonl").read_text().splitlines()]
+    assert all(rec["id"] == 0 for rec in log if "id" in rec)
