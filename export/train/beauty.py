@@ -39,14 +39,19 @@ def build_identity(lm: np.ndarray, size: int) -> ChipIdentity:
 
 
 @torch.no_grad()
-def descriptors(identity: ChipIdentity, images: torch.Tensor, batch: int = 32, label: str = "") -> np.ndarray:
-    """Raw (uncentred) descriptors of [-1,1] images."""
+def _batched_pixels(fn, images: torch.Tensor, batch: int, what: str, log_every: int) -> np.ndarray:
+    """``fn`` on [0,255] versions of [-1,1] images, ``batch`` at a time, with progress in the log."""
     out, t0 = [], time.time()
     for i in range(0, len(images), batch):
-        out.append(identity.raw((images[i:i + batch].clamp(-1, 1) + 1) * 127.5).numpy())
-        if (i // batch) % 20 == 0:
-            log.info("descriptors %s %d/%d (%.0fs)", label, i, len(images), time.time() - t0)
-    return np.concatenate(out).astype(np.float32)
+        out.append(fn((images[i:i + batch].clamp(-1, 1) + 1) * 127.5).numpy())
+        if (i // batch) % log_every == 0:
+            log.info("%s %d/%d (%.0fs)", what, i, len(images), time.time() - t0)
+    return np.concatenate(out)
+
+
+def descriptors(identity: ChipIdentity, images: torch.Tensor, batch: int = 32, label: str = "") -> np.ndarray:
+    """Raw (uncentred) descriptors of [-1,1] images."""
+    return _batched_pixels(identity.raw, images, batch, f"descriptors {label}", 20).astype(np.float32)
 
 
 @torch.no_grad()
@@ -230,14 +235,9 @@ def _blur_noise(x: torch.Tensor, gen: torch.Generator, noise: float = 0.03) -> t
     return (y + noise * torch.randn(y.shape, generator=gen)).clamp(-1, 1)
 
 
-@torch.no_grad()
 def block_features(model, images: torch.Tensor, batch: int = 64, label: str = "") -> np.ndarray:
-    out, t0 = [], time.time()
-    for i in range(0, len(images), batch):
-        out.append(model.features((images[i:i + batch].clamp(-1, 1) + 1) * 127.5).numpy())
-        if (i // batch) % 10 == 0:
-            log.info("block features %s %d/%d (%.0fs)", label, i, len(images), time.time() - t0)
-    return np.concatenate(out).astype(np.float64)
+    """:meth:`BlockFeatureBeauty.features` of [-1,1] images (float64, for the ridge fit)."""
+    return _batched_pixels(model.features, images, batch, f"block features {label}", 10).astype(np.float64)
 
 
 def _ridge(X: np.ndarray, y: np.ndarray, w: np.ndarray, lam: float):
