@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from beautyrt.export.errors import CheckpointError, ParityError  # noqa: E402
-from tests.export.test_loaders import make_rosinality_g_ema, ros_mapping  # noqa: E402
+from tests.export.test_loaders import save_rosinality_ckpt  # noqa: E402
 
 ID_SPEC = "size=16,color=BGR,mean=127.5,std=127.5,scale=pixel"  # insightface-style convention
 BEAUTY_SPEC = {"size": 32, "color_order": "RGB", "mean": [0.4, 0.5, 0.6], "std": 0.25}
@@ -98,10 +98,8 @@ def ext(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ros32(tmp_path_factory):
-    sd = make_rosinality_g_ema()
-    la = ros_mapping(sd, torch.randn(256, 16, generator=torch.Generator().manual_seed(1)), 3).mean(0)
     path = tmp_path_factory.mktemp("ros") / "550000.pt"
-    torch.save({"g_ema": sd, "latent_avg": la, "args": __import__("argparse").Namespace(size=32, n_mlp=3)}, path)
+    save_rosinality_ckpt(path)
     return path
 
 

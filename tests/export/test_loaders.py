@@ -154,12 +154,18 @@ def make_rosinality_g_ema(size=32, style_dim=16, n_mlp=3, channels=None, seed=0)
     return sd
 
 
-@pytest.fixture(scope="module")
-def ros_ckpt(tmp_path_factory):
+def save_rosinality_ckpt(path):
+    """A rosinality-layout checkpoint (g_ema, latent_avg, args) of the small generator at ``path``."""
     sd = make_rosinality_g_ema()
     la = ros_mapping(sd, torch.randn(256, 16, generator=torch.Generator().manual_seed(1)), 3).mean(0)
-    path = tmp_path_factory.mktemp("ros") / "550000.pt"
     torch.save({"g_ema": sd, "latent_avg": la, "args": __import__("argparse").Namespace(size=32, n_mlp=3)}, path)
+    return sd, la
+
+
+@pytest.fixture(scope="module")
+def ros_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ros") / "550000.pt"
+    sd, la = save_rosinality_ckpt(path)
     return path, sd, la
 
 
