@@ -331,7 +331,7 @@ class Beautifier:
             raise UsageError("--score-on output needs the bundle's beauty and identity models to take the generator's "
                              "crop as it is; this bundle's do not (use --score-on generated)")
         elif score_on == "output" and s.output_mode != "transfer":
-            raise UsageError("--score-on output scores the photo plus the edit; it needs --output-mode transfer")
+            raise UsageError("--score-on output scores the photo plus the edit; it needs --mode transfer")
         return replace(s, sigma0=sigma0, generations=generations, score_on=score_on,
                        weights=s.weights.resolved(self.manifest.data.get("objective_defaults"))).validate()
 
