@@ -1,10 +1,11 @@
 """The bundle manifest: the contract between ``beautyrt export`` and the runtime.
 
-Everything the runtime needs to know about a model (file, sha256, tensor names/dtypes/shapes,
-normalisation, the generator's latent statistics, the crop template, parity, library versions) is read
-from ``manifest.json``; nothing is sniffed from the model files. :func:`load_manifest` validates the
-whole bundle (schema, format version, presence and sha256 of every file) BEFORE any model is
-deserialised, and every refusal says how to rebuild.
+Everything an engine needs to know about a model (file, sha256, tensor names/dtypes/shapes, library
+versions) is read from ``manifest.json``; nothing is sniffed from the model files. :func:`load_manifest`
+validates the generic part of the bundle (schema, format version, presence and sha256 of every file) BEFORE
+any model is deserialised, and every refusal says how to rebuild. What the models *mean* (the generator's
+latent statistics, which roles a beautifier needs, normalisations) is the runtime's business
+(``beautyrt.runtime.bundle``); this module only carries those fields through (``Manifest.data``).
 """
 from __future__ import annotations
 
@@ -59,10 +60,6 @@ class Manifest:
         """sha256 over the manifest bytes, which pin every model file by its own sha256."""
         return self.data["_bundle_hash"]
 
-    @property
-    def generator(self) -> Mapping[str, Any]:
-        return self.data["generator"]
-
     def has(self, role: str) -> bool:
         return role in self.models
 
@@ -94,7 +91,7 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleSchemaError(f"{mpath}: not valid JSON ({e}); {REBUILD_HINT}") from None
+        raise BundleSchemaError(f"{mpath}: not valid JSON ({e}); {REBUILD_HINT}") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleSchemaError(f"{mpath}: not a beautyrt bundle manifest (format != {FORMAT!r}); {REBUILD_HINT}")
     version = data.get("format_version")
@@ -106,11 +103,6 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
             f"this beautyrt reads format {FORMAT_VERSION}: upgrade beautyrt or {REBUILD_HINT}")
     if version < FORMAT_VERSION:
         raise BundleVersionError(f"bundle format {version} is older than this beautyrt's ({FORMAT_VERSION}); {REBUILD_HINT}")
-    gen = _require(data, "generator", "manifest")
-    for k in ("resolution", "num_ws", "w_dim", "w_avg", "w_std", "groups"):
-        _require(gen, k, "generator")
-    if len(gen["w_avg"]) != gen["w_dim"] or len(gen["w_std"]) != gen["w_dim"]:
-        raise BundleSchemaError(f"manifest: generator w_avg/w_std length != w_dim {gen['w_dim']}; {REBUILD_HINT}")
     models: dict[str, ModelEntry] = {}
     for role, m in _require(data, "models", "manifest").items():
         where = f"models.{role}"
@@ -120,7 +112,7 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
                                normalisation=m.get("normalisation"),
                                extra={k: v for k, v in m.items() if k not in ("file", "sha256", "inputs", "outputs", "normalisation")})
         except (KeyError, TypeError, ValueError) as e:
-            raise BundleSchemaError(f"manifest: malformed {where} ({e}); {REBUILD_HINT}") from None
+            raise BundleSchemaError(f"manifest: malformed {where} ({e}); {REBUILD_HINT}") from e
         fpath = root / entry.file
         if Path(entry.file).is_absolute() or ".." in Path(entry.file).parts:
             raise BundleSchemaError(f"manifest: {where}.file must be a name inside the bundle, got {entry.file!r}")
@@ -133,9 +125,6 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
                     f"bundle {root}: {entry.file} ({role}) does not match its sha256 in the manifest "
                     f"(file changed after export or is truncated); {REBUILD_HINT}")
         models[role] = entry
-    for role in ("encoder", "scorer", "synthesis"):
-        if role not in models:
-            raise BundleSchemaError(f"manifest: required model '{role}' missing; {REBUILD_HINT}")
     data = dict(data)
     data["_bundle_hash"] = hashlib.sha256(raw).hexdigest()
     log.debug("bundle %s: format %s, roles %s", root, version, sorted(models))

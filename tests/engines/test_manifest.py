@@ -75,7 +75,7 @@ def test_bad_json_and_schema(bundle_copy):
     with pytest.raises(BundleSchemaError):
         load_manifest(bundle_copy)
     (bundle_copy / "manifest.json").write_text(json.dumps({"format": "beautyrt-bundle", "format_version": 1}))
-    with pytest.raises(BundleSchemaError, match="generator"):
+    with pytest.raises(BundleSchemaError, match="models"):
         load_manifest(bundle_copy)
 
 
@@ -88,7 +88,7 @@ def test_path_escape_refused(bundle_copy):
 def test_engine_checks_feeds(tiny_bundle):
     m = load_manifest(tiny_bundle)
     e = open_engine(m, "scorer", device="cpu")
-    g = m.generator
+    g = m.data["generator"]  # carried through, not interpreted, by engines/
     ok = np.zeros((3, g["num_ws"], g["w_dim"]), np.float32)
     out = e.run({"ws": ok})
     assert out["score"].shape == (3,) and out["embedding"].shape[0] == 3

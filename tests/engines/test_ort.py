@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from beautyrt.engines import ort as ortb
+from beautyrt.engines.backends import ort as ortb
 from beautyrt.engines.errors import ProviderError, UsageError
 
 

@@ -19,16 +19,16 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from . import cuda_driver
-from .base import Engine, run_in_batches
-from .errors import (BundleIntegrityError, BundleSchemaError, BundleVersionError, EngineInputError, EngineRuntimeError,
+from .. import cuda_driver
+from ..base import Engine, run_in_batches
+from ..errors import (BundleIntegrityError, BundleSchemaError, BundleVersionError, EngineInputError, EngineRuntimeError,
                      MissingDependencyError, ProviderError)
-from .manifest import Manifest, sha256_file
+from ..manifest import Manifest, sha256_file
 
 log = logging.getLogger("beautyrt")
 
 TRT_EXTRA_HINT = "pip install 'beautyrt[trt]'"
-REBUILD = "rebuild the engines on this machine with `beautyrt export --trt --out DIR` (or use --backend onnxruntime)"
+REBUILD = "rebuild the engines on this machine with `beautyrt export --trt --out DIR` (or use --backend ort)"
 
 
 def installed_tensorrt_version() -> Optional[str]:
@@ -57,7 +57,7 @@ def check_plan_compat(role: str, rec: Mapping, trt_version: Optional[str], gpu: 
         raise BundleVersionError(f"{role}: TensorRT plan {rec['file']} was built with TensorRT {rec['tensorrt']}, "
                                  f"this machine has {trt_version}; {REBUILD}")
     if gpu is None:
-        raise ProviderError(f"{role}: no CUDA device/driver found for the TensorRT plan; use --backend onnxruntime")
+        raise ProviderError(f"{role}: no CUDA device/driver found for the TensorRT plan; use --backend ort")
     if str(rec["compute_capability"]) != str(gpu["compute_capability"]) or str(rec["gpu"]) != str(gpu["name"]):
         raise BundleVersionError(f"{role}: TensorRT plan {rec['file']} was built for {rec['gpu']} (sm {rec['compute_capability']}), "
                                  f"this GPU is {gpu['name']} (sm {gpu['compute_capability']}); {REBUILD}")
@@ -69,8 +69,8 @@ def _cudart():
     except ImportError:
         try:
             from cuda import cudart  # older cuda-python
-        except ImportError:
-            raise MissingDependencyError(f"the tensorrt backend needs cuda-python: {TRT_EXTRA_HINT}") from None
+        except ImportError as e:
+            raise MissingDependencyError(f"the tensorrt backend needs cuda-python: {TRT_EXTRA_HINT}") from e
     return cudart
 
 
@@ -96,11 +96,13 @@ def open_trt_engine(manifest: Manifest, role: str, device_id: int = 0) -> "TrtEn
 
 
 class TrtEngine(Engine):
+    backend = "tensorrt"
+
     def __init__(self, plan: bytes, inputs, outputs, name: str, device_id: int = 0):
         try:
             import tensorrt as trt
-        except ImportError:
-            raise MissingDependencyError(f"the tensorrt backend needs TensorRT: {TRT_EXTRA_HINT}") from None
+        except ImportError as e:
+            raise MissingDependencyError(f"the tensorrt backend needs TensorRT: {TRT_EXTRA_HINT}") from e
         self._trt, self._cudart = trt, _cudart()
         self.name, self.inputs, self.outputs = name, tuple(inputs), tuple(outputs)
         self._lock = threading.Lock()
@@ -117,11 +119,16 @@ class TrtEngine(Engine):
         want = {s.name for s in self.inputs} | {s.name for s in self.outputs}
         if set(names) != want:
             raise BundleIntegrityError(f"{name}: plan tensors {sorted(names)} differ from the manifest's {sorted(want)}; {REBUILD}")
-        self._min_batch, self.max_batch = 1, None
+        # the profile's batch range; any other batch is padded or chunked to it (run_in_batches), so it is not
+        # exposed as ``max_batch`` (which would make check_feeds refuse what the engine can serve)
+        lo, hi = 1, None
         for s in self.inputs:
             mn, _, mx = self._engine.get_tensor_profile_shape(s.name, 0)
-            self._min_batch, self.max_batch = max(self._min_batch, mn[0]), mx[0] if self.max_batch is None else min(self.max_batch, mx[0])
-        log.debug("TensorRT engine %s: batch %d..%d", name, self._min_batch, self.max_batch)
+            lo, hi = max(lo, int(mn[0])), int(mx[0]) if hi is None else min(hi, int(mx[0]))
+        if hi is None or hi < lo:
+            raise BundleIntegrityError(f"{name}: the plan's optimisation profile has no usable batch size; {REBUILD}")
+        self._min_batch, self._max_batch = lo, hi
+        log.debug("TensorRT engine %s: batch %d..%d", name, lo, hi)
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._bufs.get(name, (0, 0))
@@ -135,7 +142,7 @@ class TrtEngine(Engine):
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # a static profile (the scorers: batch = the population) still serves a start image (batch 1) or a
         # longer walk: padded / chunked to the profile
-        return run_in_batches(feeds, self._min_batch, self.max_batch, self._run_profile)
+        return run_in_batches(feeds, self._min_batch, self._max_batch, self._run_profile)
 
     def _run_profile(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         trt, cu = self._trt, self._cudart
@@ -176,3 +183,26 @@ class TrtEngine(Engine):
                 self._cudart.cudaStreamDestroy(self._stream)
                 self._stream = None
             self._ctx = self._engine = None
+
+
+# --- backend registry interface (see beautyrt.engines.backends) -----------------------------------------
+NAME = "tensorrt"
+BUILD_HINT = "build TensorRT plans on the GPU machine with `beautyrt export --trt --out DIR`"
+
+
+def require(device_id: int = 0) -> None:
+    """TensorRT installed (package metadata; nothing imported) and a CUDA device present."""
+    if installed_tensorrt_version() is None:
+        raise MissingDependencyError(f"--backend tensorrt needs NVIDIA TensorRT, which is not installed here: "
+                                     f"{TRT_EXTRA_HINT} on a machine with a CUDA GPU (or use --backend ort)")
+    if gpu_info(device_id) is None:
+        raise ProviderError("--backend tensorrt needs a CUDA GPU and driver; none found here (use --backend ort)")
+
+
+def has_artefact(entry) -> bool:
+    return isinstance(entry.extra.get("trt"), Mapping)
+
+
+def open_role(manifest: Manifest, role: str, *, device: str = "auto", device_id: int = 0, threads=None,
+         cache_dir=None) -> "TrtEngine":
+    return open_trt_engine(manifest, role, device_id=device_id)

@@ -18,9 +18,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import cuda_driver
-from .base import Engine, TensorSpec
-from .errors import BundleIntegrityError, EngineRuntimeError, MissingDependencyError, ProviderError, UsageError
+from .. import cuda_driver
+from ..base import Engine, TensorSpec
+from ..errors import BundleIntegrityError, EngineRuntimeError, MissingDependencyError, ProviderError, UsageError
 
 log = logging.getLogger("beautyrt")
 
@@ -31,8 +31,8 @@ PROVIDER_ALIASES = {"cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TRT, CUDA, C
 def _ort():
     try:
         import onnxruntime
-    except ImportError:  # pragma: no cover - base dependency
-        raise MissingDependencyError("onnxruntime is not installed: `pip install beautyrt` brings it") from None
+    except ImportError as e:  # pragma: no cover - base dependency
+        raise MissingDependencyError("onnxruntime is not installed: `pip install beautyrt` brings it") from e
     return onnxruntime
 
 
@@ -96,6 +96,8 @@ def resolve_providers(device: str = "auto") -> list[str]:
 class OrtEngine(Engine):
     """One onnxruntime InferenceSession. ``run`` may be called from several threads at once."""
 
+    backend = "ort"
+
     def __init__(self, path: str | Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *,
                  name: Optional[str] = None, device: str = "auto", device_id: int = 0, threads: Optional[int] = None,
                  cache_dir: Optional[str | Path] = None, cache_key: str = "", max_batch: Optional[int] = None):
@@ -117,7 +119,7 @@ class OrtEngine(Engine):
         options = []
         for p in providers:
             if p == TRT:
-                trt_opts = {"device_id": device_id, "trt_fp16_enable": False}
+                trt_opts: dict[str, object] = {"device_id": device_id, "trt_fp16_enable": False}
                 if cache_dir:
                     # keyed by model hash AND the onnxruntime build and device, so an upgrade or another GPU
                     # never picks up engines built for something else
@@ -135,7 +137,7 @@ class OrtEngine(Engine):
         except Exception as e:
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise BundleIntegrityError(f"{Path(path).name}: onnxruntime cannot load it ({msg}); "
-                                       f"rebuild the bundle with `beautyrt export`") from None
+                                       f"rebuild the bundle with `beautyrt export`") from e
         got = self._sess.get_providers()
         if got[0] != providers[0]:
             self._sess = None
@@ -149,11 +151,12 @@ class OrtEngine(Engine):
         self._out_names = [s.name for s in self.outputs]
         # On a GPU, inputs go through IOBinding into device buffers allocated once per (thread, input, shape)
         # and refilled in place; outputs (scores, embeddings, images) are copied to host by onnxruntime.
-        self._device = ("cuda", device_id) if got[0] in (CUDA, TRT) else None
+        self._device: Optional[tuple[str, int]] = ("cuda", device_id) if got[0] in (CUDA, TRT) else None
         self._local = threading.local()
         log.debug("engine %s on %s", self.name, got)
 
     def _device_buffer(self, name: str, arr: np.ndarray):
+        assert self._device is not None
         bufs = self._local.__dict__.setdefault("bufs", {})
         key = (name, arr.shape, arr.dtype.str)
         ov = bufs.get(key)
@@ -178,8 +181,29 @@ class OrtEngine(Engine):
         try:
             outs = self._run_iobinding(feeds) if self._device else self._sess.run(self._out_names, dict(feeds))
         except Exception as e:
-            raise EngineRuntimeError(f"engine '{self.name}' failed: {str(e).splitlines()[0][:300]}") from None
+            raise EngineRuntimeError(f"engine '{self.name}' failed: {str(e).splitlines()[0][:300]}") from e
         return dict(zip(self._out_names, outs))
 
     def close(self) -> None:
         self._sess = None
+
+
+# --- backend registry interface (see beautyrt.engines.backends) -----------------------------------------
+NAME = "ort"
+BUILD_HINT = "every bundle holds ONNX files; rebuild it with `beautyrt export --out DIR`"
+
+
+def require(device_id: int = 0) -> None:
+    """onnxruntime is a base dependency; the provider (CPU/CUDA/TensorRT EP) is checked per engine."""
+    _ort()
+
+
+def has_artefact(entry) -> bool:
+    return str(entry.file).lower().endswith(".onnx")
+
+
+def open_role(manifest, role: str, *, device: str = "auto", device_id: int = 0, threads: Optional[int] = None,
+         cache_dir: Optional[str | Path] = None) -> OrtEngine:
+    entry = manifest.model(role)
+    return OrtEngine(manifest.root / entry.file, entry.inputs, entry.outputs, name=role, device=device,
+                     device_id=device_id, threads=threads, cache_dir=cache_dir, cache_key=entry.sha256[:16])

@@ -1,0 +1,171 @@
+"""Paste an edited aligned crop back into the original photo (numpy + Pillow).
+
+* Geometry: the crop is resampled into the photo's frame through the alignment's matrix (Pillow BICUBIC,
+  Lanczos pre-reduction when the crop is denser than the photo), only over the face's bounding box; the
+  photo keeps its resolution and every pixel outside that box is returned untouched.
+* Mask: an ellipse around the face built from the 5 landmarks (axis along eye-centre -> mouth-centre; it
+  spans from about one eye-to-mouth distance above the eyes to 0.85 below the mouth, and 1.05 x the eye
+  distance either side of the face's centre line), multiplied by ``scale``; its edge is feathered with a
+  smoothstep over ``feather`` (a fraction of the ellipse's radius), and it is also faded out within a few
+  pixels of the crop's border so that nothing from outside the crop is ever pasted.
+* Colour match (optional): per channel, the edited face's mean and spread are matched to the original's,
+  measured with weights concentrated in the mask's feather band (where a seam would show); the gain is
+  limited to [0.8, 1.25] and applied inside the mask only, so an intended change of the inner face is kept
+  while the transition to the untouched photo stays seamless.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .geometry import Alignment, affine_sample, apply_affine
+from ..errors import UsageError
+
+__all__ = ["face_ellipse", "crop_mask", "image_mask", "paste_back"]
+
+DEFAULT_FEATHER = 0.25
+GAIN_LIMITS = (0.8, 1.25)
+
+
+def face_ellipse(landmarks5: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre (2,), unit axes (2, 2) rows = across / along the face, semi-axes (2,)) in the landmarks' frame."""
+    lm = np.asarray(landmarks5, dtype=np.float64)
+    eye_c = (lm[0] + lm[1]) / 2
+    mouth_c = (lm[3] + lm[4]) / 2
+    down = mouth_c - eye_c
+    d = math.hypot(*down)
+    e = math.hypot(*(lm[1] - lm[0]))
+    if d < 1e-6 or e < 1e-6:
+        raise UsageError("face mask: degenerate landmarks")
+    down = down / d
+    across = np.array([-down[1], down[0]])  # perpendicular to the eye->mouth axis
+    top = -1.0 * d       # above the eyes (brows / forehead)
+    bottom = d + 0.85 * d  # below the mouth (chin)
+    centre = eye_c + down * (top + bottom) / 2
+    semi = np.array([1.05 * max(e, 0.8 * d), (bottom - top) / 2]) * scale
+    return centre, np.stack([across, down]), semi
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _mask_at(points_xy: np.ndarray, landmarks5: np.ndarray, scale: float, feather: float) -> np.ndarray:
+    centre, axes, semi = face_ellipse(landmarks5, scale)
+    rel = points_xy - centre
+    u = rel @ axes[0] / semi[0]
+    v = rel @ axes[1] / semi[1]
+    rho = np.sqrt(u * u + v * v)
+    f = max(float(feather), 1e-6)
+    return _smoothstep((1.0 - rho) / f)
+
+
+def crop_mask(alignment: Alignment, scale: float = 1.0, feather: float = DEFAULT_FEATHER) -> np.ndarray:
+    """The face mask in crop coordinates: (size, size) float32 in [0, 1]."""
+    n = alignment.size
+    ys, xs = np.mgrid[0:n, 0:n].astype(np.float64)
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    m = _mask_at(pts, alignment.landmarks_in_crop(), scale, feather)
+    return m.reshape(n, n).astype(np.float32)
+
+
+def _region(alignment: Alignment, shape: tuple[int, int], scale: float) -> tuple[int, int, int, int] | None:
+    """Integer box (x0, y0, x1, y1), exclusive end, of the photo that the mask can touch."""
+    centre, axes, semi = face_ellipse(alignment.landmarks, scale)
+    half = np.abs(axes.T) @ semi  # bounding box half-extent of the rotated ellipse
+    quad = alignment.quad
+    x0 = max(centre[0] - half[0], quad[:, 0].min())
+    x1 = min(centre[0] + half[0], quad[:, 0].max())
+    y0 = max(centre[1] - half[1], quad[:, 1].min())
+    y1 = min(centre[1] + half[1], quad[:, 1].max())
+    h, w = shape
+    bx0, by0 = max(0, int(math.floor(x0)) - 1), max(0, int(math.floor(y0)) - 1)
+    bx1, by1 = min(w, int(math.ceil(x1)) + 2), min(h, int(math.ceil(y1)) + 2)
+    if bx1 <= bx0 or by1 <= by0:
+        return None
+    return bx0, by0, bx1, by1
+
+
+def image_mask(alignment: Alignment, shape: tuple[int, int], scale: float = 1.0,
+               feather: float = DEFAULT_FEATHER) -> np.ndarray:
+    """The paste mask in photo coordinates: (H, W) float32, zero outside the face ellipse and the crop."""
+    h, w = shape
+    out = np.zeros((h, w), dtype=np.float32)
+    box = _region(alignment, shape, scale)
+    if box is None:
+        return out
+    out[box[1]:box[3], box[0]:box[2]] = _region_mask(alignment, box, scale, feather)
+    return out
+
+
+def _region_mask(alignment: Alignment, box, scale: float, feather: float) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    m = _mask_at(pts, alignment.landmarks, scale, feather)
+    # fade out within ~2 crop pixels of the crop border: never paste what the crop does not contain
+    c = apply_affine(alignment.matrix, pts)
+    n = alignment.size
+    edge = np.minimum.reduce([c[:, 0] + 0.5, c[:, 1] + 0.5, n - 0.5 - c[:, 0], n - 0.5 - c[:, 1]])
+    m = m * _smoothstep(edge / 2.0)
+    return m.reshape(y1 - y0, x1 - x0).astype(np.float32)
+
+
+def _colour_match(edit: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Match per-channel mean/std of ``edit`` to ``orig`` with weights on the mask's feather band."""
+    wgt = (mask * (1.0 - mask)).astype(np.float64) * 4.0  # peaks at mask = 0.5
+    wgt = wgt + 0.05 * mask  # a little of the inner face, so a band-free mask still works
+    tot = wgt.sum()
+    if tot < 1e-6:
+        return edit
+    out = edit.copy()
+    for ch in range(edit.shape[2]):
+        e = edit[..., ch]
+        o = orig[..., ch]
+        me = (wgt * e).sum() / tot
+        mo = (wgt * o).sum() / tot
+        se = math.sqrt(max((wgt * (e - me) ** 2).sum() / tot, 1e-6))
+        so = math.sqrt(max((wgt * (o - mo) ** 2).sum() / tot, 1e-6))
+        gain = float(np.clip(so / se, *GAIN_LIMITS))
+        out[..., ch] = (e - me) * gain + mo
+    return out
+
+
+def paste_back(original: np.ndarray, edited_crop: np.ndarray, alignment: Alignment, *,
+               feather: float = DEFAULT_FEATHER, mask_scale: float = 1.0, color_match: bool = True,
+               return_mask: bool = False):
+    """Blend ``edited_crop`` (size x size x 3 uint8, in ``alignment``'s crop frame) into a copy of
+    ``original`` (H x W x 3 uint8) over the face only. Returns the new photo (same shape, uint8), and the
+    (H, W) float32 mask when ``return_mask``."""
+    if not isinstance(original, np.ndarray) or original.dtype != np.uint8 or original.ndim != 3 or original.shape[2] != 3:
+        raise UsageError("paste_back: original must be an RGB uint8 (H, W, 3) array")
+    n = alignment.size
+    if not isinstance(edited_crop, np.ndarray) or edited_crop.dtype != np.uint8 or edited_crop.shape != (n, n, 3):
+        got = list(edited_crop.shape) if isinstance(edited_crop, np.ndarray) else type(edited_crop).__name__
+        raise UsageError(f"paste_back: edited crop must be uint8 ({n}, {n}, 3) like the alignment, got {got}")
+    if feather <= 0 or mask_scale <= 0:
+        raise UsageError(f"paste_back: feather and mask_scale must be > 0, got {feather}, {mask_scale}")
+    h, w = original.shape[:2]
+    out = original.copy()
+    full_mask = np.zeros((h, w), dtype=np.float32) if return_mask else None
+    box = _region(alignment, (h, w), mask_scale)
+    if box is None:
+        return (out, full_mask) if return_mask else out
+    x0, y0, x1, y1 = box
+    mask = _region_mask(alignment, box, mask_scale, feather)
+    # crop -> photo sampling for the region: region pixel p (offset by the box) -> crop point matrix @ (p + off)
+    m = np.asarray(alignment.matrix, dtype=np.float64).copy()
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    warped = affine_sample(edited_crop, m, x1 - x0, y1 - y0, fill="reflect", blur=1.0, as_float=True)
+    orig = original[y0:y1, x0:x1].astype(np.float32)
+    if color_match:
+        warped = _colour_match(warped, orig, mask)
+    a = mask[..., None]
+    blended = orig * (1.0 - a) + warped * a
+    out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if return_mask:
+        full_mask[y0:y1, x0:x1] = mask
+        return out, full_mask
+    return out
