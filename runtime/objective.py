@@ -42,18 +42,29 @@ class ObjectiveWeights:
                                    for k in DEFAULT_WEIGHTS}).validate()
 
     def validate(self) -> "ObjectiveWeights":
+        from .settings import check_float
+
         for k in ("identity_floor", "identity_target"):
             v = getattr(self, k)
-            if v is not None and not -1.0 <= v <= 1.0:
-                raise UsageError(f"{k.replace('_', ' ')} must be a cosine in [-1, 1], got {v}")
+            if v is not None:
+                check_float(k.replace("_", "-"), v, -1.0, 1.0)
         for k in ("identity_weight", "latent_weight"):
             v = getattr(self, k)
-            if v is not None and v < 0:
-                raise UsageError(f"{k.replace('_', ' ')} must be >= 0, got {v}")
+            if v is not None:
+                check_float(k.replace("_", "-"), v, 0.0, 1e6)
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ObjectiveWeights":
+        if not isinstance(d, Mapping):
+            raise UsageError(f"weights must be a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(DEFAULT_WEIGHTS))
+        if unknown:
+            raise UsageError(f"unknown objective weight(s): {', '.join(map(str, unknown))}")
+        return cls(**d).validate()
 
 
 class LatentSpace:
@@ -64,7 +75,7 @@ class LatentSpace:
     * ``wplus``: every layer on its own (D = num_ws * w_dim).
     """
 
-    def __init__(self, space: str, num_ws: int, w_dim: int, w_std: Sequence[float],
+    def __init__(self, space: str, num_ws: int, w_dim: int, w_std: "Sequence[float] | np.ndarray",
                  groups: Mapping[str, Sequence[int]]):
         if space not in SPACES:
             raise UsageError(f"unknown search space {space!r}; choose one of {', '.join(SPACES)}")
@@ -81,6 +92,11 @@ class LatentSpace:
             self.rows = np.arange(num_ws)
         self.n_vectors = int(self.rows.max()) + 1
         self.dim = self.n_vectors * w_dim
+
+    def from_w_direction(self, d: np.ndarray) -> np.ndarray:
+        """The search vector (D,) whose offset is ``d`` (w_dim,) on every layer (a direction in W)."""
+        d = np.asarray(d, dtype=np.float64).reshape(self.w_dim)
+        return np.tile(d, self.n_vectors)
 
     def offsets(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32).reshape(-1, self.n_vectors, self.w_dim)

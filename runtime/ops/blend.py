@@ -1,4 +1,14 @@
-"""Paste an edited aligned crop back into the original photo (numpy + Pillow).
+"""Blend a face edit into the original photo (numpy + Pillow).
+
+Two ways, both over the face only (every pixel outside the mask is returned bit-identical):
+
+* :func:`add_edits` (what the transfer mode uses): the EDIT -- a float difference in the crop's frame, at
+  whatever resolution it has -- is warped ONCE into photo coordinates and added,
+  ``out = photo + strength * mask * warp(edit)``, in float, rounded once. The photo's own pixels are never
+  resampled, so its skin texture and detail stay at full resolution whatever the crop size.
+* :func:`paste_back` (the ``generated`` mode): the generated crop itself replaces the face.
+
+Details of ``paste_back``:
 
 * Geometry: the crop is resampled into the photo's frame through the alignment's matrix (Pillow BICUBIC,
   Lanczos pre-reduction when the crop is denser than the photo), only over the face's bounding box; the
@@ -22,7 +32,7 @@ import numpy as np
 from .geometry import Alignment, affine_sample, apply_affine
 from ..errors import UsageError
 
-__all__ = ["face_ellipse", "crop_mask", "image_mask", "paste_back"]
+__all__ = ["face_ellipse", "crop_mask", "image_mask", "paste_back", "add_edits", "warp_field"]
 
 DEFAULT_FEATHER = 0.25
 GAIN_LIMITS = (0.8, 1.25)
@@ -165,7 +175,75 @@ def paste_back(original: np.ndarray, edited_crop: np.ndarray, alignment: Alignme
     a = mask[..., None]
     blended = orig * (1.0 - a) + warped * a
     out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    if return_mask:
+    if full_mask is not None:
         full_mask[y0:y1, x0:x1] = mask
         return out, full_mask
+    return out
+
+
+def warp_field(field: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Resample a float (n, n, C) field on an output grid (output pixel p takes the field at
+    ``m_dst_to_src @ [p, 1]``), bicubic, zero outside the field. Float32 in, float32 out: nothing is rounded."""
+    from PIL import Image
+
+    from .geometry import _pil_affine_data
+
+    data = _pil_affine_data(np.asarray(m_dst_to_src, dtype=np.float64))
+    chans = []
+    for c in range(field.shape[2]):
+        im = Image.fromarray(np.ascontiguousarray(field[..., c], dtype=np.float32), "F")
+        im = im.transform((int(out_w), int(out_h)), Image.Transform.AFFINE, data=data, resample=Image.Resampling.BICUBIC, fillcolor=0.0)
+        chans.append(np.asarray(im, dtype=np.float32))
+    return np.stack(chans, axis=-1)
+
+
+def _edit_offset_at_seam(edit: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel mean of ``edit`` weighted on the mask's feather band (where a seam would show)."""
+    wgt = (mask * (1.0 - mask)).astype(np.float64) * 4.0
+    tot = wgt.sum()
+    if tot < 1e-6:
+        return np.zeros(edit.shape[2], np.float32)
+    return ((edit * wgt[..., None]).sum(axis=(0, 1)) / tot).astype(np.float32)
+
+
+def add_edits(original: np.ndarray, edits, *, strength: float = 1.0, feather: float = DEFAULT_FEATHER,
+              mask_scale: float = 1.0, color_match: bool = True) -> np.ndarray:
+    """``original`` (H, W, 3 uint8) plus every ``(alignment, edit)`` of ``edits``: ``edit`` is an (n, n, 3)
+    float32 difference in grey levels in that alignment's crop frame (any n; the alignment's ``size`` is the
+    crop side it refers to). Each edit is warped once into the photo over its face's region, scaled by the
+    feathered face mask and ``strength``, and added in float; the sum is rounded once. ``color_match``
+    removes each edit's own offset at the mask's feather band, so the face's edge meets the untouched photo
+    without a step; the photo's pixels are never rescaled. A zero edit (or ``strength`` 0) returns
+    ``original`` exactly."""
+    if not isinstance(original, np.ndarray) or original.dtype != np.uint8 or original.ndim != 3 or original.shape[2] != 3:
+        raise UsageError("add_edits: original must be an RGB uint8 (H, W, 3) array")
+    if feather <= 0 or mask_scale <= 0:
+        raise UsageError(f"add_edits: feather and mask_scale must be > 0, got {feather}, {mask_scale}")
+    h, w = original.shape[:2]
+    parts = []
+    for alignment, edit in edits:
+        box = _region(alignment, (h, w), mask_scale)
+        if box is None or strength == 0:
+            continue
+        x0, y0, x1, y1 = box
+        mask = _region_mask(alignment, box, mask_scale, feather)
+        # photo pixel p (offset by the box) -> crop point (alignment.matrix) -> edit pixel (edit side / crop side)
+        k = edit.shape[0] / float(alignment.size)
+        m = np.asarray(alignment.matrix, dtype=np.float64).copy()
+        m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
+        m = np.concatenate([m[:, :2] * k, (m[:, 2] * k + 0.5 * k - 0.5)[:, None]], axis=1)
+        warped = warp_field(np.asarray(edit, np.float32), m, x1 - x0, y1 - y0)
+        if color_match:
+            warped = warped - _edit_offset_at_seam(warped, mask)
+        parts.append((box, np.float32(strength) * mask[..., None] * warped))
+    out = original.copy()
+    if not parts:
+        return out
+    # float only over the union of the faces' boxes; every pixel there without an edit rounds back to itself
+    ux0, uy0 = min(b[0] for b, _ in parts), min(b[1] for b, _ in parts)
+    ux1, uy1 = max(b[2] for b, _ in parts), max(b[3] for b, _ in parts)
+    acc = original[uy0:uy1, ux0:ux1].astype(np.float32)
+    for (x0, y0, x1, y1), add in parts:
+        acc[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0] += add
+    out[uy0:uy1, ux0:ux1] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
     return out

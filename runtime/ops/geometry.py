@@ -209,7 +209,7 @@ def _fill_padding(arr: np.ndarray, pads: tuple[int, int, int, int], blur: float)
 
 def affine_sample(src: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: int, *,
                   fill: str = "reflect", fill_value: Sequence[int] = (0, 0, 0),
-                  resample: int = Image.BICUBIC, blur: float | None = None,
+                  resample: Image.Resampling = Image.Resampling.BICUBIC, blur: float | None = None,
                   supersample_above: float = 1.25, as_float: bool = False) -> np.ndarray:
     """Resample ``src`` (H, W, C uint8) on the output grid: output pixel p takes src at ``M @ [p, 1]``.
 
@@ -257,9 +257,9 @@ def affine_sample(src: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: 
     data = _pil_affine_data(m)
     chans = []
     for ch in range(src.shape[2]):
-        fc = None if fillcolor is None else float(fillcolor if src.shape[2] == 1 else fillcolor[ch])
+        fc = None if fillcolor is None else float(fillcolor[ch] if isinstance(fillcolor, tuple) else fillcolor)
         im = Image.fromarray(np.ascontiguousarray(src[..., ch], dtype=np.float32))
-        im = im.transform((out_w, out_h), Image.AFFINE, data=data, resample=resample, fillcolor=fc)
+        im = im.transform((out_w, out_h), Image.Transform.AFFINE, data=data, resample=resample, fillcolor=fc)
         if k > 1:
             im = im.reduce(k)
         chans.append(np.asarray(im, dtype=np.float32))

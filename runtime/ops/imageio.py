@@ -64,7 +64,7 @@ def load_image(src: ImageLike, max_pixels: int = MAX_PIXELS, name: Optional[str]
             try:
                 data = p.read_bytes()
             except OSError as e:
-                raise ImageNotFoundError(f"{label}: cannot read ({e.strerror or e})") from None
+                raise ImageNotFoundError(f"{label}: cannot read ({e.strerror or e})") from e
         else:
             data = bytes(src)
         if not data:
@@ -73,16 +73,16 @@ def load_image(src: ImageLike, max_pixels: int = MAX_PIXELS, name: Optional[str]
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageDecodeError(f"{label}: not an image Pillow can read") from None
+        except UnidentifiedImageError as e:
+            raise ImageDecodeError(f"{label}: not an image Pillow can read") from e
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             # Pillow refuses in Image.open (the image object is lost): take the claimed size from its message
             m = re.search(r"\((\d+) pixels\)", str(e))
             claim = f"its header claims {int(m.group(1)):,} pixels" if m else "its header claims too many pixels"
             raise ImageTooLargeError(f"{label}: {claim}, above the limit of {max_pixels:,} pixels "
-                                     f"(decompression-bomb guard; no pixels were decoded)") from None
+                                     f"(decompression-bomb guard; no pixels were decoded)") from e
         except Exception as e:
-            raise ImageDecodeError(f"{label}: cannot decode ({type(e).__name__}: {e})") from None
+            raise ImageDecodeError(f"{label}: cannot decode ({type(e).__name__}: {e})") from e
     w, h = im.size
     if w * h > max_pixels:
         raise ImageTooLargeError(f"{label}: {w}x{h} pixels is above the limit of {max_pixels:,} pixels")
@@ -99,7 +99,7 @@ def load_image(src: ImageLike, max_pixels: int = MAX_PIXELS, name: Optional[str]
         raise
     except Exception as e:
         what = "image data is truncated" if "truncated" in str(e) else "cannot decode"
-        raise ImageDecodeError(f"{label}: {what} ({type(e).__name__}: {str(e)[:200]})") from None
+        raise ImageDecodeError(f"{label}: {what} ({type(e).__name__}: {str(e)[:200]})") from e
     return np.ascontiguousarray(arr)
 
 
@@ -204,7 +204,7 @@ def atomic_write_many(items: Sequence[tuple[str | os.PathLike, bytes]]) -> list[
                 pass
         if isinstance(e, OSError):
             failed = staged[len(done)][1] if len(done) < len(staged) else Path(items[len(staged)][0])
-            raise OutputError(f"{failed}: cannot write ({e.strerror or e})") from None
+            raise OutputError(f"{failed}: cannot write ({e.strerror or e})") from e
         raise
     return done
 

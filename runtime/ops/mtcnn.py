@@ -12,7 +12,7 @@ The cascade:
 Conventions follow facenet-pytorch 2.6.0 (whose weights beautyrt exports), with one deliberate difference:
 
 * Resizing: facenet-pytorch uses ``torch.nn.functional.interpolate(mode="area")`` (box averaging). Here
-  Pillow's ``Image.BOX`` filter does the same job (exact area averaging when shrinking, nearest-like when
+  Pillow's ``Image.Resampling.BOX`` filter does the same job (exact area averaging when shrinking, nearest-like when
   enlarging) on uint8 RGB; the result is rounded to integers, a difference of <= 0.5 grey levels
   (0.004 after normalisation).
 * Crops for R-Net / O-Net: boxes that stick out of the image are padded with zeros (black) so that the crop
@@ -31,7 +31,6 @@ Normalisation comes from the bundle manifest (``mean``/``std``); MTCNN's is mean
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -123,7 +122,7 @@ def _crops(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         else:
             patch = np.zeros((bh, bw, 3), dtype=np.uint8)
             patch[sy0 - cy0:sy1 - cy0 + 1, sx0 - cx0:sx1 - cx0 + 1] = img[sy0:sy1 + 1, sx0:sx1 + 1]
-        out[k] = np.asarray(Image.fromarray(np.ascontiguousarray(patch)).resize((size, size), Image.BOX))
+        out[k] = np.asarray(Image.fromarray(np.ascontiguousarray(patch)).resize((size, size), Image.Resampling.BOX))
     return out
 
 
@@ -193,7 +192,7 @@ class MTCNNDetector:
         found = []
         for scale in self.scales(h, w):
             hs, ws = int(h * scale + 1), int(w * scale + 1)
-            im = np.asarray(pil.resize((ws, hs), Image.BOX))[None]
+            im = np.asarray(pil.resize((ws, hs), Image.Resampling.BOX))[None]
             reg, prob = _outputs(self.pnet.run({name: self._normalise(im)}), ("reg", "prob"), "pnet")
             p = prob[0, 1]
             ys, xs = np.nonzero(p >= self.thresholds[0])
@@ -259,7 +258,8 @@ class MTCNNDetector:
         pts = np.zeros((0, 5, 2))
         if len(boxes):
             boxes, pts = self._stage3(img, boxes)
-        faces = [Face(box=tuple(float(v) for v in b[:4]), score=float(b[4]), landmarks=p.astype(np.float64))
+        faces = [Face(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(b[4]),
+                      landmarks=p.astype(np.float64))
                  for b, p in zip(boxes, pts)]
         for f in faces:
             f.landmarks.setflags(write=False)

@@ -76,9 +76,9 @@ class CMAStrategy:
             with warnings.catch_warnings():  # cma warns at import when matplotlib is absent
                 warnings.simplefilter("ignore")
                 import cma
-        except ImportError:  # pragma: no cover - base dependency
+        except ImportError as e:  # pragma: no cover - base dependency
             from beautyrt.engines.errors import MissingDependencyError
-            raise MissingDependencyError("the cma package is missing: `pip install beautyrt` brings it") from None
+            raise MissingDependencyError("the cma package is missing: `pip install beautyrt` brings it") from e
         if dim < 1:
             raise UsageError(f"search dimension must be >= 1, got {dim}")
         if sigma0 <= 0:

@@ -19,7 +19,8 @@ from typing import Callable, Optional
 
 from beautyrt.engines.errors import BeautyrtError, UsageError
 
-from .pipeline import Beautifier, Settings
+from ..beautifier import Beautifier
+from ..settings import Settings
 
 log = logging.getLogger("beautyrt")
 
@@ -90,7 +91,7 @@ def _stats(outs: list[PhotoOutcome]) -> dict:
         "failure_rate": (len(outs) - len(ok)) / len(outs) if outs else None,
         "failures": dict(sorted(Counter(o.error for o in outs if not o.ok).items())),
         "mean_gain": mean(gains),
-        "median_gain": statistics.median(gains) if gains else None,
+        "median_gain": statistics.median([g for g in gains if g is not None]) if gains else None,
         "mean_identity": mean([o.identity for o in ok]),
         "mean_score_before": mean([o.score_before for o in ok]),
         "mean_score_after": mean([o.score_after for o in ok]),
@@ -117,7 +118,7 @@ def summarize(outcomes: list[PhotoOutcome]) -> dict:
 
 def run_audit(images: str | Path, bundle: Optional[str | Path] = None, *, beautifier: Optional[Beautifier] = None,
               settings: Optional[Settings] = None, limit: Optional[int] = None, aligned: bool = False,
-              device: str = "auto", threads: Optional[int] = None,
+              device: str = "auto", threads: Optional[int] = None, backend: str = "auto",
               progress: Optional[AuditProgress] = None) -> dict:
     """Optimise every photo of ``images`` (``limit`` per group) with one loaded bundle; returns
     ``{"groups": {group: stats}, "overall": stats, "photos": [...], "settings": ..., "bundle_hash": ...}``."""
@@ -125,7 +126,12 @@ def run_audit(images: str | Path, bundle: Optional[str | Path] = None, *, beauti
     settings = (settings or Settings()).validate()
     jobs = [(g, p) for g, ps in groups.items() for p in ps]
     own = beautifier is None
-    b = Beautifier(bundle, device=device, threads=threads) if own else beautifier
+    if beautifier is None:
+        if bundle is None:
+            raise UsageError("run_audit needs a bundle or a loaded beautifier")
+        b = Beautifier(bundle, device=device, threads=threads, backend=backend)
+    else:
+        b = beautifier
     t0 = time.perf_counter()
     try:
         outcomes = []
@@ -134,11 +140,12 @@ def run_audit(images: str | Path, bundle: Optional[str | Path] = None, *, beauti
             if progress:
                 progress(i + 1, len(jobs), g)
         bundle_hash = b.bundle_hash
+        resolved = b.resolve(settings)
     finally:
         if own:
             b.close()
     res = summarize(outcomes)
-    res.update({"images": str(images), "limit_per_group": limit, "settings": settings.to_dict(),
+    res.update({"images": str(images), "limit_per_group": limit, "settings": resolved.to_dict(),
                 "bundle_hash": bundle_hash, "seconds": time.perf_counter() - t0,
                 "photos": [asdict(o) for o in outcomes]})
     return res

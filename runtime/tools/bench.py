@@ -7,6 +7,7 @@ objective in numpy) as a fraction of a generation, and the scorer's batching eff
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -16,31 +17,36 @@ from typing import Optional
 
 import numpy as np
 
-from .pipeline import Beautifier, Settings, to_uint8
-from .timing import percentiles
+from ..beautifier import Beautifier
+from ..ops.imaging import to_uint8
+from ..settings import Settings
+from ..timing import percentiles
 
 log = logging.getLogger("beautyrt")
 
 
 def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, repeats: int = 3,
-              device: str = "auto", threads: Optional[int] = None, space: str = "w",
+              device: str = "auto", threads: Optional[int] = None, space: str = "w", backend: str = "auto",
               batch_sizes: tuple[int, ...] = (1, 4, 16)) -> dict:
     load_before = _loadavg()
-    with Beautifier(bundle, device=device, threads=threads) as b:
+    with Beautifier(bundle, device=device, threads=threads, backend=backend) as b:
         w_avg = np.broadcast_to(b.w_avg, (1, b.num_ws, b.w_dim)).astype(np.float32)
-        crop = to_uint8(b.engines["synthesis"].run({"ws": w_avg})["image"][0])
+        crop = to_uint8(b.models.synthesize(w_avg)[0])
         settings = Settings(generations=generations, popsize=popsize, space=space)
         b.optimize(crop, Settings(generations=1, popsize=popsize, space=space), aligned=True)  # warm-up
-        gen_s, eval_s, over_s, stages = [], [], [], {"encode": [], "synthesize": [], "optimize_total": []}
+        gen_s: list[float] = []
+        eval_s: list[float] = []
+        over_s: list[float] = []
+        stages: dict[str, list[float]] = {"invert": [], "synthesize": [], "optimize_total": []}
         for r in range(repeats):
-            res = b.optimize(crop, Settings(**{**settings.__dict__, "seed": r}), aligned=True)
-            gen_s += [h["seconds"] for h in res.history]
-            n = max(1, res.generations_run)
-            eval_s.append(res.timings["search_eval"] / n)
-            over_s.append(res.timings["search_overhead"] / n)
-            stages["encode"].append(res.timings["encode"])
-            stages["synthesize"].append(res.timings["synthesize"])
-            stages["optimize_total"].append(res.timings["total"])
+            run = b.optimize(crop, dataclasses.replace(settings, seed=r), aligned=True)
+            gen_s += [h["seconds"] for h in run.history]
+            n = max(1, run.generations_run)
+            eval_s.append(run.timings["search_eval"] / n)
+            over_s.append(run.timings["search_overhead"] / n)
+            stages["invert"].append(run.timings["invert"])
+            stages["synthesize"].append(run.timings["synthesize"])
+            stages["optimize_total"].append(run.timings["total"])
         # batching efficiency of the scorer: per-candidate time at batch 1 vs batch popsize
         scorer = b.engines["scorer"]
         per_cand = {}
@@ -56,7 +62,7 @@ def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, r
         eval_med = float(np.median(eval_s))
         res = {
             "bundle": str(b.manifest.root), "bundle_hash": b.bundle_hash, "source": b.manifest.data.get("source"),
-            "resolution": b.resolution, "score_resolution": b.manifest.generator.get("score_resolution"),
+            "resolution": b.resolution, "score_resolution": b.manifest.data["generator"].get("score_resolution"),
             "providers": getattr(b.engines["scorer"], "providers", None),
             "machine": {"cpus": os.cpu_count(), "platform": f"{platform.system()} {platform.machine()}",
                         "processor": platform.processor(), "loadavg_before": load_before,

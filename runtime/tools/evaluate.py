@@ -2,15 +2,15 @@
 
 For every photo (torch-free; the bundle's engines only):
 
-* the search: :meth:`Beautifier.optimize` with the given settings -> regressor gain and identity cosine of the
-  best candidate, measured where the search scored (``score_on``: the photo crop + edit vs the photo crop, or
-  G(best) vs G(start)), time;
+* the search: the stages as :meth:`Beautifier.optimize` runs them, with the given settings -> regressor gain and
+  identity cosine of the best candidate, measured where the search scored (``score_on``: the photo crop + edit
+  vs the photo crop, or G(best) vs G(start)), time;
 * the output the user gets: the beauty and identity models on the edited FFHQ crop (photo crop + edit)
   vs the photo's own crop (``gain_output`` / ``identity_output``);
-* the linear baseline (InterFaceGAN-style): walk from w_start along the bundle's ``beauty_direction``
-  (a unit vector in W, units of w_std, fitted at export time) in steps of ``step`` -- all steps scored in
-  ONE scorer call -- until the identity cosine falls below the same identity floor; the best feasible step
-  is the baseline's result. Bundles without a direction skip the baseline.
+* the linear baseline (InterFaceGAN-style, ``runtime.strategies.linear``) from the same inversion: the walk
+  from w_start along the bundle's ``beauty_direction`` (a unit vector in W, units of w_std, fitted at export
+  time), all steps scored in ONE call and measured like the search; the best step at or above the same
+  identity floor is the baseline's result. Bundles without a direction skip the baseline.
 
 The report: per-photo rows, and mean/median gains, identities, failures (no face, errors) and seconds
 per photo; optionally a contact sheet image: one row per photo, columns before | search | linear.
@@ -21,20 +21,23 @@ import csv
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import NoFaceError, UsageError
-from .imageio import load_image
-from .objective import cosine_to
-from .pipeline import Beautifier, Settings, crop_to_unit, edit_delta, model_input, resize_float
+from ..beautifier import Beautifier
+from ..errors import NoFaceError, UsageError
+from ..objective import cosine_to
+from ..ops.imaging import add_edit, crop_to_unit, edit_in_grey_levels, resize_float
+from ..settings import Settings
+from ..stages import compose, decode, search
+from ..timing import StageTimer
 
 log = logging.getLogger("beautyrt")
 EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-DIRECTION_ROLE = "beauty_direction"
 
 
 def list_images(images: str | Path, csv_path: Optional[str | Path] = None, limit: Optional[int] = None,
@@ -58,91 +61,46 @@ def list_images(images: str | Path, csv_path: Optional[str | Path] = None, limit
 
 
 class Evaluator:
-    def __init__(self, bf: Beautifier, settings: Settings, step: float = 0.25, max_steps: int = 32):
-        from beautyrt.engines import open_engine
+    """Runs the stages on one photo at a time: the search with the given settings, then -- from the same
+    inversion -- the linear baseline (``strategy="linear"``) when the bundle has a beauty direction."""
 
-        self.bf, self.s, self.step, self.max_steps = bf, bf.resolve(settings), step, max_steps
-        m = bf.manifest
-        self.direction = None
-        if m.has(DIRECTION_ROLE):
-            d = np.load(m.path(DIRECTION_ROLE)).astype(np.float32)
-            if d.shape != (bf.w_dim,):
-                raise UsageError(f"bundle beauty_direction has shape {d.shape}, expected ({bf.w_dim},)")
-            self.direction = d / max(float(np.linalg.norm(d)), 1e-12)
-        # output-side metrics: the crop_scorer, else the standalone models where they take the crop as it is
-        # (a model with its own alignment template, e.g. an external ArcFace, would need that crop: skipped)
-        self.beauty = self.identity = None
+    def __init__(self, bf: Beautifier, settings: Settings):
+        self.bf, self.s = bf, bf.resolve(settings)
+        self.linear_s = replace(self.s, strategy="linear")
+        self.has_direction = bf.models.direction is not None
         if not bf.can_score_output:
             log.warning("this bundle cannot score crops in the generator's frame: no output-side metrics")
-        elif "crop_scorer" not in bf.engines:
-            self.beauty, self.identity = open_engine(m, "beauty"), open_engine(m, "identity")
 
-    def _image_models(self, crops: Sequence[np.ndarray]):
-        """(scores, embeddings) of uint8 crops in the generator's frame through the bundle's own models."""
-        if "crop_scorer" in self.bf.engines:
-            x = np.concatenate([crop_to_unit(c, self.bf.resolution) for c in crops])
-            out = self.bf.engines["crop_scorer"].run({"image": x})
-            return out["score"].astype(np.float64), out["embedding"].astype(np.float64)
-        if self.beauty is None or self.identity is None:
-            return None, None
-        bn, inn = self.bf.manifest.model("beauty").normalisation, self.bf.manifest.model("identity").normalisation
-        xb = np.concatenate([model_input(c, bn) for c in crops])
-        xi = np.concatenate([model_input(c, inn) for c in crops])
-        return (self.beauty.run({"image": xb})["score"].astype(np.float64),
-                self.identity.run({"image": xi})["embedding"].astype(np.float64))
-
-    def linear(self, w_start: np.ndarray, crop: np.ndarray) -> dict:
-        """Walk along the direction until the identity floor, scored like the search (on the photo crop plus
-        the edit with ``score_on="output"``, on G(w) otherwise): all steps in one batched call."""
-        ts = self.step * np.arange(0, self.max_steps + 1, dtype=np.float32)
-        off = ts[:, None] * self.direction[None] * self.bf.w_std[None]
-        ws = (w_start[None] + off[:, None, :]).astype(np.float32)
-        if self.s.score_on == "output":
-            out = self.bf._output_scorer(w_start[None], crop, self.s.transfer)(ws)
-        else:
-            out = self.bf.engines["scorer"].run({"ws": ws})
-        score = out["score"].astype(np.float64)
-        cos = cosine_to(out["embedding"][0].astype(np.float64), out["embedding"].astype(np.float64))
-        floor = self.s.weights.identity_floor
-        ok = np.flatnonzero(cos < floor)
-        last = (int(ok[0]) - 1) if ok.size else len(ts) - 1  # walk stops before the first step below the floor
-        k = int(np.argmax(score[: last + 1]))
-        return {"t": float(ts[k]), "score_before": float(score[0]), "score_after": float(score[k]),
-                "gain": float(score[k] - score[0]), "identity": float(cos[k]), "ws": ws[k]}
-
-    def _delta(self, w_start: np.ndarray, w_best: np.ndarray) -> np.ndarray:
-        """The edit the output carries, (H, W, 3) in grey levels, from the float generator images (the uint8
-        ones are clipped, which would lose the part of an edit beyond the value range)."""
-        g = self.bf.engines["synthesis"].run({"ws": np.stack([w_start, w_best]).astype(np.float32)})["image"]
-        return edit_delta((g[1] - g[0])[None], self.s.transfer)[0].transpose(1, 2, 0) * 127.5
-
-    def one(self, path: Path) -> tuple[dict, Optional[dict]]:
+    def one(self, path: Path) -> tuple[dict, dict]:
+        bf, s = self.bf, self.s
         t0 = time.perf_counter()
-        r = self.bf.optimize(path, self.s)
+        timer = StageTimer()
+        photo = decode.decode(path)
+        faces, _ = bf.faces_to_edit(photo, s, False, timer)
+        fe = bf.edit_face(faces[0], s, timer)
+        out = compose.compose_photo(photo, [(fe.aligned, fe.edit)], s.strength)
         secs = time.perf_counter() - t0
-        row = {"image": str(path), "score_before": r.score_before, "score_after": r.score_after,
-               "gain": r.score_after - r.score_before, "identity": r.identity, "seconds": secs,
-               "generations": r.generations_run}
-        R = self.bf.resolution
-        delta = self._delta(r.w_start, r.w_best)
-        edited = np.clip(np.rint(r.aligned.astype(np.float32) + delta), 0, 255).astype(np.uint8)
-        vis = {"rgb": load_image(path), "landmarks": np.asarray(r.face["landmarks"]) if r.face else None,
-               "out": r.image, "aligned": r.aligned, "delta_search": delta}
-        crops = [r.aligned, edited]
-        if self.direction is not None:
-            lin = self.linear(r.w_start.astype(np.float32), r.aligned)
-            g = self.bf.engines["synthesis"].run({"ws": np.stack([r.w_start, lin["ws"]]).astype(np.float32)})["image"]
-            d_lin = edit_delta((g[1] - g[0])[None], self.s.transfer)[0].transpose(1, 2, 0) * 127.5
+        o, crop = fe.outcome, fe.aligned.crop
+        row = {"image": str(path), "score_before": o.score_before, "score_after": o.score_after, "gain": o.gain,
+               "identity": o.identity, "seconds": secs, "generations": o.generations, "evaluations": o.evaluations}
+        delta = edit_in_grey_levels(fe.inversion.g_start, fe.edit.g_best, s.transfer)
+        vis = {"rgb": photo.rgb, "landmarks": fe.aligned.face.landmarks if fe.aligned.face else None,
+               "out": out, "aligned": crop, "delta_search": delta}
+        crops = [crop, add_edit(crop, delta)]
+        if self.has_direction:
+            lin = search.search(bf.models, fe.aligned, fe.inversion, self.linear_s)
+            g_lin = compose.render_edit(bf.models, fe.inversion, lin, self.linear_s).g_best
+            d_lin = edit_in_grey_levels(fe.inversion.g_start, g_lin, s.transfer)
             vis["delta_linear"] = d_lin
-            crops.append(np.clip(np.rint(r.aligned.astype(np.float32) + d_lin), 0, 255).astype(np.uint8))
-            row.update(linear_gain=lin["gain"], linear_identity=lin["identity"], linear_t=lin["t"])
-        sc, emb = self._image_models(crops)
-        if sc is not None:
+            crops.append(add_edit(crop, d_lin))
+            row.update(linear_gain=lin.gain, linear_identity=lin.identity)
+        if bf.can_score_output:
+            sc = bf.models.score_crops(np.concatenate([crop_to_unit(c, bf.resolution) for c in crops]))
+            score, emb = sc["score"].astype(np.float64), sc["embedding"].astype(np.float64)
             cos = cosine_to(emb[0], emb)
-            row.update(gain_output=float(sc[1] - sc[0]), identity_output=float(cos[1]))
+            row.update(gain_output=float(score[1] - score[0]), identity_output=float(cos[1]))
             if len(crops) > 2:
-                row.update(linear_gain_output=float(sc[2] - sc[0]), linear_identity_output=float(cos[2]))
-        assert R == r.aligned.shape[0]
+                row.update(linear_gain_output=float(score[2] - score[0]), linear_identity_output=float(cos[2]))
         return row, vis
 
 
@@ -155,12 +113,14 @@ def _stats(rows: list[dict], key: str) -> Optional[dict]:
 
 def evaluate(images: str | Path, bundle: str | Path, *, settings: Optional[Settings] = None, limit: Optional[int] = None,
              csv_path: Optional[str | Path] = None, sheet: Optional[str | Path] = None, sheet_rows: int = 16,
-             seed: int = 0, threads: Optional[int] = None, device: str = "auto",
+             seed: int = 0, threads: Optional[int] = None, device: str = "auto", backend: str = "auto",
              progress: Optional[Callable[[int, int], None]] = None) -> dict:
     s = (settings or Settings()).validate()
     files = list_images(images, csv_path, limit, seed)
-    rows, fails, visuals = [], [], []
-    with Beautifier(bundle, threads=threads, device=device) as bf:
+    rows: list[dict] = []
+    fails: list[dict] = []
+    visuals: list[tuple[dict, dict]] = []
+    with Beautifier(bundle, threads=threads, device=device, backend=backend) as bf:
         ev = Evaluator(bf, s)
         t0 = time.perf_counter()
         for i, p in enumerate(files):
@@ -178,7 +138,7 @@ def evaluate(images: str | Path, bundle: str | Path, *, settings: Optional[Setti
                 progress(i + 1, len(files))
         total = time.perf_counter() - t0
         floor = ev.s.weights.identity_floor
-        rep = {
+        rep: dict[str, Any] = {
             "bundle": str(Path(bundle)), "bundle_hash": bf.bundle_hash, "photos": len(files), "ok": len(rows),
             "failures": fails, "settings": ev.s.to_dict(), "identity_floor": floor,
             "gain": _stats(rows, "gain"), "identity": _stats(rows, "identity"), "seconds": _stats(rows, "seconds"),
@@ -199,7 +159,7 @@ def evaluate(images: str | Path, bundle: str | Path, *, settings: Optional[Setti
 
 
 def _face_crop(rgb: np.ndarray, landmarks: Optional[np.ndarray], size: int) -> np.ndarray:
-    from .align import ffhq_alignment, warp
+    from ..ops.geometry import ffhq_alignment, warp
 
     if landmarks is None:
         return np.asarray(Image.fromarray(rgb).resize((size, size)))

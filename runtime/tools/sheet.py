@@ -29,7 +29,7 @@ def _font(size: int):
 def _fit(rgb: np.ndarray, height: int) -> Image.Image:
     im = Image.fromarray(np.asarray(rgb, np.uint8), "RGB")
     w = max(1, round(im.width * height / im.height))
-    return im if im.height == height else im.resize((w, height), Image.BICUBIC)
+    return im if im.height == height else im.resize((w, height), Image.Resampling.BICUBIC)
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray, report: Mapping, height: Optional[int] = None) -> np.ndarray:

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from beautyrt.runtime.pipeline import Beautifier, Settings, to_uint8
+from beautyrt.runtime.api import Beautifier, Settings
+from beautyrt.runtime.ops.imaging import to_uint8
 
 
 def _gen_stats(b, crop, lam, space, gens):
@@ -36,7 +37,7 @@ def run(bundle, lambdas, spaces, space_lambda, gens, batching):
     with Beautifier(bundle, device="cpu") as b:
         w = np.broadcast_to(b.w_avg, (1, b.num_ws, b.w_dim)).astype(np.float32)
         crop = to_uint8(b.engines["synthesis"].run({"ws": w})["image"][0])
-        out.update(resolution=b.resolution, score_resolution=b.manifest.generator.get("score_resolution"),
+        out.update(resolution=b.resolution, score_resolution=b.manifest.data["generator"].get("score_resolution"),
                    num_ws=b.num_ws, w_dim=b.w_dim)
         b.optimize(crop, Settings(generations=1, popsize=min(lambdas)), aligned=True)  # warm-up
         out["by_lambda"] = {str(lam): _gen_stats(b, crop, lam, "w", gens) for lam in lambdas}

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))  # noqa  (script convenience; the package is normally installed)
-    from beautyrt.runtime.detect import MTCNNDetector
+    from beautyrt.runtime.ops.mtcnn import MTCNNDetector
 
     csv_path = args.data / "val.csv"
     if not csv_path.is_file():

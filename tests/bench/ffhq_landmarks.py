@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from beautyrt.engines import load_manifest, open_engine
-from beautyrt.runtime.align import ffhq_alignment
-from beautyrt.runtime.detect import MTCNNDetector
-from beautyrt.runtime.imageio import load_image
+from beautyrt.runtime.ops.geometry import ffhq_alignment
+from beautyrt.runtime.ops.mtcnn import MTCNNDetector
+from beautyrt.runtime.ops.imageio import load_image
 
 
 def main() -> int:

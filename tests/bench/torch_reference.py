@@ -27,8 +27,9 @@ from beautyrt.export.bundle import build_preset
 from beautyrt.export.nets.scorer import Scorer
 from beautyrt.export.presets import get_preset
 from beautyrt.runtime.objective import INFEASIBLE, LatentSpace
-from beautyrt.runtime.search import DIAGONAL_ABOVE
-from beautyrt.runtime.pipeline import DETAIL_SIGMA, LUMA, Settings, _blur_matrix, crop_to_unit, edit_delta, model_input, resize_u8
+from beautyrt.runtime.strategies.cma import DIAGONAL_ABOVE
+from beautyrt.runtime.api import Settings
+from beautyrt.runtime.ops.imaging import DETAIL_SIGMA, LUMA, blur_matrix as _blur_matrix, crop_to_unit, edit_delta, model_input, resize_u8
 from beautyrt.runtime.timing import StageTimer
 
 
@@ -77,7 +78,7 @@ class TorchReference:
         self.scorer = Scorer(ms.generator.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm,
                              self.score_resolution).eval()
         self.beauty, self.identity = ms.beauty.eval(), ms.identity.eval()
-        # as Beautifier._image_model_norms: score_on="output" needs both models to take the generator's crop
+        # as runtime.bundle.Models._image_model_norms: score_on="output" needs both models to take the generator's crop
         norms = {r: m["models"].get(r, {}).get("normalisation") or {} for r in ("beauty", "identity")}
         self.image_norms = norms if all(n and n.get("crop_from_generator") is None and
                                         int(n["size"]) == int(gen["resolution"]) for n in norms.values()) else {}
@@ -101,7 +102,7 @@ class TorchReference:
         self.load_seconds = time.perf_counter() - t0
 
     def _output_scorer(self, w_start: torch.Tensor, crop: np.ndarray, transfer: str):
-        """Plain torch version of Beautifier._output_scorer: photo crop + the candidate's edit -> score, embedding."""
+        """Plain torch version of runtime.stages.search.scorer (score_on=output): photo crop + the candidate's edit -> score, embedding."""
         base = torch.from_numpy(crop_to_unit(crop, self.resolution))
         g0 = self.G.synthesis(w_start)
         luma = torch.from_numpy(LUMA).reshape(1, 3, 1, 1)
@@ -139,8 +140,7 @@ class TorchReference:
         if s.generations is None:  # as Beautifier.resolve
             s = dataclasses.replace(s, generations=self.generations_default)
 
-        from beautyrt.runtime.imageio import load_image
-        from beautyrt.runtime.pipeline import Beautifier
+        from beautyrt.runtime.ops.imageio import load_image
 
         timer = StageTimer()
         with timer("decode"):
@@ -148,18 +148,16 @@ class TorchReference:
         if aligned:
             crop = resize_u8(rgb, self.resolution)
         else:
-            from beautyrt.runtime.align import ffhq_alignment, warp
-            from beautyrt.runtime.detect import MTCNNDetector
+            from beautyrt.runtime.ops.geometry import ffhq_alignment, warp
+            from beautyrt.runtime.ops.mtcnn import MTCNNDetector
 
             with timer("detect"):
                 faces = MTCNNDetector(*self.nets, min_face=s.min_face, normalisation=self.detector_norm).detect(rgb)
             f = faces[0 if s.face is None else s.face]
             with timer("align"):
-                crop = warp(rgb, ffhq_alignment(f.landmarks, self.resolution).matrix, self.resolution)
-                work = max(self.resolution, s.work_size)
-                align_work = ffhq_alignment(f.landmarks, work)
-                crop_work = warp(rgb, align_work.matrix, work)
-        with timer("encode"):
+                a_gen = ffhq_alignment(f.landmarks, self.resolution)
+                crop = warp(rgb, a_gen.matrix, self.resolution)
+        with timer("invert"):
             w_start = self.encoder(torch.from_numpy(model_input(crop, self.encoder_norm)))
         # --- the search, plainly: pycma + torch scorer + objective on tensors -------------------------
         t_search = time.perf_counter()
@@ -216,12 +214,14 @@ class TorchReference:
         g_start, g_best = imgs[0], imgs[1]
         with timer("compose"):
             delta = edit_delta((g_best - g_start)[None], s.transfer)[0].transpose(1, 2, 0) * 127.5
-            if aligned:
-                out = np.clip(np.rint(crop.astype(np.float32) + delta), 0, 255).astype(np.uint8)
-            else:
-                from beautyrt.runtime.paste import paste_back
+            if aligned:  # the edit at the input crop's own size, as the runtime's compose stage
+                from beautyrt.runtime.ops.imaging import add_edit
 
-                out = paste_back(rgb, Beautifier._apply_delta(crop_work, delta, g_best), align_work)
+                out = add_edit(rgb, delta)
+            else:  # warped once into the photo and added (numpy, shared with the runtime: not what is timed)
+                from beautyrt.runtime.ops.blend import add_edits
+
+                out = add_edits(rgb, [(a_gen, delta)])
         return {"image": out, "w_best": best_ws.numpy()[0], "score_before": float(score0[0]),
                 "score_after": best_score, "identity": best_cos, "timings": timer.summary(),
                 "generations_run": s.generations}

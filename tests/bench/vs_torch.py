@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +30,8 @@ if str(HERE) not in sys.path:
 
 from torch_reference import TorchReference  # noqa: E402
 
-from beautyrt.runtime.pipeline import Beautifier, Settings, to_uint8  # noqa: E402
+from beautyrt.runtime.api import Beautifier, Settings  # noqa: E402
+from beautyrt.runtime.ops.imaging import to_uint8  # noqa: E402
 
 STAGES = ("detect", "align", "encode", "score_start", "search", "synthesize", "compose", "total")
 
@@ -57,7 +57,7 @@ def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, pops
             w_avg = np.broadcast_to(b.w_avg, (1, b.num_ws, b.w_dim)).astype(np.float32)
             inp = to_uint8(b.engines["synthesis"].run({"ws": w_avg})["image"][0])
         else:
-            from beautyrt.runtime.imageio import load_image
+            from beautyrt.runtime.ops.imageio import load_image
             inp = load_image(image)
         s = Settings(generations=generations, popsize=popsize, space=space)
         warm = Settings(generations=1, popsize=popsize, space=space)
@@ -92,7 +92,7 @@ def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, pops
                  if k in med["torch"] and med["beautyrt"][k] > 0}
         return {
             "bundle": str(b.manifest.root), "source": b.manifest.data.get("source"),
-            "resolution": b.resolution, "score_resolution": b.manifest.generator.get("score_resolution"),
+            "resolution": b.resolution, "score_resolution": b.manifest.data["generator"].get("score_resolution"),
             "torch_score_resolution": ref.score_resolution, "input": "generated aligned crop" if aligned else str(image),
             "providers": b.engines["scorer"].providers, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "ort_threads": threads or os.cpu_count(),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -48,6 +47,28 @@ def test_optimize_without_torch_writes_image_and_report(cli, tiny_bundle, crop_f
     assert "beautyrt" in im.getexif().get(0x0131, "")
     assert b"AI-edited by beautyrt" in im.info.get("xmp", b"")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorrt") is not None,
+                    reason="TensorRT is installed: the missing-TensorRT path cannot be exercised")
+def test_backend_tensorrt_without_tensorrt_and_ort_same_bytes_as_default(cli, tiny_bundle, crop_file, tmp_path):
+    from beautyrt.engines.errors import MissingDependencyError
+
+    r = cli("optimize", str(crop_file), "--aligned", "-o", str(tmp_path / "t.png"), "--bundle", str(tiny_bundle),
+            "--backend", "tensorrt", block_torch=True)
+    assert r.returncode == MissingDependencyError.exit_code == 23
+    _one_line_error(r)
+    assert "pip install 'beautyrt[trt]'" in r.stderr and not (tmp_path / "t.png").exists()
+    outs = {}
+    for backend in ("auto", "ort"):
+        o = tmp_path / f"{backend}.png"
+        r = cli("optimize", str(crop_file), "--aligned", "-o", str(o), "--bundle", str(tiny_bundle), "-g", "3", "-p", "4",
+                "-q", "--backend", backend, block_torch=True)
+        assert r.returncode == 0, r.stderr
+        outs[backend] = o.read_bytes()
+    assert outs["auto"] == outs["ort"]
+    r = cli("optimize", str(crop_file), "--aligned", "--bundle", str(tiny_bundle), "--backend", "openvino")
+    assert r.returncode == 2 and "openvino" in r.stderr
 
 
 def test_optimize_is_deterministic(cli, tiny_bundle, crop_file, tmp_path):
@@ -117,7 +138,7 @@ def test_bench_json(cli, tiny_bundle):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["candidates_per_s"] > 0
-    for stage in ("generation", "scorer_call", "encode", "synthesize"):
+    for stage in ("generation", "scorer_call", "invert", "synthesize"):
         assert set(res["stages"][stage]) == {"p50", "p90", "p99"}
         assert res["stages"][stage]["p50"] <= res["stages"][stage]["p99"]
 

@@ -32,7 +32,7 @@ def labelled(tmp_path, example_photo):
 
 def test_audit_api_groups_and_failures(tiny_bundle_with_detector, labelled):
     from beautyrt.runtime.api import Settings
-    from beautyrt.runtime.audit import format_table, run_audit
+    from beautyrt.runtime.tools.audit import format_table, run_audit
 
     res = run_audit(labelled, tiny_bundle_with_detector, settings=Settings(generations=2, popsize=4), device="cpu")
     g = res["groups"]
@@ -68,7 +68,7 @@ def test_audit_cli_json_and_limit(cli, tiny_bundle_with_detector, labelled):
 def test_audit_on_mebeauty_sample(tiny_bundle_with_detector):
     """The mechanics on real in-the-wild photos (random weights: the gains themselves mean nothing)."""
     from beautyrt.runtime.api import Settings
-    from beautyrt.runtime.audit import run_audit
+    from beautyrt.runtime.tools.audit import run_audit
 
     res = run_audit(MEBEAUTY, tiny_bundle_with_detector, settings=Settings(generations=1, popsize=4), limit=1,
                     device="cpu")

@@ -13,7 +13,6 @@ extension; plus a report path that is a directory (the image must then not be wr
 """
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 import shutil
@@ -355,7 +354,7 @@ def _one_line_error(r, pattern):
 
 
 def _check_success_output(image_path: pathlib.Path, out: pathlib.Path, rep: dict):
-    from beautyrt.runtime.imageio import load_image
+    from beautyrt.runtime.ops.imageio import load_image
 
     src = load_image(image_path)
     got = Image.open(out)

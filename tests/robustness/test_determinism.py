@@ -9,7 +9,6 @@ their provenance metadata, which holds no timestamp) must be byte-identical.
 from __future__ import annotations
 
 import json
-import pathlib
 
 import pytest
 from PIL import Image

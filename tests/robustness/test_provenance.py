@@ -83,7 +83,7 @@ def test_side_by_side_and_plot(outputs, ext):
 
 
 def test_sheet_functions_directly():
-    from beautyrt.runtime.sheet import history_plot, side_by_side
+    from beautyrt.runtime.tools.sheet import history_plot, side_by_side
 
     before = np.zeros((40, 30, 3), np.uint8)
     after = np.full((40, 30, 3), 200, np.uint8)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ def bundle_with_direction(tiny_bundle_with_detector, tmp_path) -> Path:
 
 
 def test_list_images(photos):
-    from beautyrt.runtime.evaluate import list_images
+    from beautyrt.runtime.tools.evaluate import list_images
 
     files = list_images(photos)
     assert [p.name for p in files] == ["p0.jpg", "p1.jpg"]
@@ -47,8 +46,8 @@ def test_list_images(photos):
 
 
 def test_evaluate_without_direction(tiny_bundle_with_detector, photos, tmp_path):
-    from beautyrt.runtime.evaluate import evaluate
-    from beautyrt.runtime.pipeline import Settings
+    from beautyrt.runtime.tools.evaluate import evaluate
+    from beautyrt.runtime.api import Settings
 
     rep = evaluate(photos, tiny_bundle_with_detector, settings=Settings(generations=3, popsize=4),
                    sheet=tmp_path / "sheet.png")
@@ -70,8 +69,8 @@ def test_evaluate_without_direction(tiny_bundle_with_detector, photos, tmp_path)
 def test_evaluate_with_linear_baseline_and_failure(bundle_with_direction, photos, tmp_path):
     from PIL import Image
 
-    from beautyrt.runtime.evaluate import evaluate
-    from beautyrt.runtime.pipeline import Settings
+    from beautyrt.runtime.tools.evaluate import evaluate
+    from beautyrt.runtime.api import Settings
 
     Image.new("RGB", (120, 90), (200, 200, 200)).save(photos / "blank.png")  # no face -> a reported failure
     rep = evaluate(photos, bundle_with_direction, settings=Settings(generations=3, popsize=4), sheet=tmp_path / "s.png")

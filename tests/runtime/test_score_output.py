@@ -11,7 +11,7 @@ from beautyrt.engines import open_engine
 from beautyrt.runtime.api import Beautifier, ObjectiveWeights, Settings
 from beautyrt.runtime.errors import UsageError
 from beautyrt.runtime.objective import cosine_to
-from beautyrt.runtime.pipeline import LUMA, edit_delta, model_input
+from beautyrt.runtime.ops.imaging import LUMA, edit_delta, model_input
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_bundles_without_crop_scorer_score_through_the_standalone_models(bf, tin
     s = Settings(generations=4, popsize=8, seed=5, sigma0=1.0, weights=ObjectiveWeights(identity_floor=0.5))
     a = bf.optimize(face_crop, s, aligned=True)
     with Beautifier(old, device="cpu") as b2:
-        assert "crop_scorer" not in b2.engines and set(b2.image_norms) == {"beauty", "identity"}
+        assert "crop_scorer" not in b2.engines and set(b2.models.image_norms) == {"beauty", "identity"}
         r = b2.optimize(face_crop, s, aligned=True)
     assert r.settings.score_on == a.settings.score_on == "output"
     assert r.score_before == pytest.approx(a.score_before, abs=1e-4)

@@ -1,13 +1,12 @@
 """The CMA-ES adapter: converges on known functions, is seeded, silent and writes nothing."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 
 from beautyrt.runtime.errors import UsageError
-from beautyrt.runtime.search import CMAStrategy
+from beautyrt.runtime.strategies.cma import CMAStrategy
 
 
 def _minimise(f, dim, gens, seed=1, x0=1.5, **kw):

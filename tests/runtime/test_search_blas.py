@@ -1,10 +1,9 @@
 """pycma runs with single-threaded BLAS for the calling thread only, and 512-d searches use diagonal covariance."""
-import ctypes
 
 import numpy as np
 
-from beautyrt.runtime import search
-from beautyrt.runtime.search import CMAStrategy, single_threaded_blas
+from beautyrt.runtime.strategies import cma as search
+from beautyrt.runtime.strategies.cma import CMAStrategy, single_threaded_blas
 
 
 def test_single_threaded_blas_restores_the_thread_setting():

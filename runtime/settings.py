@@ -1,0 +1,147 @@
+"""``Settings``: everything that decides a result besides the input and the bundle, validated up front.
+
+Every default lives here (or, for the objective, in ``objective.DEFAULT_WEIGHTS``); the CLI's help text and
+README quote these constants. A setting left ``None`` takes the bundle's recommendation (manifest
+``search_defaults`` / ``objective_defaults``, measured for its networks), else the default below --
+:func:`resolve` fills them in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping, Optional
+
+from .errors import UsageError
+from .objective import SPACES, ObjectiveWeights
+from .ops.imaging import TRANSFERS
+
+OUTPUT_MODES = ("transfer", "generated")
+SCORE_ON = ("auto", "output", "generated")
+DEFAULT_SIGMA0 = 0.5          # when neither the caller nor the bundle says
+DEFAULT_GENERATIONS = 20      # likewise
+DEFAULT_POPSIZE = 16
+DEFAULT_STRATEGY = "cma"
+STRENGTH_RANGE = (0.0, 2.0)
+LIMITS = {"generations": (1, 10000), "popsize": (2, 1024), "seed": (0, 2**32 - 1), "face": (0, 1000)}
+MIN_FACE_RANGE = (12.0, 4096.0)
+
+
+def _check_int(name: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise UsageError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+    if not lo <= int(v) <= hi:
+        raise UsageError(f"{name} must be in {lo}..{hi}, got {v}")
+    return int(v)
+
+
+def check_float(name: str, v: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    """A finite real number in [lo, hi] (or (lo, hi] with ``lo_open``), else UsageError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise UsageError(f"{name} must be a number, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise UsageError(f"{name} must be a finite number, got {v}")
+    if f < lo or f > hi or (lo_open and f == lo):
+        raise UsageError(f"{name} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v}")
+    return f
+
+
+def _check_choice(name: str, v: Any, choices) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the result besides the input and the bundle."""
+
+    generations: Optional[int] = None  # CMA-ES generations; None: the bundle's recommendation, else 20
+    popsize: int = DEFAULT_POPSIZE     # candidates per generation, scored in one engine call
+    sigma0: Optional[float] = None     # initial step in units of W's std; None: the bundle's, else 0.5
+    seed: int = 0                      # same input, bundle, seed and backend give the same output
+    space: str = "w"                   # w | groups | wplus (see objective.LatentSpace)
+    weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)  # None fields: the bundle's defaults
+    output_mode: str = "transfer"      # transfer: add the edit to the photo; generated: paste G(best) itself
+    face: Optional[int] = None         # index into faces sorted largest first; None = the largest
+    all_faces: bool = False            # edit every detected face (largest first) instead of one
+    min_face: float = 40.0             # smallest face side (pixels) the detector looks for
+    score_on: str = "auto"             # output: score photo crop + edit (what the user gets); generated: G(w);
+                                       # auto: output where the bundle can score crops
+    transfer: str = "detail"           # detail: the edit's luma minus its broad part; luma: all of its
+                                       # brightness change; rgb: colours too
+    strength: float = 1.0              # the edit's scale when composed onto the photo (0: the photo unchanged)
+    strategy: str = DEFAULT_STRATEGY   # search strategy (runtime.strategies.STRATEGIES)
+
+    def validate(self) -> "Settings":
+        from .strategies import STRATEGIES
+
+        if self.generations is not None:
+            _check_int("generations", self.generations, *LIMITS["generations"])
+        _check_int("popsize", self.popsize, *LIMITS["popsize"])
+        if self.sigma0 is not None:
+            check_float("sigma", self.sigma0, 0.0, 10.0, lo_open=True)
+        _check_int("seed", self.seed, *LIMITS["seed"])
+        _check_choice("space", self.space, SPACES)
+        if not isinstance(self.weights, ObjectiveWeights):
+            raise UsageError(f"weights must be an ObjectiveWeights, got {type(self.weights).__name__}")
+        _check_choice("mode", self.output_mode, OUTPUT_MODES)
+        if self.face is not None:
+            _check_int("face", self.face, *LIMITS["face"])
+        if not isinstance(self.all_faces, bool):
+            raise UsageError(f"all_faces must be true or false, got {self.all_faces!r}")
+        if self.all_faces and self.face is not None:
+            raise UsageError("choose either a face index (--face) or all faces (--all-faces), not both")
+        check_float("min_face", self.min_face, *MIN_FACE_RANGE)
+        _check_choice("score-on", self.score_on, SCORE_ON)
+        _check_choice("transfer", self.transfer, TRANSFERS)
+        check_float("strength", self.strength, *STRENGTH_RANGE)
+        _check_choice("strategy", self.strategy, tuple(STRATEGIES))
+        self.weights.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["weights"] = self.weights.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
+        """The inverse of ``to_dict`` (unknown keys refused with their name)."""
+        if not isinstance(d, Mapping):
+            raise UsageError(f"settings must be a mapping, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"unknown setting(s): {', '.join(map(str, unknown))}")
+        kw = dict(d)
+        if "weights" in kw:
+            w = kw["weights"]
+            kw["weights"] = w if isinstance(w, ObjectiveWeights) else ObjectiveWeights.from_dict(w)
+        return cls(**kw).validate()
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve(s: Settings, *, search_defaults: Optional[Mapping] = None, objective_defaults: Optional[Mapping] = None,
+            can_score_output: bool = True) -> Settings:
+    """Settings with every ``None`` filled in from the bundle's recommendations (else the defaults above) and
+    ``score_on="auto"`` decided. Refuses combinations the bundle cannot honour."""
+    s = s.validate()
+    rec = search_defaults or {}
+    sigma0 = s.sigma0 if s.sigma0 is not None else float(rec.get("sigma0", DEFAULT_SIGMA0))
+    generations = s.generations if s.generations is not None else int(rec.get("generations", DEFAULT_GENERATIONS))
+    score_on = s.score_on
+    if score_on == "auto":
+        score_on = "output" if can_score_output and s.output_mode == "transfer" else "generated"
+    elif score_on == "output" and not can_score_output:
+        raise UsageError("--score-on output needs the bundle's beauty and identity models to take the generator's "
+                         "crop as it is; this bundle's do not (use --score-on generated)")
+    elif score_on == "output" and s.output_mode != "transfer":
+        raise UsageError("--score-on output scores the photo plus the edit; it needs --mode transfer")
+    return replace(s, sigma0=sigma0, generations=generations, score_on=score_on,
+                   weights=s.weights.resolved(objective_defaults)).validate()
