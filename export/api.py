@@ -31,14 +31,20 @@ def add_detector(ms: ModelSet, cache_dir: Optional[str | Path] = None) -> ModelS
 
 def export_preset(preset: str, out: str | Path, *, seed: int = 0, overwrite: bool = False, detector: bool = True,
                   cache_dir: Optional[str | Path] = None,
-                  progress: Optional[Callable[[str, int, int], None]] = None, identity: str = "preset") -> Path:
+                  progress: Optional[Callable[[str, int, int], None]] = None, identity: str = "preset",
+                  pack: Optional[str | Path] = None) -> Path:
     """A preset's networks -> bundle; ``identity="dlib"`` uses dlib's trained face descriptor instead of the
     preset's random identity net. ``preset="demo"``: the committed self-trained demo pack
-    (``export/demo_pack``, see ``beautyrt.export.demo_pack``; ``seed``/``identity`` do not apply)."""
-    if preset == "demo":
-        from .demo_pack import build_demo_modelset
+    (``export/demo_pack``, see ``beautyrt.export.demo_pack``; ``seed``/``identity`` do not apply), or with
+    ``pack`` the pack ``beautyrt train pack`` wrote there."""
+    if pack is not None and preset != "demo":
+        from .errors import ExportError
 
-        ms = build_demo_modelset()
+        raise ExportError(f"--pack is a demo pack; it cannot be combined with --preset {preset}")
+    if preset == "demo":
+        from .demo_pack import PACK_DIR, build_demo_modelset
+
+        ms = build_demo_modelset(Path(pack).expanduser() if pack is not None else PACK_DIR)
         if detector:
             add_detector(ms, cache_dir)
         return write_bundle(ms, out, overwrite=overwrite, progress=progress)
@@ -91,9 +97,13 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
         log.warning("%s: using preset %r random weights (no checkpoint given)", role, pre.name)
         return fallback
 
-    if pre is None:  # name a missing part before loading anything
-        for role, given in (("encoder", encoder), ("identity", identity), ("beauty", beauty),
-                            ("generator", stylegan or encoder)):
+    ck_g = None
+    if pre is None:  # name a missing part before loading more than needed
+        if encoder is None:  # only beautyrt's own generator.pt carries an encoder: look before refusing
+            ck_g = load_checkpoint(stylegan) if stylegan else None
+            if ck_g is None or ck_g.encoder is None:
+                fb("encoder")
+        for role, given in (("identity", identity), ("beauty", beauty), ("generator", stylegan or encoder)):
             if given is None:
                 fb(role)
     source: dict = {"kind": "checkpoints", "preset_fallback": pre.name if pre else None, "roles": {}}
@@ -101,8 +111,11 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
         from .dlib_dat import find_dlib_model
 
         identity = find_dlib_model()
-    ck_g = load_checkpoint(stylegan) if stylegan else None
+    if ck_g is None and stylegan:
+        ck_g = load_checkpoint(stylegan)
     ck_e = load_checkpoint(encoder) if encoder else None
+    if ck_e is None and ck_g is not None and ck_g.encoder is not None:
+        ck_e = ck_g  # beautyrt's own generator checkpoint: generator and encoder trained together
     ck_i = load_checkpoint(identity, input_spec=identity_spec, identity_crop=identity_crop) if identity else None
     ck_b = load_checkpoint(beauty, input_spec=beauty_spec) if beauty else None
     for role, ck, attr in (("generator", ck_g, "generator"), ("encoder", ck_e, "encoder")):
@@ -123,7 +136,9 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
         G, w_avg, source["roles"]["generator"] = f.generator, f.w_avg, {"kind": "preset", "preset": pre.name}
     if w_avg is None:
         w_avg = G.mapping.w_avg.numpy().copy()
-    _, w_std = G.latent_stats(n=4096, seed=seed)
+    w_std = next((ck.w_std for ck in (ck_g, ck_e) if ck is not None and ck.w_std is not None), None)
+    if w_std is None:  # W's spread as the mapping network samples it
+        _, w_std = G.latent_stats(n=4096, seed=seed)
 
     if ck_e is not None:
         enc, enc_norm = ck_e.encoder, ck_e.encoder_norm

@@ -62,7 +62,7 @@ def load_pack(pack: str | Path = PACK_DIR):
     """(G, E, identity, beauty, config) as eval-mode torch modules."""
     from .nets.encoder import Encoder
     from .nets.stylegan2 import Generator
-    from .train.modules import ChipIdentity, NormalisedEncoder
+    from .nets.demo import ChipIdentity, NormalisedEncoder
 
     pack = Path(pack)
     missing = [f for f in PACK_FILES if not (pack / f).is_file()]
@@ -89,9 +89,9 @@ def load_pack(pack: str | Path = PACK_DIR):
 
 def beauty_module(ident, bcfg: dict, bst: dict, head: dict):
     """The pack's regressor from its config entry (``kind``) and tensors: ``ridge_blocks`` (a linear head on
-    dlib block features, :class:`~beautyrt.export.train.modules.BlockFeatureBeauty`) or
+    dlib block features, :class:`~beautyrt.export.nets.demo.BlockFeatureBeauty`) or
     ``mlp_on_dlib_descriptor`` (an MLP on the descriptor, :class:`~...DescriptorBeauty`)."""
-    from .train.modules import BlockFeatureBeauty, DescriptorBeauty
+    from .nets.demo import BlockFeatureBeauty, DescriptorBeauty
 
     kind = bcfg.get("kind", "mlp_on_dlib_descriptor")
     if kind == "ridge_blocks":
@@ -118,7 +118,7 @@ def _direction_entry(direction: np.ndarray, info: dict):
 
 
 def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
-    from .train.modules import PIXELS
+    from .nets.demo import PIXELS
 
     G, E, ident, beauty, cfg = load_pack(pack)
     R = G.img_resolution
@@ -130,7 +130,7 @@ def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
         score_resolution=None,
         w_avg=np.asarray(cfg["w_avg"], np.float32), w_std=np.asarray(cfg["w_std"], np.float32),
         crop={"method": "ffhq", "size": R},
-        source={"kind": "demo_pack", "pack": "export/demo_pack", "training": cfg.get("training", {}),
+        source={"kind": "demo_pack", "pack": "export/demo_pack" if Path(pack) == PACK_DIR else str(pack), "training": cfg.get("training", {}),
                 "metrics": cfg.get("metrics", {}), "licences": LICENCES,
                 "identity": "dlib descriptor on the FFHQ crop warped into dlib's chip, centred on the training mean",
                 "recommended_objective": cfg.get("recommended_objective", {}),
@@ -143,17 +143,6 @@ def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
     if cfg.get("direction") is not None:
         ms.extra_models["beauty_direction"] = _direction_entry(np.asarray(cfg["direction"]), cfg.get("direction_info", {}))
     return ms
-
-
-def export_demo(out: str | Path, *, overwrite: bool = False, detector: bool = True, cache_dir=None,
-                progress=None, pack: str | Path = PACK_DIR) -> Path:
-    from .api import add_detector
-    from .bundle import write_bundle
-
-    ms = build_demo_modelset(pack)
-    if detector:
-        add_detector(ms, cache_dir)
-    return write_bundle(ms, out, overwrite=overwrite, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ beautyrt's 5 MTCNN-order landmarks, a least-squares similarity fit, and a small 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -31,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from beautyrt.engines.manifest import sha256_file
+from beautyrt.runtime.ops.geometry import umeyama as similarity_from_points  # least-squares similarity, no reflection
 
 from .errors import CheckpointError, MissingDependencyError
 
@@ -126,8 +128,8 @@ class _Reader:
         raw = self._take(n)
         try:
             return raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise self.fail("non-ASCII record name") from None
+        except UnicodeDecodeError as e:
+            raise self.fail("non-ASCII record name") from e
 
     def record_name(self, expected: str) -> None:
         start = self.pos
@@ -370,7 +372,7 @@ def parse_dlib_resnet(source) -> DlibNet:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise CheckpointError(f"cannot read dlib model {path}: {e.strerror or e}") from None
+            raise CheckpointError(f"cannot read dlib model {path}: {e.strerror or e}") from e
         name = str(path)
     r = _Reader(data, name)
 
@@ -411,14 +413,6 @@ def parse_dlib_resnet(source) -> DlibNet:
     _check_shapes(net, name)
     log.debug("parsed %s: %d layers, %d parameters", name, len(net.layers), net.n_params)
     return net
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def packaged_models_dir() -> Path | None:
@@ -542,31 +536,6 @@ DLIB_CHIP_TEMPLATE_5PT = np.array([
     [50.3302, 102.9871],
     [97.7095, 102.9754],
 ], dtype=np.float64)
-
-
-def similarity_from_points(src, dst) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation; no reflection) taking ``src`` (N, 2)
-    to ``dst`` (N, 2), Umeyama 1991. Returns the 2x3 matrix M with dst ~= src @ M[:, :2].T + M[:, 2]."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
-        raise ValueError(f"need two (N>=2, 2) point arrays, got {src.shape} and {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    var_s = (xs ** 2).sum() / len(src)
-    if var_s <= 0:
-        raise ValueError("source points are all identical")
-    cov = xd.T @ xs / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1] = -1.0
-    rot = u @ np.diag(d) @ vt
-    scale = (sig * d).sum() / var_s
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - m[:, :2] @ mu_s
-    return m
 
 
 def extract_face_chip(image, points5, size: int = CHIP_SIZE, template=None) -> np.ndarray:

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beautyrt.engines.manifest import sha256_file
+
 from .errors import CheckpointError, ExportError, ParityError
 from .loaders.onnx_model import ExternalOnnx
 from .nets.scorer import to_model_frame
@@ -151,7 +153,7 @@ def prepare_external(ext: ExternalOnnx, role: str, seed: int = 0) -> Prepared:
     try:
         model = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: onnx cannot load it ({_short(e)})") from None
+        raise CheckpointError(f"{path}: onnx cannot load it ({_short(e)})") from e
     prep = Prepared(role=role, ext=ext, model=None, out_dim=0, batch_note="dynamic")
     rng = np.random.default_rng(seed)
     b0 = ext.batch or 2
@@ -159,7 +161,7 @@ def prepare_external(ext: ExternalOnnx, role: str, seed: int = 0) -> Prepared:
     try:
         y = _session(path).run([out], {ext.input_name: x})[0]
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: onnxruntime fails on a [{b0}, 3, {S}, {S}] input ({_short(e)})") from None
+        raise CheckpointError(f"{path}: onnxruntime fails on a [{b0}, 3, {S}, {S}] input ({_short(e)})") from e
     if y.ndim == 0 or y.shape[0] != b0:
         raise CheckpointError(f"{path}: output '{out}' has shape {list(y.shape)} for a batch of {b0}; "
                               f"expected the batch first")
@@ -213,7 +215,7 @@ def _make_batch_dynamic(model, prep: Prepared, rng: np.random.Generator):
         raise
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{ext.path}: its input batch is fixed to {ext.batch} and making it symbolic fails "
-                              f"({_short(e)}): {why}") from None
+                              f"({_short(e)}): {why}") from e
     if worst > 1e-4:
         raise CheckpointError(f"{ext.path}: its input batch is fixed to {ext.batch} and at other batch sizes it gives "
                               f"different results per image (rel. error {worst:.3g}): {why}")
@@ -296,7 +298,7 @@ def _to_opset(model, target: int, what: str):
     try:
         conv = version_converter.convert_version(model, target)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{what}: cannot convert opset {have} to {target} for fusion ({_short(e)})") from None
+        raise CheckpointError(f"{what}: cannot convert opset {have} to {target} for fusion ({_short(e)})") from e
     log.info("%s: opset %d converted to %d", what, have, target)
     return conv
 
@@ -335,7 +337,7 @@ def _join(front, exts: Sequence[tuple[Prepared, str]], what: str):
         try:
             merged = compose.merge_models(merged, m, io_map=[(io, pre + prep.ext.input_name)])
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{prep.ext.path}: cannot be joined to the {what} ({_short(e)})") from None
+            raise CheckpointError(f"{prep.ext.path}: cannot be joined to the {what} ({_short(e)})") from e
     order = {"score": 0, "embedding": 1}
     outs = sorted(merged.graph.output, key=lambda o: order.get(o.name, 2))
     del merged.graph.output[:]
@@ -343,7 +345,7 @@ def _join(front, exts: Sequence[tuple[Prepared, str]], what: str):
     try:
         onnx.checker.check_model(merged)
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"fused {what} fails the ONNX checker ({_short(e)})") from None
+        raise ExportError(f"fused {what} fails the ONNX checker ({_short(e)})") from e
     return merged, target
 
 
@@ -351,12 +353,6 @@ def _save(model, path: Path) -> None:
     if model.ByteSize() > 1_900_000_000:
         raise ExportError(f"{path.name}: the fused model is over 2 GB, which one ONNX file cannot hold")
     onnx.save(model, str(path))
-
-
-def _sha(path: Path) -> str:
-    from beautyrt.engines.manifest import sha256_file
-
-    return sha256_file(path)
 
 
 def _check(name: str, ref: dict, got: dict, tolerance: float, batches, reference: str) -> dict:
@@ -471,7 +467,7 @@ def write_standalone(d: Path, prep: Prepared, tolerance: float, batches: Sequenc
     parity = _check(path.name, ref, got, tolerance, batches, "the external ONNX model as-is in onnxruntime (channels "
                     "reordered in numpy)")
     out_shape = ["batch"] if role == "beauty" else ["batch", prep.out_dim]
-    return {"file": path.name, "sha256": _sha(path), "bytes": path.stat().st_size,
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
             "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 3, S, S]}],
             "outputs": [{"name": OUT_NAME[role], "dtype": "float32", "shape": out_shape}],
             "normalisation": prep.normalisation(), "parity": parity, "source": prep.ext.record()}

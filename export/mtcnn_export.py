@@ -10,7 +10,6 @@ lives inside R-Net/O-Net's flatten, see ``nets/mtcnn.py``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -18,6 +17,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from beautyrt.engines.manifest import sha256_file
 
 from .errors import ExportError, ParityError
 
@@ -57,10 +58,6 @@ _SPECS = {
 }
 
 PARITY_TOLERANCE = 1e-4  # max abs error on any output (probabilities and regressions are O(1))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _export_one(net, name: str, example, path: Path, exporter: str, opset: int) -> None:
@@ -162,7 +159,7 @@ def export_mtcnn(out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None
         spec_in, spec_out, notes = _SPECS[name]
         entries[name] = {
             "file": path.name,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "inputs": [dict(spec_in, shape=list(spec_in["shape"]))],
             "outputs": [dict(o, shape=list(o["shape"])) for o in spec_out],
             "normalisation": dict(NORMALISATION),

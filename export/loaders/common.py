@@ -27,6 +27,7 @@ class Checkpoint:
     beauty: Optional[torch.nn.Module] = None
     beauty_norm: Optional[dict] = None
     w_avg: Optional[np.ndarray] = None
+    w_std: Optional[np.ndarray] = None               # W's per-dimension std (the search's units), when known
     external_onnx: Any = None                        # ExternalOnnx for as-is ONNX models
     objective_defaults: dict = field(default_factory=dict)  # e.g. identity floor/target fitting this identity net
     info: dict = field(default_factory=dict)         # config read from the file (recorded in the manifest)

@@ -84,7 +84,7 @@ def parse_input_spec(spec: Any) -> InputSpec:
 
                 spec = tomllib.loads(p.read_text())
         except Exception as e:
-            raise CheckpointError(f"input spec {p}: cannot parse ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"input spec {p}: cannot parse ({type(e).__name__}: {e})") from e
     elif isinstance(spec, str):
         d = {}
         for part in filter(None, (x.strip() for x in spec.split(","))):
@@ -114,8 +114,8 @@ def parse_input_spec(spec: Any) -> InputSpec:
         raise CheckpointError("input spec: std must be positive")
     try:
         size = int(spec["size"])
-    except (TypeError, ValueError):
-        raise CheckpointError(f"input spec: 'size' must be an integer, got {spec['size']!r}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"input spec: 'size' must be an integer, got {spec['size']!r}") from e
     if size < 8:
         raise CheckpointError(f"input spec: 'size' {size} is too small")
     crop = str(spec.get("crop", "template" if "template" in spec else "resize")).lower()
@@ -172,7 +172,7 @@ def load_external_onnx(path, spec) -> ExternalOnnx:
     try:
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from e
     ins = sess.get_inputs()
     if len(ins) != 1:
         raise CheckpointError(f"{path}: expected a single image input, the model has {len(ins)}: "

@@ -97,7 +97,7 @@ def _load_from_bytes(blob):
         return torch.load(io.BytesIO(bytes(blob)), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
         raise UnsafePickleError(f"pickle: an embedded tensor storage is not plain data ({str(e).splitlines()[0][:200]}); "
-                                f"nothing was executed") from None
+                                f"nothing was executed") from e
 
 
 def _is_int_tuple(t) -> bool:
@@ -206,4 +206,4 @@ def safe_load(path) -> Any:
         except (UnsafePickleError, CheckpointError):
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+            raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e

@@ -1,4 +1,4 @@
-"""Torch modules of the demo pack that are not plain beautyrt nets.
+"""The demo pack's networks beyond the StyleGAN2 generator and encoder (what `beautyrt train` trains and exports).
 
 * :class:`NormalisedEncoder` -- the e4e-style :class:`~beautyrt.export.nets.encoder.Encoder` whose W+ rows
   are RMS-normalised (each row scaled to unit root-mean-square); the generator was trained on such rows,
@@ -16,7 +16,7 @@ Inputs follow the Scorer's convention: ``Normalise`` turns the [-1,1] generator 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .common import LossLog, seed_all, to_tensor
-from .modules import ChipIdentity, DescriptorBeauty, chip_affine
+from ..nets.demo import ChipIdentity, DescriptorBeauty, chip_affine
 
 log = logging.getLogger("beautyrt")
 
@@ -81,7 +81,7 @@ def compute_features(data: dict, out: Path, generator_ckpt: Optional[str] = None
         feats["flip"] = descriptors(identity, imgs[tr].flip(-1), label="flip")
         np.savez(cache, **feats)
     if generator_ckpt:
-        from ..dlib_dat import sha256_file
+        from beautyrt.engines.manifest import sha256_file
         from .generator import load_checkpoint
 
         key = sha256_file(generator_ckpt)[:16]  # reconstructions belong to one generator checkpoint
@@ -102,7 +102,7 @@ def add_hard_examples(data: dict, out: Path, bundle: str | Path, generator_ckpt:
     labelled with the unedited face's rating, teach the next regressor that such edits are not an
     improvement. Also adds random W perturbations (0.5 and 1 std, one offset for all rows) of the
     training faces' reconstructions, with the same labels. Cached in ``out/descriptors.npz``."""
-    from beautyrt.runtime.pipeline import Beautifier, Settings
+    from beautyrt.runtime.api import Beautifier, Settings
 
     from .generator import load_checkpoint
 
@@ -219,6 +219,7 @@ def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = No
     lossl(**{"final": res_m})
     torch.save({"head": model.head.state_dict(), "centre": torch.from_numpy(centre), "feat_mean": torch.from_numpy(fm),
                 "feat_std": torch.from_numpy(fs), "hidden": hidden, "matrix": torch.from_numpy(identity_matrix(data, res)),
+                "crop_size": torch.tensor(res),
                 "metrics": res_m}, out / "beauty.pt")
     return res_m
 
@@ -258,7 +259,7 @@ def train_beauty_ridge(data: dict, out: str | Path, omi_weight: float = 0.5, fir
     generator's softness), plus OMI faces (``omi_weight`` per sample, same three views). The ridge lambda
     is chosen by ``folds``-fold cross-validation over MEBeauty train *faces* (a face's views stay in one
     fold); MEBeauty val is only measured, never used for a choice. Writes ``out/beauty.pt`` + metrics."""
-    from .modules import BlockFeatureBeauty
+    from ..nets.demo import BlockFeatureBeauty
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,6 +312,6 @@ def train_beauty_ridge(data: dict, out: str | Path, omi_weight: float = 0.5, fir
     torch.save({"kind": "ridge_blocks", "head": model.head.state_dict(), "first_block": torch.tensor(first_block),
                 "dim": torch.tensor(dim), "centre": torch.from_numpy(centre).float(),
                 "feat_mean": torch.from_numpy(mu).float(), "feat_std": torch.from_numpy(sd).float(),
-                "matrix": torch.from_numpy(identity_matrix(data, res))}, out / "beauty.pt")
+                "matrix": torch.from_numpy(identity_matrix(data, res)), "crop_size": torch.tensor(res)}, out / "beauty.pt")
     (out / "beauty_metrics.json").write_text(json.dumps(res_m, indent=1))
     return res_m

@@ -1,8 +1,8 @@
 """Data preparation: MEBeauty photos and OMI faces aligned with beautyrt's own aligner.
 
 Every photo goes through the same path the runtime uses: MTCNN (torch P/R/O-Nets with the facenet-pytorch
-weights, run by :class:`beautyrt.runtime.detect.MTCNNDetector`) -> 5 landmarks of the largest face ->
-:func:`beautyrt.runtime.align.ffhq_alignment` -> :func:`beautyrt.runtime.align.warp` at the requested sizes.
+weights, run by :class:`beautyrt.runtime.ops.mtcnn.MTCNNDetector`) -> 5 landmarks of the largest face ->
+:func:`beautyrt.runtime.ops.geometry.ffhq_alignment` -> :func:`beautyrt.runtime.ops.geometry.warp` at the requested sizes.
 The result is cached as one npz per (source, size) set outside the repository:
 
 ``images_<size>`` uint8 (N, S, S, 3), ``lm_<size>`` float32 (N, 5, 2) landmarks in crop pixels, ``score`` float32
@@ -68,7 +68,7 @@ class _OrtEngine:
 def make_detector(min_face: float = 40.0, cache_dir: Optional[str | Path] = None, backend: str = "onnxruntime"):
     """MTCNNDetector over the facenet-pytorch weights (no bundle needed): exported to ONNX in a temp dir
     (``backend="onnxruntime"``) or run as torch modules (``backend="torch"``)."""
-    from beautyrt.runtime.detect import MTCNNDetector
+    from beautyrt.runtime.ops.mtcnn import MTCNNDetector
 
     if backend == "torch":
         from beautyrt.export.mtcnn_weights import load_mtcnn_nets
@@ -109,7 +109,7 @@ def align_photo(rgb: np.ndarray, detector, sizes: Sequence[int], detect_side: in
 
     Detection runs on a copy whose long side is at most ``detect_side`` (faces in these photos are large);
     the landmarks are scaled back and the crops are cut from the full-resolution photo."""
-    from beautyrt.runtime.align import ffhq_alignment, warp
+    from beautyrt.runtime.ops.geometry import ffhq_alignment, warp
 
     k = min(1.0, detect_side / max(rgb.shape[:2]))
     small = rgb if k == 1.0 else np.asarray(Image.fromarray(rgb).resize(

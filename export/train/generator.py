@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..nets.encoder import Encoder
 from ..nets.stylegan2 import Generator
 from .common import LossLog, batch, seed_all, to_tensor
-from .modules import NormalisedEncoder
+from ..nets.demo import NormalisedEncoder
 
 log = logging.getLogger("beautyrt")
 
@@ -152,7 +152,10 @@ def train_generator(data: dict, out: str | Path, cfg: GenConfig = GenConfig(), r
             t_ckpt = time.time()
     val_l1 = evaluate_l1(G, E, val)
     lossl(step=step, final_val_l1=val_l1)
-    _save(ckpt, G, E, opt, step, cfg)
+    E.eval()
+    w_avg, w_std = encoded_stats(encode_all(E, train))  # the search's units: statistics of encoded faces
+    E.train()
+    _save(ckpt, G, E, opt, step, cfg, w_stats=(w_avg, w_std))
     return {"steps": step, "val_l1": val_l1, "seconds": lossl.elapsed, "checkpoint": str(ckpt)}
 
 
@@ -164,10 +167,14 @@ def evaluate_l1(G, E, val: torch.Tensor) -> float:
     return float((y - val).abs().mean())
 
 
-def _save(path: Path, G, E, opt, step: int, cfg: GenConfig) -> None:
+def _save(path: Path, G, E, opt, step: int, cfg: GenConfig, w_stats=None) -> None:
+    """The checkpoint ``beautyrt export --stylegan`` reads (kind ``beautyrt-generator``): G and E state dicts,
+    the config, and -- once training ends -- ``w_avg``/``w_std`` of the encoded training faces."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"G": G.state_dict(), "E": E.state_dict(), "opt": opt.state_dict(), "step": step,
-                "config": asdict(cfg)}, tmp)
+    st = {"G": G.state_dict(), "E": E.state_dict(), "opt": opt.state_dict(), "step": step, "config": asdict(cfg)}
+    if w_stats is not None:
+        st["w_avg"], st["w_std"] = (torch.from_numpy(np.asarray(a, np.float32)) for a in w_stats)
+    torch.save(st, tmp)
     tmp.replace(path)
 
 

@@ -135,7 +135,7 @@ def _model_in(img: np.ndarray, size: int, order: str, mean, std, theta=None) -> 
 def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, ext, ros32, cli, face_crop):
     from PIL import Image
 
-    from beautyrt.runtime.pipeline import Beautifier, Settings
+    from beautyrt.runtime.api import Beautifier, Settings
 
     out = tmp_path / "bundle"
     r = cli("export", "--stylegan", ros32, "--identity", ext / "emb.onnx", "--identity-spec", ID_SPEC + ",crop=arcface",
@@ -199,7 +199,7 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
     # crop, so without that role it could only score the generated face)
     bf = Beautifier(out)
     try:
-        assert "crop_scorer" in bf.engines and not bf.image_norms and bf.can_score_output
+        assert "crop_scorer" in bf.engines and not bf.models.image_norms and bf.can_score_output
         assert bf.resolve(Settings()).score_on == "output"
     finally:
         bf.close()

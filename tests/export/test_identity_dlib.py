@@ -34,9 +34,9 @@ def test_theta_maps_template_landmarks():
 def test_scorer_crop_matches_photo_chip(tiny_bundle_with_detector, example_photo):
     from beautyrt.engines import load_manifest, open_engine
     from beautyrt.export.nets.scorer import to_model_frame
-    from beautyrt.runtime.align import ffhq_alignment, template_transform, warp
-    from beautyrt.runtime.detect import MTCNNDetector
-    from beautyrt.runtime.imageio import load_image
+    from beautyrt.runtime.ops.geometry import ffhq_alignment, template_transform, warp
+    from beautyrt.runtime.ops.mtcnn import MTCNNDetector
+    from beautyrt.runtime.ops.imageio import load_image
 
     ident, norm, defaults = _dlib_or_skip()
     assert 0.85 < defaults["identity_floor"] < defaults["identity_target"] < 1.0

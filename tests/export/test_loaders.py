@@ -12,11 +12,9 @@
 from __future__ import annotations
 
 import collections
-import io
 import math
 import os
 import pickle
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from beautyrt.export.errors import CheckpointError, UnsafePickleError  # noqa: E402
 from beautyrt.export.loaders import load_checkpoint  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SQRT2 = math.sqrt(2)
@@ -622,8 +621,7 @@ def test_external_onnx_spec(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI round trip
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "beautyrt.cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return run_cli(*map(str, args), timeout=timeout, cwd=REPO)
 
 
 def test_cli_export_checkpoints_then_optimize(tmp_path, ros_ckpt):

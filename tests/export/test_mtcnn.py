@@ -58,7 +58,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector(exported):
-    from beautyrt.runtime.detect import MTCNNDetector
+    from beautyrt.runtime.ops.mtcnn import MTCNNDetector
 
     out, _ = exported
     return MTCNNDetector(*(OrtNet(out / f"{n}.onnx") for n in ("pnet", "rnet", "onet")))
@@ -145,8 +145,8 @@ def test_no_face_in_flat_or_tiny_images(detector):
 
 
 def test_astronaut_align_and_paste_round_trip(detector):
-    from beautyrt.runtime.align import ffhq_alignment, warp
-    from beautyrt.runtime.paste import paste_back
+    from beautyrt.runtime.ops.geometry import ffhq_alignment, warp
+    from beautyrt.runtime.ops.blend import paste_back
 
     img = load_rgb(ASTRONAUT)
     face = detector.detect(img)[0]

@@ -71,7 +71,7 @@ def test_encoded_stats_are_of_encoder_outputs():
 def test_chip_identity_centres_and_warps():
     import torch
 
-    from beautyrt.export.train.modules import ChipIdentity, _grid
+    from beautyrt.export.nets.demo import ChipIdentity, _grid
 
     # the grid of the identity affine samples the crop's pixel centres exactly
     g = _grid(np.array([[150 / 64, 0, 0], [0, 150 / 64, 0]]), 64, 150)
@@ -155,7 +155,7 @@ def test_pack_exports(tmp_path):
 
     out = export_preset("demo", tmp_path / "demo", detector=False)
     m = load_manifest(out)
-    assert m.has("beauty_direction") and m.generator["resolution"] == 64
+    assert m.has("beauty_direction") and m.data["generator"]["resolution"] == 64
     assert m.data["source"]["kind"] == "demo_pack"
 
 
@@ -178,7 +178,7 @@ def test_ridge_beauty_recovers_a_planted_score_and_round_trips(tmp_path):
     from beautyrt.export.demo_pack import beauty_module
     from beautyrt.export.train.beauty import build_identity, train_beauty_ridge
     from beautyrt.export.train.common import to_tensor
-    from beautyrt.export.train.modules import BlockFeatureBeauty
+    from beautyrt.export.nets.demo import BlockFeatureBeauty
 
     rng = np.random.default_rng(0)
     base = Image.open(EXAMPLE).convert("RGB").crop((150, 40, 300, 190))
@@ -244,3 +244,40 @@ def test_generator_identity_loss_and_resume(tmp_path):
     train_generator(data, tmp_path / "b", _tiny_cfg(max_steps=10))
     log = [json.loads(line) for line in (tmp_path / "b" / "gen_log.jsonl").read_text().splitlines()]
     assert all(rec["id"] == 0 for rec in log if "id" in rec)
+
+
+@pytest.mark.slow
+def test_trainer_outputs_export_and_optimize(tmp_path, cli, face_crop):
+    """The trainer -> exporter contract: what ``beautyrt train generator|beauty|pack`` writes, ``beautyrt export``
+    accepts (``--stylegan RUN/generator.pt --beauty RUN/beauty.pt`` and ``--pack DIR``), and the bundles optimise
+    a photo with torch blocked. Tiny synthetic data: seconds of training, the real dlib network."""
+    from PIL import Image
+
+    from beautyrt.export.demo_pack import build_pack_from_training
+    from beautyrt.export.train.beauty import train_beauty_ridge
+    from beautyrt.export.train.generator import train_generator
+
+    data = _synthetic_faces(n=24, res=32)
+    data["split"] = np.array([0] * 14 + [2] * 4 + [1] * 6, np.int8)
+    data["lm_32"] = np.tile(np.array([[11, 14], [21, 14], [16, 19], [12, 24], [20, 24]], np.float32), (24, 1, 1))
+    run = tmp_path / "run"
+    train_generator(data, run, _tiny_cfg(max_steps=20))
+    train_beauty_ridge(data, run, res=32, lambdas=(1.0, 10.0), folds=2)
+    npz = tmp_path / "aligned.npz"
+    np.savez(npz, **data)
+    pack = build_pack_from_training(run / "generator.pt", run / "beauty.pt", npz, out=tmp_path / "pack")
+    crop = tmp_path / "face.png"
+    Image.fromarray(face_crop).save(crop)
+    for name, args in (("ckpt", ["--stylegan", run / "generator.pt", "--beauty", run / "beauty.pt", "--identity", "dlib"]),
+                       ("pack", ["--pack", pack])):
+        out = tmp_path / f"bundle_{name}"
+        r = cli("export", *map(str, args), "--no-detector", "--out", str(out), timeout=900)
+        assert r.returncode == 0, r.stderr
+        m = __import__("json").loads((out / "manifest.json").read_text())
+        assert m["generator"]["resolution"] == 32
+        r = cli("optimize", str(crop), "--aligned", "--bundle", str(out), "-g", "2", "-p", "4", "-o",
+                str(tmp_path / f"{name}.png"), "--json", "-q", block_torch=True)
+        assert r.returncode == 0, r.stderr
+        assert __import__("json").loads(r.stdout)["generations_run"] == 2
+    roles = m["source"]
+    assert roles["kind"] == "demo_pack" and roles["pack"] == str(pack)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from beautyrt.engines import load_manifest, open_engine
 from beautyrt.engines.errors import BundleVersionError, MissingDependencyError
 from beautyrt.engines.manifest import MANIFEST_NAME, sha256_file
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -86,7 +86,7 @@ def _fake_plan(bundle_dir: Path, role: str, trt_version: str, gpu="NVIDIA H100 8
 
 
 def test_foreign_plan_refused_before_deserialising(bundle, monkeypatch):
-    import beautyrt.engines.trt as T
+    import beautyrt.engines.backends.trt as T
 
     _fake_plan(bundle, "scorer", "8.6.1")
     man = load_manifest(bundle)
@@ -104,7 +104,7 @@ def test_foreign_plan_refused_before_deserialising(bundle, monkeypatch):
 
 
 def test_plan_needs_tensorrt_installed(bundle, monkeypatch):
-    import beautyrt.engines.trt as T
+    import beautyrt.engines.backends.trt as T
 
     _fake_plan(bundle, "synthesis", "10.3.0")
     monkeypatch.setattr(T, "installed_tensorrt_version", lambda: None)
@@ -114,8 +114,7 @@ def test_plan_needs_tensorrt_installed(bundle, monkeypatch):
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-extra path cannot be exercised")
 def test_cli_export_trt_without_extra(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "beautyrt.cli.main", "export", "--trt", "--no-detector", "--out",
-                        tmp_path / "b"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    r = run_cli("export", "--trt", "--no-detector", "--out", str(tmp_path / "b"), timeout=120, cwd=REPO)
     assert r.returncode == MissingDependencyError.exit_code
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'beautyrt[trt]'" in lines[0], r.stderr
@@ -140,6 +139,10 @@ def test_build_and_run_trt(real_bundle, tmp_path):
         got, want = e.run({"ws": ws}), ref.run({"ws": ws})
         for k in want:
             assert np.abs(got[k] - want[k]).max() <= 1e-3 * max(1.0, np.abs(want[k]).max())
-        from beautyrt.engines.errors import EngineInputError
-        with pytest.raises(EngineInputError, match="profile"):
-            e.run({"ws": ws[:2]})
+        # a batch below the static profile is padded to it, one above is chunked: same rows as onnxruntime
+        for n in (2, 9):
+            w = np.random.default_rng(n).standard_normal((n, 8, 32)).astype(np.float32)
+            got, want = e.run({"ws": w}), ref.run({"ws": w})
+            for k in want:
+                assert got[k].shape == want[k].shape
+                assert np.abs(got[k] - want[k]).max() <= 1e-3 * max(1.0, np.abs(want[k]).max())
