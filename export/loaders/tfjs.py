@@ -13,6 +13,12 @@ BiasAdd, constants broadcast against activations); anything it cannot translate 
 **input is NCHW** by default (``input_layout="nchw"``; ``"nhwc"`` takes the graph's own layout) and its
 outputs are in the graph's own layout (a 4-D output comes back NHWC), so they equal tfjs's outputs.
 
+Speed (``fold=True``, the default): a convolution's epilogue is folded into it where that is exact up to
+rounding: per-channel constant Mul/Add/Sub (batch norm) into its weights and bias, and Relu/Relu6/Identity/
+scalar Minimum/Maximum into one clamp (MobileNet's ``Relu -> Minimum(6) -> Maximum(0)``); only when the
+convolution's output has no other reader. ``folded`` lists the nodes absorbed. The input is made
+``channels_last`` in memory (same values; torch's CPU convolutions are faster that way).
+
 Padding follows TensorFlow: ``SAME`` pads ``max((ceil(in/s) - 1) * s + (k - 1) * d + 1 - in, 0)`` in total,
 the smaller half on top/left and the extra pixel at the bottom/right; ``VALID`` pads nothing; ``EXPLICIT``
 reads ``explicit_paddings`` (NHWC pairs). Average pooling divides by the number of real (unpadded) pixels.
@@ -295,11 +301,13 @@ class TfjsGraphModule(torch.nn.Module):
     tuple in ``output_names`` order; :meth:`forward_dict` returns ``{name: tensor}``.
     """
 
-    def __init__(self, graph: GraphModel, outputs: Optional[Sequence[str]] = None, input_layout: str = "nchw"):
+    def __init__(self, graph: GraphModel, outputs: Optional[Sequence[str]] = None, input_layout: str = "nchw",
+                 fold: bool = True):
         super().__init__()
         if input_layout not in ("nchw", "nhwc"):
             raise ValueError("input_layout must be 'nchw' or 'nhwc'")
         self.input_layout = input_layout
+        self.fold = bool(fold)
         self.source = str(graph.path)
         outs = list(outputs) if outputs else graph.default_outputs()
         if not outs:
@@ -313,7 +321,15 @@ class TfjsGraphModule(torch.nn.Module):
         self._names: dict[str, str] = {}
         self._vals: dict[str, _Val] = {}
         self._plan: list[tuple] = []
+        self._epilogue: dict[str, dict] = {}     # conv output key -> its foldable epilogue (see _try_fold)
+        self.folded: list[str] = []
         order = self._topo(self.output_keys)
+        self._consumers: dict[str, int] = {}
+        for n in order:
+            for k in graph.nodes[n].inputs:
+                self._consumers[k] = self._consumers.get(k, 0) + 1
+        for k in self.output_keys:
+            self._consumers[k] = self._consumers.get(k, 0) + 1
         unknown = sorted({graph.nodes[n].op for n in order} - SUPPORTED_OPS)
         if unknown:
             raise CheckpointError(f"{graph.path.name}: unsupported TF.js op(s) {', '.join(unknown)} "
@@ -453,7 +469,9 @@ class TfjsGraphModule(torch.nn.Module):
             if rank == 4:
                 key = self._set(node, "nchw", 4)
                 nhwc = self.input_layout == "nhwc"
-                self._emit(lambda env, i=idx, nhwc=nhwc: _to_nchw(env["__in"][i]) if nhwc else env["__in"][i], (), key)
+                # channels_last: the same values, in the memory order torch's CPU convolutions run fastest in
+                self._emit(lambda env, i=idx, nhwc=nhwc: (_to_nchw(env["__in"][i]) if nhwc else env["__in"][i])
+                           .contiguous(memory_format=torch.channels_last), (), key)
             else:
                 key = self._set(node, "plain", rank)
                 self._emit(lambda env, i=idx: env["__in"][i], (), key)
@@ -553,11 +571,17 @@ class TfjsGraphModule(torch.nn.Module):
             bias, act, alpha, leaky = None, None, None, 0.2
         wbuf = self._buf(weight, node.name + "_w")
         in_nchw = self._as_nchw_input(x_key, node)
+        # the epilogue after the convolution: + bias, then either an activation or a clamp [lo, hi]; it is a
+        # mutable record so that following per-channel Mul/Add and Relu/Minimum/Maximum can be folded into it
+        rec = {"w": wbuf, "b": bias, "act": act, "alpha": alpha, "leaky": leaky, "lo": None, "hi": None,
+               "cout": cout}
+        if act in ("relu", "relu6"):
+            rec.update(act=None, lo=0.0, hi=6.0 if act == "relu6" else None)
         s, d = (strides[1], strides[2]), (dil[1], dil[2])
         k = (kh, kw)
 
-        def conv(env, x, wbuf=wbuf, bias=bias, s=s, d=d, k=k, groups=groups, pad_mode=pad_mode, explicit=explicit,
-                 in_nchw=in_nchw, act=act, alpha=alpha, leaky=leaky):
+        def conv(env, x, rec=rec, s=s, d=d, k=k, groups=groups, pad_mode=pad_mode, explicit=explicit,
+                 in_nchw=in_nchw):
             if not in_nchw:
                 x = _to_nchw(x)
             if pad_mode == "SAME":
@@ -572,10 +596,67 @@ class TfjsGraphModule(torch.nn.Module):
             else:
                 x = F.pad(x, (l, r, t, b))
                 pad = (0, 0)
-            y = F.conv2d(x, getattr(self, wbuf), getattr(self, bias) if bias else None, s, pad, d, groups)
-            return self._activate(y, act, alpha, leaky)
+            y = F.conv2d(x, getattr(self, rec["w"]), getattr(self, rec["b"]) if rec["b"] else None, s, pad, d, groups)
+            if rec["act"] is not None:
+                return self._activate(y, rec["act"], rec["alpha"], rec["leaky"])
+            if rec["lo"] is not None or rec["hi"] is not None:
+                y = torch.clamp(y, min=rec["lo"], max=rec["hi"])
+            return y
 
-        self._emit(conv, (x_key,), self._set(node, "nchw", 4))
+        key = self._set(node, "nchw", 4)
+        self._emit(conv, (x_key,), key)
+        if self.fold:
+            self._epilogue[key] = rec
+
+    def _try_fold(self, node: Node, x_key: str, op: str, const: Optional[np.ndarray] = None,
+                  const_first: bool = False) -> bool:
+        """Fold ``node`` (x_key's only consumer) into the convolution that produced ``x_key`` when exact up to
+        rounding: a per-channel Mul/Add/Sub before any clamp, or Relu/Relu6/Minimum/Maximum/Identity with
+        scalars as a clamp. Returns True when folded (nothing is emitted for the node)."""
+        rec = self._epilogue.get(x_key)
+        if rec is None or self._consumers.get(x_key, 0) != 1 or rec["act"] is not None:
+            return False
+        clamped = rec["lo"] is not None or rec["hi"] is not None
+        lo, hi = rec["lo"], rec["hi"]
+        if op in ("Mul", "Add", "AddV2", "Sub"):
+            if clamped or const is None or const.dtype.kind != "f" or (op == "Sub" and const_first):
+                return False
+            c = _nhwc_const_to_nchw(np.asarray(const, np.float32)) if const.ndim else np.asarray(const, np.float32)
+            if c.size not in (1, rec["cout"]) or (c.size > 1 and c.reshape(-1).shape[0] != c.shape[1 if c.ndim == 4 else 0]):
+                return False
+            c = torch.from_numpy(np.ascontiguousarray(c.reshape(-1)))
+            if op == "Mul":
+                w = getattr(self, rec["w"])
+                w.mul_(c.view(-1, 1, 1, 1) if c.numel() > 1 else c)
+                if rec["b"]:
+                    getattr(self, rec["b"]).mul_(c)
+            else:
+                if not rec["b"]:
+                    rec["b"] = self._buf(np.zeros(rec["cout"], np.float32), node.name + "_bias")
+                getattr(self, rec["b"]).add_(-c if op == "Sub" else c)
+        elif op in ("Minimum", "Maximum"):
+            if const is None or const.size != 1 or const.dtype.kind != "f":
+                return False
+            c = float(const.reshape(-1)[0])
+            if op == "Minimum":
+                lo, hi = (None if lo is None else min(lo, c)), (c if hi is None else min(hi, c))
+            else:
+                lo, hi = (c if lo is None else max(lo, c)), (None if hi is None else max(hi, c))
+        elif op in ("Relu", "Relu6"):
+            lo, hi = (0.0 if lo is None else max(lo, 0.0)), (None if hi is None else max(hi, 0.0))
+            if op == "Relu6":
+                lo, hi = min(lo, 6.0), (6.0 if hi is None else min(hi, 6.0))
+        elif op != "Identity":
+            return False
+        rec["lo"], rec["hi"] = lo, hi
+        new_key = f"{node.name}:0"
+        i = next(j for j, e in enumerate(self._plan) if e[2] == x_key)
+        fn, ins, _ = self._plan[i]
+        self._plan[i] = (fn, ins, new_key)
+        self._vals[new_key] = self._vals.pop(x_key)
+        self._epilogue[new_key] = self._epilogue.pop(x_key)
+        self.folded.append(node.name)
+        return True
 
     def _compile_matmul(self, node: Node) -> None:
         if len(node.inputs) < 2:
@@ -644,6 +725,8 @@ class TfjsGraphModule(torch.nn.Module):
             return
         v = va if va is not None else vb
         const_key = kb if va is not None else ka
+        if self._try_fold(node, ka if va is not None else kb, node.op, self._const(const_key, node), va is None):
+            return
         if v.layout == "nchw":
             arr = self._const(const_key, node)
             if arr.ndim > 4:
@@ -664,6 +747,8 @@ class TfjsGraphModule(torch.nn.Module):
         (k,) = node.inputs
         v = self._val(k, node)
         op = node.op
+        if op in ("Relu", "Relu6", "Identity") and self._try_fold(node, k, op):
+            return
         alpha = float(node.attr.get("alpha", 0.2)) if op == "LeakyRelu" else 0.0
         fns = {"Identity": lambda x: x, "Relu": torch.relu, "Relu6": lambda x: torch.clamp(x, 0.0, 6.0),
                "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Elu": F.elu,
@@ -906,10 +991,10 @@ class TfjsGraphModule(torch.nn.Module):
 
 
 def load_tfjs_graph(path: str | Path, outputs: Optional[Sequence[str]] = None,
-                    input_layout: str = "nchw") -> TfjsGraphModule:
+                    input_layout: str = "nchw", fold: bool = True) -> TfjsGraphModule:
     """ONE entry point: ``model.json`` -> :class:`TfjsGraphModule` (eval mode, float32)."""
     g = read_graph_model(path)
-    m = TfjsGraphModule(g, outputs=outputs, input_layout=input_layout).eval()
+    m = TfjsGraphModule(g, outputs=outputs, input_layout=input_layout, fold=fold).eval()
     log.debug("TF.js graph %s: ops %s -> outputs %s", Path(path).name, g.op_counts(), m.output_names)
     return m
 

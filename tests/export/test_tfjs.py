@@ -171,7 +171,8 @@ class GraphWriter:
 SAME, VALID = _s("SAME"), _s("VALID")
 NHWC = _s("NHWC")
 ONES = _li([1, 1, 1, 1])
-SYN_OUTPUTS = ["softmax", "sigmoid", "tanh", "elu", "maxed", "scaled", "flat", "conv_from_plain", "minned", "relu6"]
+SYN_OUTPUTS = ["softmax", "sigmoid", "tanh", "elu", "maxed", "scaled", "flat", "conv_from_plain", "minned", "relu6",
+               "folded", "not_folded"]
 SYN_SHAPE = (3, 16, 13, 3)
 
 
@@ -227,6 +228,19 @@ def synthetic_graph(folder: Path) -> Path:
     g.op("minned", "Add", ["mn", "ap"])
     g.op("rl", "Relu", ["scaled"])
     g.op("relu6", "Relu6", ["rl"])
+    # a convolution epilogue the loader folds (batch-norm Mul/Add, ReLU, clip) ...
+    g.op("cf", "Conv2D", ["x", g.rand("w6", (3, 3, 3, 4))], strides=ONES, padding=SAME, **conv)
+    g.op("cf_mul", "Mul", ["cf", g.rand("bn_scale", (4,), 1.0)])
+    g.op("cf_add", "Add", [g.rand("bn_shift", (1, 1, 1, 4), 1.0), "cf_mul"])
+    g.op("cf_relu", "Relu", ["cf_add"])
+    g.op("cf_min", "Minimum", ["cf_relu", g.const("six", np.array(0.6, np.float32))])
+    g.op("folded", "Maximum", ["cf_min", g.const("low", np.array(0.1, np.float32))])
+    # ... and ones it must not fold: an output read twice, a constant minus the output
+    g.op("cg", "DepthwiseConv2dNative", ["x", g.rand("dw6", (3, 3, 3, 1))], strides=_li([1, 2, 2, 1]), padding=SAME,
+         data_format=NHWC, dilations=ONES, explicit_paddings={"list": {}})
+    g.op("cg_mul", "Mul", ["cg", g.const("two", np.array(2.0, np.float32))])
+    g.op("cg_sub", "Sub", [g.rand("cg_c", (3,)), "cg"])
+    g.op("not_folded", "AddV2", ["cg_mul", "cg_sub"])
     return g.write(folder)
 
 
@@ -290,10 +304,12 @@ def face_model(request, tfjs_modules, faces, tmp_path_factory):
     return request.param, path, ref
 
 
-def test_face_models_match_tfjs_on_real_faces(face_model, faces):
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "as-is"])
+def test_face_models_match_tfjs_on_real_faces(face_model, faces, fold):
     name, path, ref = face_model
-    m = load_tfjs_graph(path, outputs=FACE_OUTPUTS)
+    m = load_tfjs_graph(path, outputs=FACE_OUTPUTS, fold=fold)
     assert m.output_names == FACE_OUTPUTS
+    assert (len(m.folded) > 100) == fold  # batch-norm Mul/Add and the ReLU6 clips of all 27 convolutions
     got = run_torch(m, faces)
     errs = {o: rel_err(a, r) for o, a, r in zip(FACE_OUTPUTS, got, ref)}
     assert all(e <= TOL for e in errs.values()), f"{name}: {errs}"
@@ -332,8 +348,12 @@ def test_synthetic_graph_matches_tfjs(synthetic, synthetic_input, synthetic_ref)
                     "_FusedMatMul", "BiasAdd", "Pad", "MaxPool", "AvgPool", "ConcatV2", "Mean", "Reshape", "Squeeze",
                     "Prelu", "LeakyRelu", "Softmax", "Sigmoid", "Tanh", "Elu", "Relu", "Relu6", "Identity", "Add",
                     "AddV2", "Sub", "Mul", "RealDiv", "Minimum", "Maximum"}
+    assert set(m.folded) == {"cf_mul", "cf_add", "cf_relu", "cf_min", "folded"}, m.folded
     got = run_torch(m, synthetic_input)
     errs = {o: rel_err(a, r) for o, a, r in zip(SYN_OUTPUTS, got, synthetic_ref)}
+    assert all(e <= TOL for e in errs.values()), errs
+    unfolded = run_torch(load_tfjs_graph(synthetic, outputs=SYN_OUTPUTS, fold=False), synthetic_input)
+    errs = {o: rel_err(a, r) for o, a, r in zip(SYN_OUTPUTS, unfolded, synthetic_ref)}
     assert all(e <= TOL for e in errs.values()), errs
     # NHWC input gives the same
     m2 = load_tfjs_graph(synthetic, outputs=SYN_OUTPUTS, input_layout="nhwc")
