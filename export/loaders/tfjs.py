@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,7 +317,6 @@ class TfjsGraphModule(torch.nn.Module):
             if k.rsplit(":", 1)[0] not in graph.nodes:
                 raise CheckpointError(f"{graph.path.name}: no node named {k.rsplit(':', 1)[0]}")
         self._g = graph
-        self._names: dict[str, str] = {}
         self._vals: dict[str, _Val] = {}
         self._plan: list[tuple] = []
         self._epilogue: dict[str, dict] = {}     # conv output key -> its foldable epilogue (see _try_fold)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
 
 import numpy as np
 import torch

@@ -38,8 +38,9 @@ TOL = 1e-4
 # the reference: @tensorflow/tfjs under node
 # ------------------------------------------------------------------------------------------------
 def _tail(res: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in (res.stderr or res.stdout or "").strip().splitlines() if ln.strip()]
-    return lines[-1].strip()[:200] if lines else "no output"
+    lines = [ln.strip() for ln in (res.stderr or res.stdout or "").splitlines()
+             if ln.strip() and "complete log of this run" not in ln]
+    return " / ".join(lines[:2])[:200] if lines else "no output"
 
 
 @pytest.fixture(scope="session")
@@ -409,6 +410,7 @@ def test_faceres_exports_to_onnx_with_a_dynamic_batch(tmp_path):
     errs = _export_and_compare(m, x, ["feature", "gender", "age"], tmp_path / "faceres.onnx")
     assert max(errs.values()) <= 1e-5, errs
     # the aligned-crop wrapper (crop + resize + BGR/mean inside the graph) as well
+    _fetch_model("faceres-deep")
     wrapped = FaceResFromCrop(load_faceres("faceres-deep")).eval()
     errs = _export_and_compare(wrapped, torch.rand(2, 3, 256, 256), ["feature", "gender", "age"], tmp_path / "deep.onnx")
     assert max(errs.values()) <= 1e-5, errs
@@ -421,6 +423,7 @@ def test_crop_wrapper_equals_numpy_preprocessing():
 
     from beautyrt.export.nets.faceres import FaceResFromCrop, load_faceres, preprocess
 
+    _fetch_model("faceres")
     net = load_faceres("faceres")
     img = np.asarray(Image.open(EXAMPLE).convert("RGB").crop((110, 10, 340, 240)).resize((224, 224), Image.BILINEAR))
     t = torch.from_numpy(img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
