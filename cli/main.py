@@ -5,6 +5,7 @@ Heavy imports happen inside the commands so that ``beautyrt --help`` is instant,
 exits with the error's own code (see ``beautyrt.engines.errors``); a traceback is shown only with
 ``BEAUTYRT_DEBUG=1``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,14 +22,26 @@ from beautyrt.engines.backends import CHOICES as BACKEND_CHOICES
 from beautyrt.engines.backends import DEFAULT_BACKEND
 from beautyrt.engines.errors import BeautyrtError
 from beautyrt.runtime.objective import DEFAULT_WEIGHTS, SPACES
-from beautyrt.runtime.settings import (DEFAULT_GENERATIONS, DEFAULT_POPSIZE, DEFAULT_SIGMA0, DEFAULT_STRATEGY,
-                                       OUTPUT_MODES, SCORE_ON, STRENGTH_RANGE, Settings)
+from beautyrt.runtime.settings import (
+    DEFAULT_GENERATIONS,
+    DEFAULT_POPSIZE,
+    DEFAULT_SIGMA0,
+    DEFAULT_STRATEGY,
+    OUTPUT_MODES,
+    SCORE_ON,
+    STRENGTH_RANGE,
+    Settings,
+)
 from beautyrt.runtime.strategies import STRATEGIES
 
 _D = Settings()  # the defaults every command quotes
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="beautyrt: regression-guided face beautification (StyleGAN + CMA-ES) on an exported bundle.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="beautyrt: regression-guided face beautification (StyleGAN + CMA-ES) on an exported bundle.",
+)
 log = logging.getLogger("beautyrt")
 
 ENV_BUNDLE = "BEAUTYRT_BUNDLE"
@@ -86,13 +99,16 @@ def _fail(e: BaseException) -> "typer.Exit":
     if isinstance(e, KeyboardInterrupt):
         sys.stderr.write("beautyrt: interrupted\n")
         return typer.Exit(130)
-    sys.stderr.write(f"beautyrt: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-                     f"(set BEAUTYRT_DEBUG=1 for the traceback)\n")
+    sys.stderr.write(
+        f"beautyrt: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+        f"(set BEAUTYRT_DEBUG=1 for the traceback)\n"
+    )
     return typer.Exit(INTERNAL_ERROR)
 
 
 def _guarded(fn):
     """Run a command; beautyrt errors become one line on stderr and the error's exit code."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -103,39 +119,105 @@ def _guarded(fn):
             if os.environ.get("BEAUTYRT_DEBUG"):
                 raise
             raise _fail(e) from None
+
     return wrapper
 
 
 @app.command()
 @_guarded
 def optimize(
-    image: Path = typer.Argument(..., help="Photo to beautify (JPEG/PNG/WebP/...); with --aligned an aligned face crop."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output image (.jpg/.png/.webp). Default: <image>.beautified<ext>."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."),
-    generations: Optional[int] = typer.Option(None, "--generations", "-g", help=f"Search generations (default: the bundle's recommendation, else {DEFAULT_GENERATIONS})."),
-    popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p", help="Candidates per generation (scored in one engine call)."),
-    seed: int = typer.Option(_D.seed, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."),
+    image: Path = typer.Argument(
+        ..., help="Photo to beautify (JPEG/PNG/WebP/...); with --aligned an aligned face crop."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "-o", "--out", help="Output image (.jpg/.png/.webp). Default: <image>.beautified<ext>."
+    ),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."
+    ),
+    generations: Optional[int] = typer.Option(
+        None,
+        "--generations",
+        "-g",
+        help=f"Search generations (default: the bundle's recommendation, else {DEFAULT_GENERATIONS}).",
+    ),
+    popsize: int = typer.Option(
+        DEFAULT_POPSIZE, "--popsize", "-p", help="Candidates per generation (scored in one engine call)."
+    ),
+    seed: int = typer.Option(
+        _D.seed, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."
+    ),
     space: str = typer.Option(_D.space, "--space", help=f"Search space: {' | '.join(SPACES)}."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0})."),
-    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help=f"Hard floor on identity cosine to the start (default: the bundle's, else {DEFAULT_WEIGHTS['identity_floor']})."),
-    identity_target: Optional[float] = typer.Option(None, "--identity-target", help=f"Soft penalty below this cosine (default: the bundle's, else {DEFAULT_WEIGHTS['identity_target']})."),
-    identity_weight: Optional[float] = typer.Option(None, "--identity-weight", help=f"Penalty per unit of cosine below the target (default: the bundle's, else {DEFAULT_WEIGHTS['identity_weight']})."),
-    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help=f"Penalty per unit of mean squared step (default: the bundle's, else {DEFAULT_WEIGHTS['latent_weight']})."),
-    strength: float = typer.Option(_D.strength, "--strength", help=f"Scale of the edit on the photo, {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g} (0: the photo unchanged)."),
-    strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", help=f"Search strategy: {' | '.join(STRATEGIES)} (linear: walk the bundle's beauty direction)."),
+    sigma: Optional[float] = typer.Option(
+        None,
+        "--sigma",
+        help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0}).",
+    ),
+    identity_floor: Optional[float] = typer.Option(
+        None,
+        "--identity-floor",
+        help=f"Hard floor on identity cosine to the start (default: the bundle's, else {DEFAULT_WEIGHTS['identity_floor']}).",
+    ),
+    identity_target: Optional[float] = typer.Option(
+        None,
+        "--identity-target",
+        help=f"Soft penalty below this cosine (default: the bundle's, else {DEFAULT_WEIGHTS['identity_target']}).",
+    ),
+    identity_weight: Optional[float] = typer.Option(
+        None,
+        "--identity-weight",
+        help=f"Penalty per unit of cosine below the target (default: the bundle's, else {DEFAULT_WEIGHTS['identity_weight']}).",
+    ),
+    latent_weight: Optional[float] = typer.Option(
+        None,
+        "--latent-weight",
+        help=f"Penalty per unit of mean squared step (default: the bundle's, else {DEFAULT_WEIGHTS['latent_weight']}).",
+    ),
+    strength: float = typer.Option(
+        _D.strength,
+        "--strength",
+        help=f"Scale of the edit on the photo, {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g} (0: the photo unchanged).",
+    ),
+    strategy: str = typer.Option(
+        DEFAULT_STRATEGY,
+        "--strategy",
+        help=f"Search strategy: {' | '.join(STRATEGIES)} (linear: walk the bundle's beauty direction).",
+    ),
     aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Edit every detected face (largest first)."),
-    mode: str = typer.Option(_D.output_mode, "--mode", help=f"{' | '.join(OUTPUT_MODES)}: apply the edit to the photo, or paste the generated face."),
-    score_on: str = typer.Option(_D.score_on, "--score-on", help=f"{' | '.join(SCORE_ON)}: output scores the photo plus each candidate's edit (what you get); generated: the generated face; auto: output where the bundle allows."),
-    transfer: str = typer.Option(_D.transfer, "--transfer", help="detail: the edit's local light and shape only (no broad brightening, the photo keeps its colours); luma: all of its brightness change; rgb: colours too."),
+    mode: str = typer.Option(
+        _D.output_mode,
+        "--mode",
+        help=f"{' | '.join(OUTPUT_MODES)}: apply the edit to the photo, or paste the generated face.",
+    ),
+    score_on: str = typer.Option(
+        _D.score_on,
+        "--score-on",
+        help=f"{' | '.join(SCORE_ON)}: output scores the photo plus each candidate's edit (what you get); generated: the generated face; auto: output where the bundle allows.",
+    ),
+    transfer: str = typer.Option(
+        _D.transfer,
+        "--transfer",
+        help="detail: the edit's local light and shape only (no broad brightening, the photo keeps its colours); luma: all of its brightness change; rgb: colours too.",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
-    side_by_side: Optional[Path] = typer.Option(None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot of score and identity per generation (.png)."),
+    side_by_side: Optional[Path] = typer.Option(
+        None, "--side-by-side", help="Also write a before|after image with the scores on it (.png/.jpg/.webp)."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Also write a plot of score and identity per generation (.png)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality 1..100."),
-    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)}: engine backend, chosen per role (tensorrt: the bundle's .plan files; roles without one run on onnxruntime)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime's execution provider)."),
+    backend: str = typer.Option(
+        DEFAULT_BACKEND,
+        "--backend",
+        help=f"{' | '.join(BACKEND_CHOICES)}: engine backend, chosen per role (tensorrt: the bundle's .plan files; roles without one run on onnxruntime).",
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto | cpu | cuda | tensorrt (onnxruntime's execution provider)."
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: all cores)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
@@ -144,43 +226,112 @@ def optimize(
     _setup_logging(verbose, quiet or as_json)
     from beautyrt.runtime import api
 
-    settings = api.Settings(generations=generations, popsize=popsize, seed=seed, space=space, sigma0=sigma,
-                            weights=api.ObjectiveWeights(identity_floor, identity_target, identity_weight, latent_weight),
-                            output_mode=mode, face=face, all_faces=all_faces, score_on=score_on,
-                            transfer=transfer, strength=strength, strategy=strategy).validate()
+    settings = api.Settings(
+        generations=generations,
+        popsize=popsize,
+        seed=seed,
+        space=space,
+        sigma0=sigma,
+        weights=api.ObjectiveWeights(identity_floor, identity_target, identity_weight, latent_weight),
+        output_mode=mode,
+        face=face,
+        all_faces=all_faces,
+        score_on=score_on,
+        transfer=transfer,
+        strength=strength,
+        strategy=strategy,
+    ).validate()
     out = out or image.with_name(f"{image.stem}.beautified{image.suffix.lower() if image.suffix else '.png'}")
     prog = _Progress("search", enabled=not (quiet or as_json))
-    rep = api.optimize_file(image, out, bundle=_bundle_arg(bundle), settings=settings, aligned=aligned,
-                            report_path=report, quality=quality, device=device, threads=threads, backend=backend,
-                            side_by_side_path=side_by_side, plot_path=plot,
-                            progress=lambda g, n, best: prog(g, n, f"best {best:.3f}"))
+    rep = api.optimize_file(
+        image,
+        out,
+        bundle=_bundle_arg(bundle),
+        settings=settings,
+        aligned=aligned,
+        report_path=report,
+        quality=quality,
+        device=device,
+        threads=threads,
+        backend=backend,
+        side_by_side_path=side_by_side,
+        plot_path=plot,
+        progress=lambda g, n, best: prog(g, n, f"best {best:.3f}"),
+    )
     if as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")
     else:
-        typer.echo(f"{out}: score {rep['score_before']:.3f} -> {rep['score_after']:.3f}, identity {rep['identity']:.3f}, "
-                   f"{rep['timings']['total']:.2f}s", err=True)
+        typer.echo(
+            f"{out}: score {rep['score_before']:.3f} -> {rep['score_after']:.3f}, identity {rep['identity']:.3f}, "
+            f"{rep['timings']['total']:.2f}s",
+            err=True,
+        )
 
 
 @app.command("export")
 @_guarded
 def export_cmd(
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory to write. Default: the default bundle location."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="demo (the committed self-trained pack, export/demo_pack) | tiny | stylegan2-256 | stylegan2-1024 (random weights). Default demo without checkpoints; with checkpoints it only fills the parts not given."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Bundle directory to write. Default: the default bundle location."
+    ),
+    preset: Optional[str] = typer.Option(
+        None,
+        "--preset",
+        help="demo (the committed self-trained pack, export/demo_pack) | tiny | stylegan2-256 | stylegan2-1024 (random weights). Default demo without checkpoints; with checkpoints it only fills the parts not given.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random-weight presets."),
-    pack: Optional[Path] = typer.Option(None, "--pack", help="A demo pack folder written by `beautyrt train pack` (default: the committed export/demo_pack)."),
-    stylegan: Optional[Path] = typer.Option(None, "--stylegan", help="Generator: stylegan2-ada-pytorch .pkl (G_ema) or rosinality .pt (g_ema)."),
-    encoder: Optional[Path] = typer.Option(None, "--encoder", help="Encoder: pSp / e4e checkpoint (its decoder is the generator if --stylegan is absent)."),
-    identity: Optional[Path] = typer.Option(None, "--identity", help="Identity: dlib (dlib's face descriptor from face-recognition-models) or the path of its .dat file, model_ir_se50.pth, or an ONNX embedder (e.g. insightface w600k_r50.onnx) with --identity-spec, used as it is and fused into the scorer."),
-    beauty: Optional[Path] = typer.Option(None, "--beauty", help="Beauty: beautyrt's trainer output, or an ONNX regressor ([N] or [N,1] output) with --beauty-spec, used as it is and fused into the scorer."),
-    identity_spec: Optional[str] = typer.Option(None, "--identity-spec", help="Input spec of an ONNX identity model: JSON/TOML file or inline size=112,color=BGR,mean=127.5,std=127.5,scale=pixel[,crop=arcface][,output=NAME] (mean/std in the model's channel order; scale=unit: on pixel/255; crop: resize the generator's crop, or arcface: insightface's 5-point template)."),
-    beauty_spec: Optional[str] = typer.Option(None, "--beauty-spec", help="Input spec of an ONNX beauty model (as --identity-spec)."),
-    identity_crop: str = typer.Option("psp", "--identity-crop", help="IR-SE50 input: psp (crop/pool a 256 px aligned face as pSp's ID loss) | none (112 px)."),
-    trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (.plan) for this GPU (needs pip install 'beautyrt[trt]')."),
+    pack: Optional[Path] = typer.Option(
+        None,
+        "--pack",
+        help="A demo pack folder written by `beautyrt train pack` (default: the committed export/demo_pack).",
+    ),
+    stylegan: Optional[Path] = typer.Option(
+        None, "--stylegan", help="Generator: stylegan2-ada-pytorch .pkl (G_ema) or rosinality .pt (g_ema)."
+    ),
+    encoder: Optional[Path] = typer.Option(
+        None, "--encoder", help="Encoder: pSp / e4e checkpoint (its decoder is the generator if --stylegan is absent)."
+    ),
+    identity: Optional[Path] = typer.Option(
+        None,
+        "--identity",
+        help="Identity: dlib (dlib's face descriptor from face-recognition-models) or the path of its .dat file, model_ir_se50.pth, or an ONNX embedder (e.g. insightface w600k_r50.onnx) with --identity-spec, used as it is and fused into the scorer.",
+    ),
+    beauty: Optional[Path] = typer.Option(
+        None,
+        "--beauty",
+        help="Beauty: beautyrt's trainer output, or an ONNX regressor ([N] or [N,1] output) with --beauty-spec, used as it is and fused into the scorer.",
+    ),
+    identity_spec: Optional[str] = typer.Option(
+        None,
+        "--identity-spec",
+        help="Input spec of an ONNX identity model: JSON/TOML file or inline size=112,color=BGR,mean=127.5,std=127.5,scale=pixel[,crop=arcface][,output=NAME] (mean/std in the model's channel order; scale=unit: on pixel/255; crop: resize the generator's crop, or arcface: insightface's 5-point template).",
+    ),
+    beauty_spec: Optional[str] = typer.Option(
+        None, "--beauty-spec", help="Input spec of an ONNX beauty model (as --identity-spec)."
+    ),
+    identity_crop: str = typer.Option(
+        "psp",
+        "--identity-crop",
+        help="IR-SE50 input: psp (crop/pool a 256 px aligned face as pSp's ID loss) | none (112 px).",
+    ),
+    trt: bool = typer.Option(
+        False, "--trt", help="Also build TensorRT engines (.plan) for this GPU (needs pip install 'beautyrt[trt]')."
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT: allow fp16 kernels."),
-    trt_popsize: int = typer.Option(16, "--trt-popsize", help="TensorRT: the scorer's static batch (the search population)."),
-    trt_max_batch: int = typer.Option(8, "--trt-max-batch", help="TensorRT: max batch of the dynamic profiles of the other models."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (default ~/.cache/beautyrt/trt-timing.cache)."),
-    detector: bool = typer.Option(True, "--detector/--no-detector", help="Include the MTCNN face detector (needs the facenet-pytorch wheel, fetched by pip)."),
+    trt_popsize: int = typer.Option(
+        16, "--trt-popsize", help="TensorRT: the scorer's static batch (the search population)."
+    ),
+    trt_max_batch: int = typer.Option(
+        8, "--trt-max-batch", help="TensorRT: max batch of the dynamic profiles of the other models."
+    ),
+    timing_cache: Optional[Path] = typer.Option(
+        None, "--timing-cache", help="TensorRT timing cache file (default ~/.cache/beautyrt/trt-timing.cache)."
+    ),
+    detector: bool = typer.Option(
+        True,
+        "--detector/--no-detector",
+        help="Include the MTCNN face detector (needs the facenet-pytorch wheel, fetched by pip).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ):
@@ -200,13 +351,32 @@ def export_cmd(
     ident = str(identity) if identity is not None else None
     dlib_ident = ident is not None and (ident == "dlib" or ident.lower().endswith(".dat"))  # same network either way
     if any(p is not None for p in (stylegan, encoder, beauty)) or (ident is not None and not dlib_ident):
-        path = export_checkpoints(out or default_bundle(), overwrite=force, detector=detector, progress=progress,
-                                  stylegan=stylegan, encoder=encoder, identity=identity, beauty=beauty, preset=preset,
-                                  seed=seed, identity_spec=identity_spec, beauty_spec=beauty_spec,
-                                  identity_crop=None if identity_crop == "none" else identity_crop)
+        path = export_checkpoints(
+            out or default_bundle(),
+            overwrite=force,
+            detector=detector,
+            progress=progress,
+            stylegan=stylegan,
+            encoder=encoder,
+            identity=identity,
+            beauty=beauty,
+            preset=preset,
+            seed=seed,
+            identity_spec=identity_spec,
+            beauty_spec=beauty_spec,
+            identity_crop=None if identity_crop == "none" else identity_crop,
+        )
     else:
-        path = export_preset(preset or "demo", out or default_bundle(), seed=seed, overwrite=force, detector=detector,
-                             progress=progress, identity=ident if dlib_ident else "preset", pack=pack)
+        path = export_preset(
+            preset or "demo",
+            out or default_bundle(),
+            seed=seed,
+            overwrite=force,
+            detector=detector,
+            progress=progress,
+            identity=ident if dlib_ident else "preset",
+            pack=pack,
+        )
     if trt:
         from beautyrt.export.trt_build import build_engines
 
@@ -226,26 +396,50 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
-    vs_torch: bool = typer.Option(False, "--vs-torch", help="Also run the plain PyTorch eager reference (source "
-                                  "checkout + export extra) alternately and report `speedup` = torch / beautyrt."),
-    image: Optional[Path] = typer.Option(None, "--image", help="With --vs-torch: photo to detect/align/paste "
-                                         "(default: an aligned crop rendered by the bundle)."),
-    torch_threads: Optional[int] = typer.Option(None, "--torch-threads", help="With --vs-torch: torch threads of the "
-                                                "reference (default: --threads; 1 is often faster on busy cores)."),
+    vs_torch: bool = typer.Option(
+        False,
+        "--vs-torch",
+        help="Also run the plain PyTorch eager reference (source "
+        "checkout + export extra) alternately and report `speedup` = torch / beautyrt.",
+    ),
+    image: Optional[Path] = typer.Option(
+        None,
+        "--image",
+        help="With --vs-torch: photo to detect/align/paste (default: an aligned crop rendered by the bundle).",
+    ),
+    torch_threads: Optional[int] = typer.Option(
+        None,
+        "--torch-threads",
+        help="With --vs-torch: torch threads of the reference (default: --threads; 1 is often faster on busy cores).",
+    ),
 ):
     """Per-stage latency (p50/p90/p99) and candidates/s of the search loop on a bundle."""
     _setup_logging(verbose, as_json)
     if vs_torch:
         vs = _load_vs_torch()
-        res = vs.run_vs_torch(_bundle_arg(bundle), image=image, popsize=popsize, generations=generations,
-                              repeats=repeats, threads=threads, device=device if device != "auto" else "cpu",
-                              torch_threads=torch_threads)
+        res = vs.run_vs_torch(
+            _bundle_arg(bundle),
+            image=image,
+            popsize=popsize,
+            generations=generations,
+            repeats=repeats,
+            threads=threads,
+            device=device if device != "auto" else "cpu",
+            torch_threads=torch_threads,
+        )
         sys.stdout.write(json.dumps(res, indent=1) + "\n") if as_json else typer.echo(vs.format_vs(res))
         return
     from beautyrt.runtime.tools.bench import format_table, run_bench
 
-    res = run_bench(_bundle_arg(bundle), popsize=popsize, generations=generations, repeats=repeats,
-                    device=device, threads=threads, backend=backend)
+    res = run_bench(
+        _bundle_arg(bundle),
+        popsize=popsize,
+        generations=generations,
+        repeats=repeats,
+        device=device,
+        threads=threads,
+        backend=backend,
+    )
     if as_json:
         sys.stdout.write(json.dumps(res, indent=1) + "\n")
     else:
@@ -260,8 +454,10 @@ def _load_vs_torch():
 
     script = Path(__file__).resolve().parents[1] / "tests" / "bench" / "vs_torch.py"
     if not script.is_file() or importlib.util.find_spec("torch") is None:
-        raise MissingDependencyError("--vs-torch needs a source checkout (tests/bench/vs_torch.py) and the export "
-                                     "extra (torch): pip install -e '.[export]'")
+        raise MissingDependencyError(
+            "--vs-torch needs a source checkout (tests/bench/vs_torch.py) and the export "
+            "extra (torch): pip install -e '.[export]'"
+        )
     spec = importlib.util.spec_from_file_location("beautyrt_bench_vs_torch", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -290,10 +486,14 @@ def doctor(
 @app.command()
 @_guarded
 def audit(
-    images: Path = typer.Option(..., "--images", help="Labelled folder: each sub-directory (e.g. <gender>/<ethnicity>/) is a group."),
+    images: Path = typer.Option(
+        ..., "--images", help="Labelled folder: each sub-directory (e.g. <gender>/<ethnicity>/) is a group."
+    ),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle directory (default location if omitted)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N photos per group (first N in sorted order)."),
-    generations: Optional[int] = typer.Option(None, "--generations", "-g", help=f"Default: the bundle's recommendation, else {DEFAULT_GENERATIONS}."),
+    generations: Optional[int] = typer.Option(
+        None, "--generations", "-g", help=f"Default: the bundle's recommendation, else {DEFAULT_GENERATIONS}."
+    ),
     popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p"),
     seed: int = typer.Option(_D.seed, "--seed"),
     aligned: bool = typer.Option(False, "--aligned", help="The photos are aligned square face crops."),
@@ -308,9 +508,17 @@ def audit(
     from beautyrt.runtime.tools.audit import format_table, run_audit
 
     prog = _Progress("audit", enabled=not (quiet or as_json))
-    res = run_audit(images, _bundle_arg(bundle), settings=Settings(generations=generations, popsize=popsize, seed=seed),
-                    limit=limit, aligned=aligned, device=device, threads=threads, backend=backend,
-                    progress=lambda i, n, g: prog(i, n, g))
+    res = run_audit(
+        images,
+        _bundle_arg(bundle),
+        settings=Settings(generations=generations, popsize=popsize, seed=seed),
+        limit=limit,
+        aligned=aligned,
+        device=device,
+        threads=threads,
+        backend=backend,
+        progress=lambda i, n, g: prog(i, n, g),
+    )
     if as_json:
         sys.stdout.write(json.dumps(res, indent=1) + "\n")
     else:
@@ -327,14 +535,26 @@ def train(
     max_steps: int = typer.Option(1_000_000, "--max-steps", help="generator: step limit."),
     resume: bool = typer.Option(False, "--resume", help="generator: continue OUT/generator.pt."),
     id_weight: float = typer.Option(0.0, "--id-weight", help="generator: weight of the dlib identity loss (0: none)."),
-    generator: Optional[Path] = typer.Option(None, "--generator", help="beauty/pack: generator checkpoint (beauty: adds reconstructions as training inputs)."),
+    generator: Optional[Path] = typer.Option(
+        None, "--generator", help="beauty/pack: generator checkpoint (beauty: adds reconstructions as training inputs)."
+    ),
     beauty: Optional[Path] = typer.Option(None, "--beauty", help="pack: beauty checkpoint (beauty.pt)."),
-    hard_bundle: Optional[Path] = typer.Option(None, "--hard-bundle", help="beauty: a bundle with a first regressor; its search results on training faces become hard negatives."),
+    hard_bundle: Optional[Path] = typer.Option(
+        None,
+        "--hard-bundle",
+        help="beauty: a bundle with a first regressor; its search results on training faces become hard negatives.",
+    ),
     hard_n: int = typer.Option(150, "--hard-n", help="beauty: how many training faces to mine hard negatives on."),
-    head: str = typer.Option("ridge", "--head", help="beauty: ridge (the pack's: linear head on dlib block features) | mlp (MLP on the descriptor)."),
+    head: str = typer.Option(
+        "ridge",
+        "--head",
+        help="beauty: ridge (the pack's: linear head on dlib block features) | mlp (MLP on the descriptor).",
+    ),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core machine)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Aligned-face cache folder (default ~/.cache/beautyrt/train)."),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", help="Aligned-face cache folder (default ~/.cache/beautyrt/train)."
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ):
     """Train the demo pack's generator+encoder or beauty regressor (needs the export extra and the data)."""
@@ -345,11 +565,29 @@ def train(
     from beautyrt.export.train import api as tapi
 
     if what == "generator":
-        res = tapi.train_generator_cmd(data, out, minutes=minutes, seed=seed, max_steps=max_steps, threads=threads,
-                                       cache=cache, resume=resume, id_weight=id_weight)
+        res = tapi.train_generator_cmd(
+            data,
+            out,
+            minutes=minutes,
+            seed=seed,
+            max_steps=max_steps,
+            threads=threads,
+            cache=cache,
+            resume=resume,
+            id_weight=id_weight,
+        )
     elif what == "beauty":
-        res = tapi.train_beauty_cmd(data, out, generator=generator, seed=seed, threads=threads, cache=cache,
-                                    hard_bundle=hard_bundle, hard_n=hard_n, head=head)
+        res = tapi.train_beauty_cmd(
+            data,
+            out,
+            generator=generator,
+            seed=seed,
+            threads=threads,
+            cache=cache,
+            hard_bundle=hard_bundle,
+            hard_n=hard_n,
+            head=head,
+        )
     elif what == "pack":
         if generator is None or beauty is None:
             from beautyrt.runtime.errors import UsageError
@@ -367,20 +605,38 @@ def train(
 @_guarded
 def evaluate(
     images: Path = typer.Option(..., "--images", help="Folder of photos (searched recursively)."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Only photos listed in this CSV's 'image' column (relative to the CSV)."),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."
+    ),
+    csv_path: Optional[Path] = typer.Option(
+        None, "--csv", help="Only photos listed in this CSV's 'image' column (relative to the CSV)."
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", help="A seeded sample of this many photos."),
-    generations: Optional[int] = typer.Option(None, "--generations", "-g", help="Default: the bundle's recommendation, else 20."),
+    generations: Optional[int] = typer.Option(
+        None, "--generations", "-g", help="Default: the bundle's recommendation, else 20."
+    ),
     popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p"),
-    identity_floor: Optional[float] = typer.Option(None, "--identity-floor", help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['identity_floor']}."),
-    latent_weight: Optional[float] = typer.Option(None, "--latent-weight", help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['latent_weight']}."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0})."),
+    identity_floor: Optional[float] = typer.Option(
+        None,
+        "--identity-floor",
+        help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['identity_floor']}.",
+    ),
+    latent_weight: Optional[float] = typer.Option(
+        None, "--latent-weight", help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['latent_weight']}."
+    ),
+    sigma: Optional[float] = typer.Option(
+        None,
+        "--sigma",
+        help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0}).",
+    ),
     seed: int = typer.Option(_D.seed, "--seed"),
     score_on: str = typer.Option(_D.score_on, "--score-on", help=f"{' | '.join(SCORE_ON)} (as optimize)."),
     transfer: str = typer.Option(_D.transfer, "--transfer", help="detail | luma | rgb (as optimize)."),
     strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", help=f"{' | '.join(STRATEGIES)} (as optimize)."),
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
-    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."),
+    sheet: Optional[Path] = typer.Option(
+        None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
@@ -388,14 +644,32 @@ def evaluate(
     """Optimise a folder of photos; report beauty gain, identity, failures, time, and the linear-direction baseline."""
     _setup_logging(verbose, as_json)
     from beautyrt.runtime import api
-    from beautyrt.runtime.tools.evaluate import evaluate as run_eval, format_summary
+    from beautyrt.runtime.tools.evaluate import evaluate as run_eval
+    from beautyrt.runtime.tools.evaluate import format_summary
 
-    settings = api.Settings(generations=generations, popsize=popsize, seed=seed, sigma0=sigma,
-                            weights=api.ObjectiveWeights(identity_floor=identity_floor, latent_weight=latent_weight),
-                            score_on=score_on, transfer=transfer, strategy=strategy).validate()
+    settings = api.Settings(
+        generations=generations,
+        popsize=popsize,
+        seed=seed,
+        sigma0=sigma,
+        weights=api.ObjectiveWeights(identity_floor=identity_floor, latent_weight=latent_weight),
+        score_on=score_on,
+        transfer=transfer,
+        strategy=strategy,
+    ).validate()
     prog = _Progress("evaluate", enabled=not as_json)
-    rep = run_eval(images, _bundle_arg(bundle), settings=settings, limit=limit, csv_path=csv_path, sheet=sheet,
-                   seed=seed, threads=threads, backend=backend, progress=lambda i, n: prog(i, n))
+    rep = run_eval(
+        images,
+        _bundle_arg(bundle),
+        settings=settings,
+        limit=limit,
+        csv_path=csv_path,
+        sheet=sheet,
+        seed=seed,
+        threads=threads,
+        backend=backend,
+        progress=lambda i, n: prog(i, n),
+    )
     if as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")
     else:

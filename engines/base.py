@@ -4,6 +4,7 @@ An Engine owns its backend session, knows its inputs/outputs (from the bundle ma
 checks every feed against them before running, and returns plain numpy arrays. Engines know nothing
 about faces or latents.
 """
+
 from __future__ import annotations
 
 import abc
@@ -41,17 +42,21 @@ class TensorSpec:
             raise EngineInputError(f"{where}: input '{self.name}' must be {self.dtype}, got {arr.dtype}")
         if arr.ndim != len(self.shape):
             raise EngineInputError(
-                f"{where}: input '{self.name}' must have {len(self.shape)} dims {list(self.shape)}, got {list(arr.shape)}")
+                f"{where}: input '{self.name}' must have {len(self.shape)} dims {list(self.shape)}, "
+                f"got {list(arr.shape)}"
+            )
         for i, (want, got) in enumerate(zip(self.shape, arr.shape)):
             if isinstance(want, int) and want != got:
                 raise EngineInputError(
-                    f"{where}: input '{self.name}' dim {i} must be {want}, got {got} (shape {list(arr.shape)})")
+                    f"{where}: input '{self.name}' dim {i} must be {want}, got {got} (shape {list(arr.shape)})"
+                )
             if got < 1:
                 raise EngineInputError(f"{where}: input '{self.name}' has an empty dim {i}")
         if max_batch is not None and arr.shape and isinstance(self.shape[0], str) and arr.shape[0] > max_batch:
             raise EngineInputError(
                 f"{where}: batch {arr.shape[0]} of '{self.name}' is outside the engine profile (max {max_batch}); "
-                f"rebuild the engine with a larger profile")
+                f"rebuild the engine with a larger profile"
+            )
 
 
 class Engine(abc.ABC):
@@ -68,8 +73,7 @@ class Engine(abc.ABC):
         want = {s.name for s in self.inputs}
         got = set(feeds)
         if want != got:
-            raise EngineInputError(
-                f"engine '{self.name}': expected inputs {sorted(want)}, got {sorted(got)}")
+            raise EngineInputError(f"engine '{self.name}': expected inputs {sorted(want)}, got {sorted(got)}")
         for spec in self.inputs:
             spec.check(feeds[spec.name], f"engine '{self.name}'", self.max_batch)
 
@@ -79,8 +83,7 @@ class Engine(abc.ABC):
         return self._run(feeds)
 
     @abc.abstractmethod
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ...
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def warmup(self, batch: int = 1, repeats: int = 1) -> None:
         """Run on zeros so that lazy allocations and kernel selection happen before timing starts."""
@@ -122,7 +125,7 @@ def run_in_batches(feeds: Mapping[str, np.ndarray], min_batch: int, max_batch: i
         return run(feeds)
     outs: list[dict] = []
     for start in range(0, b, max_batch):
-        chunk = {k: v[start:start + max_batch] for k, v in feeds.items()}
+        chunk = {k: v[start : start + max_batch] for k, v in feeds.items()}
         n = next(iter(chunk.values())).shape[0]
         if n < min_batch:
             chunk = {k: np.concatenate([v, np.repeat(v[-1:], min_batch - n, axis=0)]) for k, v in chunk.items()}

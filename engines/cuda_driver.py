@@ -3,6 +3,7 @@
 Every function returns "nothing here" (0 / None) when there is no driver, so callers can probe freely on
 CPU-only machines without loader noise.
 """
+
 from __future__ import annotations
 
 import ctypes

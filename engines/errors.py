@@ -8,6 +8,7 @@ bug in beautyrt.
 This module knows nothing of faces: image- and face-specific errors live in ``beautyrt.runtime.errors``,
 export-side ones in ``beautyrt.export.errors``; all derive from the classes here.
 """
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ any model is deserialised, and every refusal says how to rebuild. What the model
 latent statistics, which roles a beautifier needs, normalisations) is the runtime's business
 (``beautyrt.runtime.bundle``); this module only carries those fields through (``Manifest.data``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,8 +66,9 @@ class Manifest:
 
     def model(self, role: str) -> ModelEntry:
         if role not in self.models:
-            raise BundleSchemaError(f"bundle {self.root} has no '{role}' model (roles: {', '.join(sorted(self.models))}); "
-                                    f"{REBUILD_HINT}")
+            raise BundleSchemaError(
+                f"bundle {self.root} has no '{role}' model (roles: {', '.join(sorted(self.models))}); {REBUILD_HINT}"
+            )
         return self.models[role]
 
     def path(self, role: str) -> Path:
@@ -84,7 +86,9 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
     root = Path(bundle_dir).expanduser()
     mpath = root / MANIFEST_NAME
     if not root.is_dir():
-        raise BundleNotFoundError(f"no bundle at {root}: run `beautyrt export --out {root}` first (or pass --bundle DIR)")
+        raise BundleNotFoundError(
+            f"no bundle at {root}: run `beautyrt export --out {root}` first (or pass --bundle DIR)"
+        )
     if not mpath.is_file():
         raise BundleNotFoundError(f"{root} is not a beautyrt bundle (no {MANIFEST_NAME}); {REBUILD_HINT}")
     raw = mpath.read_bytes()
@@ -100,17 +104,25 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
     if version > FORMAT_VERSION:
         raise BundleVersionError(
             f"bundle format {version} was written by a newer beautyrt ({data.get('beautyrt_version', '?')}); "
-            f"this beautyrt reads format {FORMAT_VERSION}: upgrade beautyrt or {REBUILD_HINT}")
+            f"this beautyrt reads format {FORMAT_VERSION}: upgrade beautyrt or {REBUILD_HINT}"
+        )
     if version < FORMAT_VERSION:
-        raise BundleVersionError(f"bundle format {version} is older than this beautyrt's ({FORMAT_VERSION}); {REBUILD_HINT}")
+        raise BundleVersionError(
+            f"bundle format {version} is older than this beautyrt's ({FORMAT_VERSION}); {REBUILD_HINT}"
+        )
     models: dict[str, ModelEntry] = {}
     for role, m in _require(data, "models", "manifest").items():
         where = f"models.{role}"
         try:
-            entry = ModelEntry(role=role, file=str(_require(m, "file", where)), sha256=str(_require(m, "sha256", where)),
-                               inputs=spec_list(_require(m, "inputs", where)), outputs=spec_list(_require(m, "outputs", where)),
-                               normalisation=m.get("normalisation"),
-                               extra={k: v for k, v in m.items() if k not in ("file", "sha256", "inputs", "outputs", "normalisation")})
+            entry = ModelEntry(
+                role=role,
+                file=str(_require(m, "file", where)),
+                sha256=str(_require(m, "sha256", where)),
+                inputs=spec_list(_require(m, "inputs", where)),
+                outputs=spec_list(_require(m, "outputs", where)),
+                normalisation=m.get("normalisation"),
+                extra={k: v for k, v in m.items() if k not in ("file", "sha256", "inputs", "outputs", "normalisation")},
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleSchemaError(f"manifest: malformed {where} ({e}); {REBUILD_HINT}") from e
         fpath = root / entry.file
@@ -123,7 +135,8 @@ def load_manifest(bundle_dir: str | Path, verify_hashes: bool = True) -> Manifes
             if got != entry.sha256:
                 raise BundleIntegrityError(
                     f"bundle {root}: {entry.file} ({role}) does not match its sha256 in the manifest "
-                    f"(file changed after export or is truncated); {REBUILD_HINT}")
+                    f"(file changed after export or is truncated); {REBUILD_HINT}"
+                )
         models[role] = entry
     data = dict(data)
     data["_bundle_hash"] = hashlib.sha256(raw).hexdigest()

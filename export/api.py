@@ -1,4 +1,5 @@
 """Entry points of the export stage used by the CLI."""
+
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ def add_detector(ms: ModelSet, cache_dir: Optional[str | Path] = None) -> ModelS
             if not state:
                 state.update(export_mtcnn(d, cache_dir))
             return state[name]
+
         return fn
 
     for name in ("pnet", "rnet", "onet"):
@@ -29,10 +31,18 @@ def add_detector(ms: ModelSet, cache_dir: Optional[str | Path] = None) -> ModelS
     return ms
 
 
-def export_preset(preset: str, out: str | Path, *, seed: int = 0, overwrite: bool = False, detector: bool = True,
-                  cache_dir: Optional[str | Path] = None,
-                  progress: Optional[Callable[[str, int, int], None]] = None, identity: str = "preset",
-                  pack: Optional[str | Path] = None) -> Path:
+def export_preset(
+    preset: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    detector: bool = True,
+    cache_dir: Optional[str | Path] = None,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+    identity: str = "preset",
+    pack: Optional[str | Path] = None,
+) -> Path:
     """A preset's networks -> bundle; ``identity="dlib"`` uses dlib's trained face descriptor instead of the
     preset's random identity net. ``preset="demo"``: the committed self-trained demo pack
     (``export/demo_pack``, see ``beautyrt.export.demo_pack``; ``seed``/``identity`` do not apply), or with
@@ -58,14 +68,28 @@ def _file_record(ck) -> dict:
     from beautyrt.engines.manifest import sha256_file
 
     p = Path(ck.path)
-    return {"kind": ck.kind, "file": p.name, "sha256": sha256_file(p), **{k: v for k, v in ck.info.items() if k != "format"},
-            "format": ck.info.get("format", ck.kind)}
+    return {
+        "kind": ck.kind,
+        "file": p.name,
+        "sha256": sha256_file(p),
+        **{k: v for k, v in ck.info.items() if k != "format"},
+        "format": ck.info.get("format", ck.kind),
+    }
 
 
-def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Optional[str | Path] = None,
-                           identity: Optional[str | Path] = None, beauty: Optional[str | Path] = None,
-                           preset: Optional[str] = None, seed: int = 0, identity_spec=None, beauty_spec=None,
-                           identity_crop: Optional[str] = "psp", score_resolution: Optional[int] = None) -> ModelSet:
+def build_from_checkpoints(
+    *,
+    stylegan: Optional[str | Path] = None,
+    encoder: Optional[str | Path] = None,
+    identity: Optional[str | Path] = None,
+    beauty: Optional[str | Path] = None,
+    preset: Optional[str] = None,
+    seed: int = 0,
+    identity_spec=None,
+    beauty_spec=None,
+    identity_crop: Optional[str] = "psp",
+    score_resolution: Optional[int] = None,
+) -> ModelSet:
     """Users' checkpoints -> a ModelSet (what ``write_bundle`` exports).
 
     Every role comes from a checkpoint; a missing one falls back to ``preset``'s random-weight network of
@@ -89,9 +113,13 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
     def fb(role: str) -> ModelSet:
         nonlocal fallback
         if pre is None:
-            opt = {"generator": "--stylegan", "encoder": "--encoder", "identity": "--identity", "beauty": "--beauty"}[role]
-            raise CheckpointError(f"no {role} model: pass {opt} PATH, or --preset NAME to use that preset's "
-                                  f"random-weight {role} (for tests/benchmarks only)")
+            opt = {"generator": "--stylegan", "encoder": "--encoder", "identity": "--identity", "beauty": "--beauty"}[
+                role
+            ]
+            raise CheckpointError(
+                f"no {role} model: pass {opt} PATH, or --preset NAME to use that preset's "
+                f"random-weight {role} (for tests/benchmarks only)"
+            )
         if fallback is None:
             fallback = build_preset(pre, seed=seed)
         log.warning("%s: using preset %r random weights (no checkpoint given)", role, pre.name)
@@ -143,8 +171,10 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
     if ck_e is not None:
         enc, enc_norm = ck_e.encoder, ck_e.encoder_norm
         if (enc.num_ws, enc.w_dim) != (G.num_ws, G.w_dim):
-            raise CheckpointError(f"{ck_e.path}: encoder outputs W+ [{enc.num_ws}, {enc.w_dim}] but the generator takes "
-                                  f"[{G.num_ws}, {G.w_dim}]")
+            raise CheckpointError(
+                f"{ck_e.path}: encoder outputs W+ [{enc.num_ws}, {enc.w_dim}] but the generator takes "
+                f"[{G.num_ws}, {G.w_dim}]"
+            )
         source["roles"]["encoder"] = _file_record(ck_e)
     else:
         fb("encoder")
@@ -173,18 +203,37 @@ def build_from_checkpoints(*, stylegan: Optional[str | Path] = None, encoder: Op
     ident, ident_norm = role_part("identity", ck_i)
     beau, beau_norm = role_part("beauty", ck_b)
     defaults = dict(ck_i.objective_defaults) if ck_i is not None else {}
-    ms = ModelSet(generator=G, encoder=enc, beauty=beau, identity=ident, encoder_norm=enc_norm, beauty_norm=beau_norm,
-                  identity_norm=ident_norm, score_resolution=score_resolution, w_avg=np.asarray(w_avg, np.float32),
-                  w_std=w_std, crop={"method": "ffhq", "size": G.img_resolution}, source=source,
-                  parity_batches=(1, 3) if G.img_resolution <= 256 else (1, 2), objective_defaults=defaults,
-                  external=external)
+    ms = ModelSet(
+        generator=G,
+        encoder=enc,
+        beauty=beau,
+        identity=ident,
+        encoder_norm=enc_norm,
+        beauty_norm=beau_norm,
+        identity_norm=ident_norm,
+        score_resolution=score_resolution,
+        w_avg=np.asarray(w_avg, np.float32),
+        w_std=w_std,
+        crop={"method": "ffhq", "size": G.img_resolution},
+        source=source,
+        parity_batches=(1, 3) if G.img_resolution <= 256 else (1, 2),
+        objective_defaults=defaults,
+        external=external,
+    )
     return ms.eval()
 
 
-def export_checkpoints(out: str | Path, *, overwrite: bool = False, detector: bool = True,
-                       cache_dir: Optional[str | Path] = None,
-                       progress: Optional[Callable[[str, int, int], None]] = None, **kw) -> Path:
-    """``beautyrt export --stylegan/--encoder/--identity/--beauty``: checkpoints -> bundle (see build_from_checkpoints)."""
+def export_checkpoints(
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    detector: bool = True,
+    cache_dir: Optional[str | Path] = None,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+    **kw,
+) -> Path:
+    """``beautyrt export --stylegan/--encoder/--identity/--beauty``: checkpoints -> bundle
+    (see build_from_checkpoints)."""
     ms = build_from_checkpoints(**kw)
     if detector:
         add_detector(ms, cache_dir)

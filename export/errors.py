@@ -1,4 +1,5 @@
 """Errors of the export stage (exit codes 50..59)."""
+
 from __future__ import annotations
 
 from beautyrt.engines.errors import BeautyrtError, MissingDependencyError  # noqa: F401  (re-exported)

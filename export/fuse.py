@@ -23,6 +23,7 @@ without the synthesis, joined to the same external graph(s) and checked the same
 The bundle's own ``beauty``/``identity`` roles for such a model are the external graph behind a small
 front that takes the manifest's RGB ``image`` input (channels flipped in-graph for BGR models).
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,9 +84,9 @@ class Prepared:
 
     role: str
     ext: ExternalOnnx
-    model: object          # onnx.ModelProto, original opset
-    out_dim: int           # values per image: 1 for beauty, D for identity
-    batch_note: str        # "dynamic" or how a fixed batch was handled
+    model: object  # onnx.ModelProto, original opset
+    out_dim: int  # values per image: 1 for beauty, D for identity
+    batch_note: str  # "dynamic" or how a fixed batch was handled
     _orig: object = field(default=None, repr=False)
     _at_opset: dict = field(default_factory=dict, repr=False)  # target opset -> converted model (scorer, crop_scorer)
 
@@ -105,11 +106,21 @@ class Prepared:
     def normalisation(self) -> dict:
         """Manifest normalisation of the bundle's own role model (RGB input; see :func:`write_standalone`)."""
         mean, std = self.ext.spec.rgb_mean_std()
-        d = {"size": self.size, "color_order": "RGB", "layout": "NCHW", "value_scale": "pixel/255", "mean": mean, "std": std}
+        d = {
+            "size": self.size,
+            "color_order": "RGB",
+            "layout": "NCHW",
+            "value_scale": "pixel/255",
+            "mean": mean,
+            "std": std,
+        }
         fr = self.frame()
         if "crop_from_generator" in fr:
-            d.update(crop_from_generator=fr["crop_from_generator"], template=self.ext.spec.normalisation()["template"],
-                     template_size=self.size)
+            d.update(
+                crop_from_generator=fr["crop_from_generator"],
+                template=self.ext.spec.normalisation()["template"],
+                template_size=self.size,
+            )
         d["model_input"] = self.ext.spec.normalisation()  # the external model's own convention (for reference)
         return d
 
@@ -124,7 +135,7 @@ class Prepared:
         else:
             parts = []
             for i in range(0, len(x), b0):
-                chunk = x[i:i + b0]
+                chunk = x[i : i + b0]
                 n = len(chunk)
                 if n < b0:
                     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b0 - n, axis=0)])
@@ -163,14 +174,18 @@ def prepare_external(ext: ExternalOnnx, role: str, seed: int = 0) -> Prepared:
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path}: onnxruntime fails on a [{b0}, 3, {S}, {S}] input ({_short(e)})") from e
     if y.ndim == 0 or y.shape[0] != b0:
-        raise CheckpointError(f"{path}: output '{out}' has shape {list(y.shape)} for a batch of {b0}; "
-                              f"expected the batch first")
+        raise CheckpointError(
+            f"{path}: output '{out}' has shape {list(y.shape)} for a batch of {b0}; expected the batch first"
+        )
     per = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
     if role == "beauty" and per != 1:
-        raise CheckpointError(f"{path}: a beauty model must give one score per image ([N] or [N, 1]); "
-                              f"output '{out}' is {list(y.shape)}")
+        raise CheckpointError(
+            f"{path}: a beauty model must give one score per image ([N] or [N, 1]); output '{out}' is {list(y.shape)}"
+        )
     if role == "identity" and per < 2:
-        raise CheckpointError(f"{path}: an identity model must give an embedding per image; output '{out}' is {list(y.shape)}")
+        raise CheckpointError(
+            f"{path}: an identity model must give an embedding per image; output '{out}' is {list(y.shape)}"
+        )
     prep.out_dim = per
 
     g = model.graph
@@ -198,8 +213,10 @@ def _make_batch_dynamic(model, prep: Prepared, rng: np.random.Generator):
         if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == ext.batch:
             dims[0].dim_param = "batch"
     del m.graph.value_info[:]  # inferred shapes carry the old batch
-    why = ("the graph has the batch size built in (e.g. a Reshape to a fixed shape); re-export it with a symbolic "
-           "batch axis")
+    why = (
+        "the graph has the batch size built in (e.g. a Reshape to a fixed shape); re-export it with a symbolic "
+        "batch axis"
+    )
     S = ext.spec.size
     worst = 0.0
     try:
@@ -214,11 +231,14 @@ def _make_batch_dynamic(model, prep: Prepared, rng: np.random.Generator):
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{ext.path}: its input batch is fixed to {ext.batch} and making it symbolic fails "
-                              f"({_short(e)}): {why}") from e
+        raise CheckpointError(
+            f"{ext.path}: its input batch is fixed to {ext.batch} and making it symbolic fails ({_short(e)}): {why}"
+        ) from e
     if worst > 1e-4:
-        raise CheckpointError(f"{ext.path}: its input batch is fixed to {ext.batch} and at other batch sizes it gives "
-                              f"different results per image (rel. error {worst:.3g}): {why}")
+        raise CheckpointError(
+            f"{ext.path}: its input batch is fixed to {ext.batch} and at other batch sizes it gives "
+            f"different results per image (rel. error {worst:.3g}): {why}"
+        )
     return m
 
 
@@ -250,8 +270,12 @@ class CropFront(nn.Module):
                 self.nets[r] = net
                 self.frames[r] = dict(norm)
                 mean, std = norm["mean"], norm["std"]
-            self.register_buffer(f"{r}_mean", torch.tensor([float(v) for v in mean], dtype=torch.float32).reshape(1, 3, 1, 1))
-            self.register_buffer(f"{r}_std", torch.tensor([float(v) for v in std], dtype=torch.float32).reshape(1, 3, 1, 1))
+            self.register_buffer(
+                f"{r}_mean", torch.tensor([float(v) for v in mean], dtype=torch.float32).reshape(1, 3, 1, 1)
+            )
+            self.register_buffer(
+                f"{r}_std", torch.tensor([float(v) for v in std], dtype=torch.float32).reshape(1, 3, 1, 1)
+            )
 
     def output_names(self) -> list[str]:
         return [OUT_NAME[r] if r in self.nets else f"{r}_input" for r in self.roles]
@@ -360,27 +384,47 @@ def _check(name: str, ref: dict, got: dict, tolerance: float, batches, reference
     for key, (r_list, g_list) in ((k, (ref[k], got[k])) for k in ref):
         for r, o in zip(r_list, g_list):
             if r.shape != o.shape:
-                raise ParityError(f"{name}: output '{key}' is {list(o.shape)} in onnxruntime but {list(r.shape)} in the reference")
+                raise ParityError(
+                    f"{name}: output '{key}' is {list(o.shape)} in onnxruntime but {list(r.shape)} in the reference"
+                )
             a, rel = _rel_err(r, o)
             max_abs, max_rel = max(max_abs, a), max(max_rel, rel)
     parity = Parity(max_abs, max_rel, tolerance, list(batches))
     if not np.isfinite(max_rel) or max_rel > tolerance:
-        raise ParityError(f"{name}: onnxruntime differs from the reference by {max_abs:.3g} abs / {max_rel:.3g} rel "
-                          f"(tolerance {tolerance:g} rel)")
+        raise ParityError(
+            f"{name}: onnxruntime differs from the reference by {max_abs:.3g} abs / {max_rel:.3g} rel "
+            f"(tolerance {tolerance:g} rel)"
+        )
     log.info("parity %s: max abs %.3g, max rel %.3g", name, max_abs, max_rel)
     return {**parity.to_dict(), "reference": reference}
 
 
-def write_fused_scorer(d: Path, synthesis: nn.Module, score_resolution: int, torch_roles: dict, external: dict,
-                       make_inputs: Callable, tolerance: float, batches: Sequence[int], seed: int = 1234) -> tuple[Path, dict]:
+def write_fused_scorer(
+    d: Path,
+    synthesis: nn.Module,
+    score_resolution: int,
+    torch_roles: dict,
+    external: dict,
+    make_inputs: Callable,
+    tolerance: float,
+    batches: Sequence[int],
+    seed: int = 1234,
+) -> tuple[Path, dict]:
     """The ``scorer`` (``ws`` -> score, embedding): export the front half, join the external graph(s), check
     parity; returns (path, manifest extras)."""
     front_mod = FrontHalf(synthesis, score_resolution, torch_roles, external).eval()
     return _write_fused(d, "scorer", front_mod, external, make_inputs, tolerance, batches, seed)
 
 
-def write_fused_crop_scorer(d: Path, torch_roles: dict, external: dict, make_inputs: Callable, tolerance: float,
-                            batches: Sequence[int], seed: int = 1234) -> tuple[Path, dict]:
+def write_fused_crop_scorer(
+    d: Path,
+    torch_roles: dict,
+    external: dict,
+    make_inputs: Callable,
+    tolerance: float,
+    batches: Sequence[int],
+    seed: int = 1234,
+) -> tuple[Path, dict]:
     """The ``crop_scorer`` (``image`` [N, 3, R, R] in [-1, 1], the generator's crop -> score, embedding): the same
     per-role crop/normalise as the scorer's front half without the synthesis, joined to the same external
     graph(s); returns (path, manifest extras)."""
@@ -388,13 +432,26 @@ def write_fused_crop_scorer(d: Path, torch_roles: dict, external: dict, make_inp
     return _write_fused(d, "crop_scorer", front_mod, external, make_inputs, tolerance, batches, seed)
 
 
-def _write_fused(d: Path, name: str, front_mod: nn.Module, external: dict, make_inputs: Callable, tolerance: float,
-                 batches: Sequence[int], seed: int) -> tuple[Path, dict]:
+def _write_fused(
+    d: Path,
+    name: str,
+    front_mod: nn.Module,
+    external: dict,
+    make_inputs: Callable,
+    tolerance: float,
+    batches: Sequence[int],
+    seed: int,
+) -> tuple[Path, dict]:
     front_path = d / f".{name}_front.onnx"
     out = d / f"{name}.onnx"
     try:
-        export_onnx(front_mod, make_inputs(2, torch.Generator().manual_seed(0)), front_path, [front_mod.input_name],
-                    front_mod.output_names())
+        export_onnx(
+            front_mod,
+            make_inputs(2, torch.Generator().manual_seed(0)),
+            front_path,
+            [front_mod.input_name],
+            front_mod.output_names(),
+        )
         front = onnx.load(str(front_path))
     finally:
         front_path.unlink(missing_ok=True)
@@ -403,13 +460,27 @@ def _write_fused(d: Path, name: str, front_mod: nn.Module, external: dict, make_
     _save(merged, out)
 
     parity = fused_parity(front_mod, external, out, make_inputs, tolerance, batches, seed)
-    fused = {r: {**external[r].ext.record(), "opset": f"{_default_opset(external[r].model)} -> {opset}",
-                 "batch_handling": external[r].batch_note} for r in ROLES if r in external}
+    fused = {
+        r: {
+            **external[r].ext.record(),
+            "opset": f"{_default_opset(external[r].model)} -> {opset}",
+            "batch_handling": external[r].batch_note,
+        }
+        for r in ROLES
+        if r in external
+    }
     return out, {"parity": parity, "fused_external": fused, "front_opset": front_opset}
 
 
-def fused_parity(front_mod: nn.Module, external: dict, path: Path, make_inputs: Callable, tolerance: float,
-                 batches: Sequence[int], seed: int = 1234) -> dict:
+def fused_parity(
+    front_mod: nn.Module,
+    external: dict,
+    path: Path,
+    make_inputs: Callable,
+    tolerance: float,
+    batches: Sequence[int],
+    seed: int = 1234,
+) -> dict:
     """A fused model in onnxruntime vs its front half (:class:`FrontHalf` or :class:`CropFront`) in torch followed
     by the ORIGINAL external file(s) in onnxruntime, on the same random inputs at each batch size; ParityError
     above ``tolerance`` (relative)."""
@@ -424,13 +495,21 @@ def fused_parity(front_mod: nn.Module, external: dict, path: Path, make_inputs: 
             parts = dict(zip(names, front_mod(x)))
         for r in ROLES:
             key = OUT_NAME[r]
-            ref[key].append(external[r].run_original(parts[f"{r}_input"].numpy()) if r in external else parts[key].numpy())
+            ref[key].append(
+                external[r].run_original(parts[f"{r}_input"].numpy()) if r in external else parts[key].numpy()
+            )
         res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {front_mod.input_name: x.numpy()})))
         for key in ref:
             got[key].append(res[key])
-    return _check(path.name, ref, got, tolerance, batches,
-                  f"torch {torch.__version__} eager fp32 CPU front half ({front_mod.describe}), then the "
-                  f"external ONNX model(s) as-is in onnxruntime")
+    return _check(
+        path.name,
+        ref,
+        got,
+        tolerance,
+        batches,
+        f"torch {torch.__version__} eager fp32 CPU front half ({front_mod.describe}), then the "
+        f"external ONNX model(s) as-is in onnxruntime",
+    )
 
 
 def write_standalone(d: Path, prep: Prepared, tolerance: float, batches: Sequence[int], seed: int = 4321) -> dict:
@@ -447,8 +526,13 @@ def write_standalone(d: Path, prep: Prepared, tolerance: float, batches: Sequenc
         nodes.append(helper.make_node("Gather", ["image", idx.name], [io], axis=1, name="__rgb_to_bgr"))
     else:
         nodes.append(helper.make_node("Identity", ["image"], [io], name="__rgb"))
-    graph = helper.make_graph(nodes, "front", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, S, S])],
-                              [helper.make_tensor_value_info(io, TensorProto.FLOAT, ["batch", 3, S, S])], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "front",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, S, S])],
+        [helper.make_tensor_value_info(io, TensorProto.FLOAT, ["batch", 3, S, S])],
+        initializer=inits,
+    )
     front = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _default_opset(prep.model))])
     front.ir_version = prep.model.ir_version
     model, _ = _join(front, [(prep, io)], f"{role} model")
@@ -464,10 +548,22 @@ def write_standalone(d: Path, prep: Prepared, tolerance: float, batches: Sequenc
         xm = np.ascontiguousarray(x[:, ::-1]) if prep.ext.spec.color_order == "BGR" else x
         ref[OUT_NAME[role]].append(prep.run_original(xm))
         got[OUT_NAME[role]].append(sess.run([OUT_NAME[role]], {"image": x})[0])
-    parity = _check(path.name, ref, got, tolerance, batches, "the external ONNX model as-is in onnxruntime (channels "
-                    "reordered in numpy)")
+    parity = _check(
+        path.name,
+        ref,
+        got,
+        tolerance,
+        batches,
+        "the external ONNX model as-is in onnxruntime (channels reordered in numpy)",
+    )
     out_shape = ["batch"] if role == "beauty" else ["batch", prep.out_dim]
-    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-            "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 3, S, S]}],
-            "outputs": [{"name": OUT_NAME[role], "dtype": "float32", "shape": out_shape}],
-            "normalisation": prep.normalisation(), "parity": parity, "source": prep.ext.record()}
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 3, S, S]}],
+        "outputs": [{"name": OUT_NAME[role], "dtype": "float32", "shape": out_shape}],
+        "normalisation": prep.normalisation(),
+        "parity": parity,
+        "source": prep.ext.record(),
+    }

@@ -21,6 +21,7 @@ MobileNet was trained for face identification on VGGFace2, and its age/gender he
 (``age_gender_identity/age_gender_train.py``: ``DEX_IMDB_faces``); the upstream licence is not restated in
 the npm package.
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,12 +64,12 @@ MAX_MEMBER_BYTES = 64 << 20
 LICENCE = {
     "package": f"{SPEC} (npm)",
     "licence": "MIT",
-    "source_of_licence": "package/package.json (\"license\": \"MIT\") and package/LICENSE (MIT, (c) 2021 Vladimir Mandic)",
+    "source_of_licence": 'package/package.json ("license": "MIT") and package/LICENSE (MIT, (c) 2021 Vladimir Mandic)',
     "models": {
         "faceres": "HSE FaceRes (A. Savchenko, HSE_FaceRec_tf): MobileNet pre-trained for face identification on "
-                   "VGGFace2, age/gender heads trained on IMDB-Wiki faces; float16 weights",
+        "VGGFace2, age/gender heads trained on IMDB-Wiki faces; float16 weights",
         "faceres-deep": "the same HSE FaceRes graph with another float32 weight set (human's FaceID demo: 'higher "
-                        "resolution variation of faceres'); training data not stated separately",
+        "resolution variation of faceres'); training data not stated separately",
     },
     "sources_read": [
         "package/models/faceres.json: generatedBy https://github.com/HSE-asavchenko/HSE_FaceRec_tf",
@@ -95,8 +96,10 @@ def _check_tarball(path: Path) -> None:
     algo, _, want = TARBALL_INTEGRITY.partition("-")
     got = algo + "-" + base64.b64encode(_digest(path, algo)).decode()
     if got != TARBALL_INTEGRITY:
-        raise CheckpointError(f"{SPEC}: {path} does not match the registry's integrity {TARBALL_INTEGRITY[:24]}... "
-                              f"(got {got[:24]}...); delete it and retry")
+        raise CheckpointError(
+            f"{SPEC}: {path} does not match the registry's integrity {TARBALL_INTEGRITY[:24]}... "
+            f"(got {got[:24]}...); delete it and retry"
+        )
     sha = _digest(path, "sha256").hex()
     if sha != TARBALL_SHA256:
         raise CheckpointError(f"{SPEC}: {path} has sha256 {sha}, expected {TARBALL_SHA256}; delete it and retry")
@@ -113,8 +116,10 @@ def fetch_tarball(cache_dir: str | os.PathLike | None = None, download: bool = T
             raise CheckpointError(f"{SPEC}: {tgz} not found (download disabled)")
         npm = shutil.which("npm")
         if npm is None:
-            raise CheckpointError(f"{SPEC}: npm not found; install Node.js/npm, or put {TARBALL_NAME} "
-                                  f"('npm pack {SPEC}' elsewhere) into {cache}")
+            raise CheckpointError(
+                f"{SPEC}: npm not found; install Node.js/npm, or put {TARBALL_NAME} "
+                f"('npm pack {SPEC}' elsewhere) into {cache}"
+            )
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="beautyrt-npm-", dir=cache) as tmp:
             cmd = [npm, "pack", SPEC, "--ignore-scripts", "--json", "--pack-destination", tmp]
@@ -125,11 +130,16 @@ def fetch_tarball(cache_dir: str | os.PathLike | None = None, download: bool = T
                 raise CheckpointError(f"{SPEC}: could not run npm pack ({e})") from e
             got = Path(tmp) / TARBALL_NAME
             if res.returncode != 0 or not got.is_file():
-                lines = [ln.strip() for ln in (res.stderr or res.stdout or "").splitlines()
-                         if ln.strip() and "complete log of this run" not in ln]
+                lines = [
+                    ln.strip()
+                    for ln in (res.stderr or res.stdout or "").splitlines()
+                    if ln.strip() and "complete log of this run" not in ln
+                ]
                 tail = " / ".join(lines[:2]) if lines else "no output"
-                raise CheckpointError(f"{SPEC}: 'npm pack' failed (exit {res.returncode}: {tail[:200]}); check the "
-                                      f"npm registry is reachable, or put {TARBALL_NAME} into {cache} by hand")
+                raise CheckpointError(
+                    f"{SPEC}: 'npm pack' failed (exit {res.returncode}: {tail[:200]}); check the "
+                    f"npm registry is reachable, or put {TARBALL_NAME} into {cache} by hand"
+                )
             _check_tarball(got)
             os.replace(got, tgz)
         return tgz

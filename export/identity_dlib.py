@@ -11,6 +11,7 @@ Objective defaults: dlib's same-person rule is a Euclidean distance < 0.6 betwee
 is about 1.4 (measured), i.e. cosine > 1 - 0.6² / (2·1.4²) ≈ 0.91; that is the identity floor recorded in
 the manifest for bundles using this network, with the soft target at 0.95.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,15 +25,17 @@ from .nets.dlib_resnet import build_dlib_resnet
 
 # Mean positions of (left eye, right eye, nose, left mouth corner, right mouth corner) in the FFHQ crop, in
 # units of the crop side with pixel centres at integers (x / size). tests/bench/ffhq_landmarks.py, 223 faces.
-FFHQ_LANDMARKS_UNIT = np.array([
-    [0.37864, 0.47387],
-    [0.62063, 0.47253],
-    [0.49186, 0.61453],
-    [0.39356, 0.73671],
-    [0.60302, 0.73569],
-])
+FFHQ_LANDMARKS_UNIT = np.array(
+    [
+        [0.37864, 0.47387],
+        [0.62063, 0.47253],
+        [0.49186, 0.61453],
+        [0.39356, 0.73671],
+        [0.60302, 0.73569],
+    ]
+)
 DESCRIPTOR_NORM = 1.4
-DLIB_IDENTITY_FLOOR = round(1.0 - 0.6 ** 2 / (2 * DESCRIPTOR_NORM ** 2), 3)  # 0.908
+DLIB_IDENTITY_FLOOR = round(1.0 - 0.6**2 / (2 * DESCRIPTOR_NORM**2), 3)  # 0.908
 DLIB_IDENTITY_TARGET = 0.95
 
 
@@ -68,10 +71,14 @@ def dlib_identity(path: Optional[str] = None) -> tuple[nn.Module, dict, dict]:
     """(module, normalisation for ModelSet.identity_norm, objective defaults) for dlib's descriptor."""
     net = build_dlib_resnet(load_dlib_resnet(path)).eval()
     norm = {
-        "size": CHIP_SIZE, "mean": [0.0, 0.0, 0.0], "std": [1.0 / 255.0] * 3,
+        "size": CHIP_SIZE,
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0 / 255.0] * 3,
         "crop_from_generator": crop_theta(FFHQ_LANDMARKS_UNIT, DLIB_CHIP_TEMPLATE_5PT, CHIP_SIZE),
-        "template": DLIB_CHIP_TEMPLATE_5PT.tolist(), "template_size": CHIP_SIZE,
-        "model": "dlib_face_recognition_resnet_model_v1", "licence": DLIB_RESNET_LICENSE,
+        "template": DLIB_CHIP_TEMPLATE_5PT.tolist(),
+        "template_size": CHIP_SIZE,
+        "model": "dlib_face_recognition_resnet_model_v1",
+        "licence": DLIB_RESNET_LICENSE,
     }
     defaults = {"identity_floor": DLIB_IDENTITY_FLOOR, "identity_target": DLIB_IDENTITY_TARGET}
     return DlibIdentity(net), norm, defaults

@@ -6,6 +6,7 @@ the wheel is only *downloaded* (``pip download --no-deps``) into a cache and the
 checked against pinned sha256 hashes before anything is deserialised, and ``torch.load`` runs with
 ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,17 @@ def fetch_wheel(cache_dir: str | os.PathLike | None = None, download: bool = Tru
         if not download:
             raise CheckpointError(f"MTCNN weights: {wheel} not found (download disabled)")
         cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"facenet-pytorch=={FACENET_PYTORCH_VERSION}", "-d", str(cache)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"facenet-pytorch=={FACENET_PYTORCH_VERSION}",
+            "-d",
+            str(cache),
+        ]
         log.info("fetching MTCNN weights: %s", " ".join(cmd))
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -59,11 +69,11 @@ def fetch_wheel(cache_dir: str | os.PathLike | None = None, download: bool = Tru
             tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
             raise CheckpointError(
                 f"MTCNN weights: 'pip download facenet-pytorch=={FACENET_PYTORCH_VERSION}' failed "
-                f"(exit {res.returncode}: {tail[0]}); put {WHEEL_NAME} into {cache} by hand")
+                f"(exit {res.returncode}: {tail[0]}); put {WHEEL_NAME} into {cache} by hand"
+            )
     got = sha256_file(wheel)
     if got != WHEEL_SHA256:
-        raise CheckpointError(
-            f"MTCNN weights: {wheel} has sha256 {got}, expected {WHEEL_SHA256}; delete it and retry")
+        raise CheckpointError(f"MTCNN weights: {wheel} has sha256 {got}, expected {WHEEL_SHA256}; delete it and retry")
     return wheel
 
 

@@ -4,6 +4,7 @@ The dynamo exporter (opset 18) is used: the legacy TorchScript exporter cannot e
 modulated convolution's depthwise FIR with a symbolic batch ("kernel of unknown shape") and also folds
 constants into extra weight copies (149 MiB vs 108 MiB for a 256 px generator).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,13 +33,24 @@ class Parity:
     batches: list[int]
 
     def to_dict(self) -> dict:
-        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "tolerance": self.tolerance,
-                "batches": self.batches, "reference": f"torch {torch.__version__} eager, fp32, CPU"}
+        return {
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "tolerance": self.tolerance,
+            "batches": self.batches,
+            "reference": f"torch {torch.__version__} eager, fp32, CPU",
+        }
 
 
-def export_onnx(module: torch.nn.Module, example: Sequence[torch.Tensor], path: Path, input_names: Sequence[str],
-                output_names: Sequence[str], dynamic_dims: dict[str, dict[int, str]] | None = None,
-                optimize: bool = True) -> None:
+def export_onnx(
+    module: torch.nn.Module,
+    example: Sequence[torch.Tensor],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_dims: dict[str, dict[int, str]] | None = None,
+    optimize: bool = True,
+) -> None:
     """Export ``module`` (eval mode) to ``path``; the first axis of every input/output is "batch"."""
     module.eval()
     dyn = {n: {0: "batch"} for n in list(input_names)}
@@ -48,21 +60,33 @@ def export_onnx(module: torch.nn.Module, example: Sequence[torch.Tensor], path: 
     sink = io.StringIO()
     # torch's exporter logs "torchvision is not installed" warnings on its own loggers: quiet them for
     # the duration of the export only, and restore the caller's levels afterwards.
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export")]
+    quiet = [
+        logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export")
+    ]
     levels = [q.level for q in quiet]
     try:
         for q in quiet:
             q.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
-            prog = torch.onnx.export(module, tuple(example), dynamo=True, opset_version=OPSET,
-                                     input_names=list(input_names), output_names=list(output_names),
-                                     dynamic_shapes=dynamic_shapes, optimize=optimize, verbose=False,
-                                     external_data=False)
+            prog = torch.onnx.export(
+                module,
+                tuple(example),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes,
+                optimize=optimize,
+                verbose=False,
+                external_data=False,
+            )
             prog.save(str(path))
     except Exception as e:  # torch.onnx raises many types; report one line, keep the log for -v
         log.debug("exporter output:\n%s", sink.getvalue())
-        raise ExportError(f"ONNX export of {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        raise ExportError(
+            f"ONNX export of {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        ) from e
     finally:
         for q, lv in zip(quiet, levels):
             q.setLevel(lv)
@@ -89,9 +113,15 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def check_parity(module: torch.nn.Module, path: Path, make_inputs: Callable[[int, torch.Generator], Sequence[torch.Tensor]],
-                 input_names: Sequence[str], tolerance: float, batches: Sequence[int] = (1, 3),
-                 seed: int = 1234) -> Parity:
+def check_parity(
+    module: torch.nn.Module,
+    path: Path,
+    make_inputs: Callable[[int, torch.Generator], Sequence[torch.Tensor]],
+    input_names: Sequence[str],
+    tolerance: float,
+    batches: Sequence[int] = (1, 3),
+    seed: int = 1234,
+) -> Parity:
     """Run torch and onnxruntime on the same random inputs at several batch sizes; raise ParityError when
     the worst relative error (max abs error / max |reference|) exceeds ``tolerance``."""
     sess = ort_session(path)
@@ -112,7 +142,9 @@ def check_parity(module: torch.nn.Module, path: Path, make_inputs: Callable[[int
             max_rel = max(max_rel, err / max(float(np.abs(r).max()), 1e-6))
     parity = Parity(max_abs, max_rel, tolerance, list(batches))
     if not np.isfinite(max_rel) or max_rel > tolerance:
-        raise ParityError(f"{path.name}: onnxruntime differs from torch by {max_abs:.3g} abs / {max_rel:.3g} rel "
-                          f"(tolerance {tolerance:g} rel)")
+        raise ParityError(
+            f"{path.name}: onnxruntime differs from torch by {max_abs:.3g} abs / {max_rel:.3g} rel "
+            f"(tolerance {tolerance:g} rel)"
+        )
     log.info("parity %s: max abs %.3g, max rel %.3g", path.name, max_abs, max_rel)
     return parity

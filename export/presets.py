@@ -5,6 +5,7 @@ architectures with random weights for latency benchmarking (the FFHQ configs of 
 channel_base 16384 / 32768, channel_max 512, 8 mapping layers; a ResNet-18 beauty regressor at 224 px;
 an iresnet50 identity embedder at 112 px). Random weights make the numbers honest about cost only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,14 +32,16 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
-        name="tiny", description="32 px, a few hundred k params: exports in seconds, for tests",
+        name="tiny",
+        description="32 px, a few hundred k params: exports in seconds, for tests",
         generator=dict(z_dim=32, w_dim=32, img_resolution=32, channel_base=1024, channel_max=32, mapping_layers=2),
         encoder=dict(resolution=32, channels=(16, 16, 32, 32)),
         beauty=dict(resolution=32, widths=(16, 32), blocks=(1, 1), stem_stride=1),
         identity=dict(resolution=32, layers=(1, 1), widths=(16, 32), embedding_dim=32),
     ),
     "stylegan2-256": Preset(
-        name="stylegan2-256", description="StyleGAN2 256 px FFHQ config, ResNet-18 beauty, iresnet50 identity; random weights",
+        name="stylegan2-256",
+        description="StyleGAN2 256 px FFHQ config, ResNet-18 beauty, iresnet50 identity; random weights",
         generator=dict(z_dim=512, w_dim=512, img_resolution=256, channel_base=16384, channel_max=512),
         encoder=dict(resolution=256, channels=(32, 64, 128, 256)),
         beauty=dict(resolution=224),
@@ -46,7 +49,8 @@ PRESETS: dict[str, Preset] = {
         parity_batches=(1, 2),
     ),
     "stylegan2-1024": Preset(
-        name="stylegan2-1024", description="StyleGAN2 1024 px FFHQ config, ResNet-18 beauty, iresnet50 identity; random weights",
+        name="stylegan2-1024",
+        description="StyleGAN2 1024 px FFHQ config, ResNet-18 beauty, iresnet50 identity; random weights",
         generator=dict(z_dim=512, w_dim=512, img_resolution=1024, channel_base=32768, channel_max=512),
         encoder=dict(resolution=256, channels=(32, 64, 128, 256)),
         beauty=dict(resolution=224),

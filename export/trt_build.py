@@ -10,6 +10,7 @@ what the runtime checks before deserialising it::
 
 fp16 is only used when asked for (no silent precision changes). tensorrt is imported lazily.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,21 +37,24 @@ def require_tensorrt():
     try:
         import tensorrt
     except ImportError as e:
-        raise MissingDependencyError("TensorRT engines need the trt extra (tensorrt is not installed): "
-                                     "pip install 'beautyrt[trt]'") from e
+        raise MissingDependencyError(
+            "TensorRT engines need the trt extra (tensorrt is not installed): pip install 'beautyrt[trt]'"
+        ) from e
     try:
         from cuda.bindings import runtime  # noqa: F401
     except ImportError:
         try:
             from cuda import cudart  # noqa: F401
         except ImportError as e:
-            raise MissingDependencyError("TensorRT engines need the trt extra (cuda-python is not installed): "
-                                         "pip install 'beautyrt[trt]'") from e
+            raise MissingDependencyError(
+                "TensorRT engines need the trt extra (cuda-python is not installed): pip install 'beautyrt[trt]'"
+            ) from e
     return tensorrt
 
 
-def plan_profiles(models: dict, scorer_batch: int = 16, max_batch: int = 8, opt_batch: int = 1,
-                  roles: Iterable[str] = TRT_ROLES) -> dict:
+def plan_profiles(
+    models: dict, scorer_batch: int = 16, max_batch: int = 8, opt_batch: int = 1, roles: Iterable[str] = TRT_ROLES
+) -> dict:
     """{role: {input: {"min", "opt", "max"}}} from the manifest's tensor specs. Only the batch axis may be
     symbolic; the scorers' batch is fixed to ``scorer_batch`` (the population; other batches are padded or
     chunked by the engine, see ``engines.base.run_in_batches``)."""
@@ -64,8 +68,9 @@ def plan_profiles(models: dict, scorer_batch: int = 16, max_batch: int = 8, opt_
         for spec in models[role]["inputs"]:
             shape = list(spec["shape"])
             if any(isinstance(d, str) for d in shape[1:]):
-                raise ExportError(f"{role}: input {spec['name']} has symbolic non-batch dims {shape}; "
-                                  f"no TensorRT profile for it")
+                raise ExportError(
+                    f"{role}: input {spec['name']} has symbolic non-batch dims {shape}; no TensorRT profile for it"
+                )
             if role in STATIC_ROLES:
                 lo = opt = hi = scorer_batch
             else:
@@ -93,9 +98,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build_engines(bundle_dir: str | Path, *, fp16: bool = False, scorer_batch: int = 16, max_batch: int = 8,
-                  roles: Iterable[str] = TRT_ROLES, timing_cache: Optional[str | Path] = None,
-                  device_id: int = 0) -> dict:
+def build_engines(
+    bundle_dir: str | Path,
+    *,
+    fp16: bool = False,
+    scorer_batch: int = 16,
+    max_batch: int = 8,
+    roles: Iterable[str] = TRT_ROLES,
+    timing_cache: Optional[str | Path] = None,
+    device_id: int = 0,
+) -> dict:
     """Build a plan per role into the bundle and record it in the manifest; returns {role: trt record}."""
     trt = require_tensorrt()
     man = load_manifest(bundle_dir)
@@ -111,7 +123,11 @@ def build_engines(bundle_dir: str | Path, *, fp16: bool = False, scorer_batch: i
     cache = None
     for role, prof in profiles.items():
         onnx_path = root / data["models"][role]["file"]
-        flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        flags = (
+            0
+            if int(trt.__version__.split(".")[0]) >= 10
+            else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        )
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
@@ -133,9 +149,17 @@ def build_engines(bundle_dir: str | Path, *, fp16: bool = False, scorer_batch: i
             raise ExportError(f"TensorRT failed to build an engine for {role} (see the log with -v)")
         plan_path = root / f"{role}.plan"
         _write_atomic(plan_path, bytes(plan))
-        records[role] = {"file": plan_path.name, "sha256": sha256_file(plan_path), "bytes": plan_path.stat().st_size,
-                         "tensorrt": trt.__version__, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
-                         "profile": prof, "fp16": bool(fp16), "device_id": device_id}
+        records[role] = {
+            "file": plan_path.name,
+            "sha256": sha256_file(plan_path),
+            "bytes": plan_path.stat().st_size,
+            "tensorrt": trt.__version__,
+            "gpu": gpu["name"],
+            "compute_capability": gpu["compute_capability"],
+            "profile": prof,
+            "fp16": bool(fp16),
+            "device_id": device_id,
+        }
         cache_bytes = bytes(cache.serialize())
     if cache is not None:
         _write_atomic(cache_path, bytes(cache.serialize()))

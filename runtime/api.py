@@ -1,11 +1,12 @@
 """The Python API in one place: what the CLI and embedding servers call.
 
-    from beautyrt.runtime.api import Beautifier, Settings
-    with Beautifier("~/.cache/beautyrt/default") as b:
-        result = b.optimize("photo.jpg", Settings(generations=20, seed=1))
-        result.image        # uint8 RGB, the whole photo with the face edited
-        result.report()     # JSON-able dict: scores, identity, history, timings, settings, bundle hash
+from beautyrt.runtime.api import Beautifier, Settings
+with Beautifier("~/.cache/beautyrt/default") as b:
+    result = b.optimize("photo.jpg", Settings(generations=20, seed=1))
+    result.image        # uint8 RGB, the whole photo with the face edited
+    result.report()     # JSON-able dict: scores, identity, history, timings, settings, bundle hash
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,13 +33,25 @@ from .types import Result
 
 log = logging.getLogger("beautyrt")
 
-__all__ = ["Beautifier", "Settings", "ObjectiveWeights", "Result", "optimize_file", "provenance", "doctor_report",
-           "beautyrt_version", "require_export_extra", "without_timings", "TIMING_KEYS", "encode"]
+__all__ = [
+    "Beautifier",
+    "Settings",
+    "ObjectiveWeights",
+    "Result",
+    "optimize_file",
+    "provenance",
+    "doctor_report",
+    "beautyrt_version",
+    "require_export_extra",
+    "without_timings",
+    "TIMING_KEYS",
+    "encode",
+]
 
 # The only fields of a report that depend on the clock. Everything else is a function of (input, bundle,
 # settings incl. seed, backend/device) and is reproduced exactly; compare reports through without_timings().
-TIMING_KEYS = ("timings",)             # top level
-HISTORY_TIMING_KEYS = ("seconds",)     # per generation
+TIMING_KEYS = ("timings",)  # top level
+HISTORY_TIMING_KEYS = ("seconds",)  # per generation
 
 
 def without_timings(report: dict) -> dict:
@@ -50,12 +63,24 @@ def without_timings(report: dict) -> dict:
     return rep
 
 
-def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, settings: Optional[Settings] = None,
-                  aligned: bool = False, report_path: Optional[str | Path] = None, quality: int = 95,
-                  device: str = "auto", threads: Optional[int] = None, progress: Optional[Progress] = None,
-                  side_by_side_path: Optional[str | Path] = None, plot_path: Optional[str | Path] = None,
-                  beautifier: Optional[Beautifier] = None, backend: str = DEFAULT_BACKEND,
-                  cancel: Optional[CancelCheck] = None) -> dict:
+def optimize_file(
+    image: str | Path,
+    out: str | Path,
+    *,
+    bundle: str | Path,
+    settings: Optional[Settings] = None,
+    aligned: bool = False,
+    report_path: Optional[str | Path] = None,
+    quality: int = 95,
+    device: str = "auto",
+    threads: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    side_by_side_path: Optional[str | Path] = None,
+    plot_path: Optional[str | Path] = None,
+    beautifier: Optional[Beautifier] = None,
+    backend: str = DEFAULT_BACKEND,
+    cancel: Optional[CancelCheck] = None,
+) -> dict:
     """Optimise one photo file and write the output image (and report, before|after sheet, plot); returns the
     report. Every output location is checked before any work, and the outputs are written all-or-nothing:
     after a failure nothing new is left on disk (no output, no temporary file). ``beautifier``: an already
@@ -85,7 +110,9 @@ def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, set
     result.timings["encode"] = time.perf_counter() - t0
     result.timings["total"] = result.timings.get("total", 0.0) + result.timings["encode"]
     rep = result.report()
-    rep.update({"input": str(image), "output": str(out), "beautyrt_version": beautyrt_version(), "aligned_input": aligned})
+    rep.update(
+        {"input": str(image), "output": str(out), "beautyrt_version": beautyrt_version(), "aligned_input": aligned}
+    )
     if report_path is not None:
         writes.append((report_path, (json.dumps(rep, indent=1) + "\n").encode()))
     if side_by_side_path is not None or plot_path is not None:
@@ -93,11 +120,14 @@ def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, set
 
         if side_by_side_path is not None:
             sheet = side_by_side(rgb, result.image, rep)
-            writes.append((side_by_side_path, encode_image(sheet, output_format(side_by_side_path), quality, text, xmp)))
+            writes.append(
+                (side_by_side_path, encode_image(sheet, output_format(side_by_side_path), quality, text, xmp))
+            )
         if plot_path is not None:
             plot = history_plot(result.history, identity_floor=result.settings.weights.identity_floor)
-            writes.append((plot_path, encode_image(plot, output_format(plot_path), quality,
-                                                   {"Software": text["Software"]})))
+            writes.append(
+                (plot_path, encode_image(plot, output_format(plot_path), quality, {"Software": text["Software"]}))
+            )
     atomic_write_many(writes)
     return rep
 
@@ -105,15 +135,19 @@ def optimize_file(image: str | Path, out: str | Path, *, bundle: str | Path, set
 def require_export_extra() -> None:
     missing = [m for m in ("torch", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingDependencyError(f"`beautyrt export` needs the export extra ({', '.join(missing)} missing): "
-                                     f"pip install 'beautyrt[export]'")
+        raise MissingDependencyError(
+            f"`beautyrt export` needs the export extra ({', '.join(missing)} missing): pip install 'beautyrt[export]'"
+        )
 
 
 def doctor_report(bundle: str | Path) -> dict:
     from beautyrt.engines.backends.ort import probe_providers
 
-    rep: dict = {"beautyrt": beautyrt_version(), "python": platform.python_version(),
-                 "platform": f"{platform.system()} {platform.machine()}"}
+    rep: dict = {
+        "beautyrt": beautyrt_version(),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
     for pkg in ("numpy", "pillow", "cma", "onnxruntime", "onnxruntime-gpu", "torch", "onnx", "tensorrt"):
         try:
             rep[pkg] = version(pkg)
@@ -124,9 +158,15 @@ def doctor_report(bundle: str | Path) -> dict:
         from beautyrt.engines import load_manifest
 
         m = load_manifest(bundle)
-        rep["bundle"] = {"ok": True, "path": str(m.root), "hash": m.bundle_hash, "roles": sorted(m.models),
-                         "source": m.data.get("source"), "resolution": (m.data.get("generator") or {}).get("resolution"),
-                         "exported_with": m.data.get("versions")}
+        rep["bundle"] = {
+            "ok": True,
+            "path": str(m.root),
+            "hash": m.bundle_hash,
+            "roles": sorted(m.models),
+            "source": m.data.get("source"),
+            "resolution": (m.data.get("generator") or {}).get("resolution"),
+            "exported_with": m.data.get("versions"),
+        }
     except BeautyrtError as e:
         rep["bundle"] = {"ok": False, "path": str(bundle), "error": str(e), "exit_code": e.exit_code}
     return rep

@@ -9,6 +9,7 @@ be run from several threads at once, so one instance can serve many threads. Eve
 (search, RNG, buffers) local, and the search RNG is seeded from ``Settings.seed``, so a given input and seed give
 the same result in any thread.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,7 @@ from beautyrt.engines import DEFAULT_BACKEND
 
 from .bundle import Models
 from .ops.imageio import ImageLike
-from .settings import Settings, check_float, resolve
-from .settings import STRENGTH_RANGE
+from .settings import STRENGTH_RANGE, Settings, check_float, resolve
 from .stages import align as align_stage
 from .stages import compose as compose_stage
 from .stages import decode as decode_stage
@@ -39,10 +39,19 @@ log = logging.getLogger("beautyrt")
 class Beautifier:
     """Load a bundle once; call :meth:`optimize` on photos, :meth:`compose` to re-render at another strength."""
 
-    def __init__(self, bundle: str | Path, *, backend: str = DEFAULT_BACKEND, device: str = "auto",
-                 device_id: int = 0, threads: Optional[int] = None, cache_dir: Optional[str | Path] = None):
-        self.models = Models(bundle, backend=backend, device=device, device_id=device_id, threads=threads,
-                             cache_dir=cache_dir)
+    def __init__(
+        self,
+        bundle: str | Path,
+        *,
+        backend: str = DEFAULT_BACKEND,
+        device: str = "auto",
+        device_id: int = 0,
+        threads: Optional[int] = None,
+        cache_dir: Optional[str | Path] = None,
+    ):
+        self.models = Models(
+            bundle, backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir
+        )
         g = self.models.generator
         self.manifest = self.models.manifest
         self.resolution, self.num_ws, self.w_dim = g.resolution, g.num_ws, g.w_dim
@@ -81,15 +90,20 @@ class Beautifier:
             from .errors import UsageError
 
             raise UsageError(f"settings must be a beautyrt Settings, got {type(settings).__name__}")
-        return resolve(settings or Settings(), search_defaults=self.models.search_defaults,
-                       objective_defaults=self.models.objective_defaults,
-                       can_score_output=self.models.can_score_crops)
+        return resolve(
+            settings or Settings(),
+            search_defaults=self.models.search_defaults,
+            objective_defaults=self.models.objective_defaults,
+            can_score_output=self.models.can_score_crops,
+        )
 
     def detect(self, rgb, min_face: float = 40.0) -> list[Face]:
         """Faces in ``rgb`` (an image or a decoded photo), largest first."""
         return detect_stage.detect(self.models, decode_stage.decode(rgb), min_face)
 
-    def faces_to_edit(self, photo, settings: Settings, aligned: bool, timer: StageTimer) -> tuple[list[AlignedFace], int]:
+    def faces_to_edit(
+        self, photo, settings: Settings, aligned: bool, timer: StageTimer
+    ) -> tuple[list[AlignedFace], int]:
         """The aligned faces the settings ask for, and how many faces were found (decode -> detect -> align)."""
         if aligned:
             return [align_stage.aligned_input(photo, self.resolution)], 0
@@ -99,19 +113,34 @@ class Beautifier:
         with timer("align"):
             return [align_stage.align(photo, faces[i], self.resolution, index=i) for i in chosen], len(faces)
 
-    def edit_face(self, aligned: AlignedFace, settings: Settings, timer: StageTimer, *,
-                  progress: Optional[Progress] = None, cancel: Optional[CancelCheck] = None) -> FaceEdit:
+    def edit_face(
+        self,
+        aligned: AlignedFace,
+        settings: Settings,
+        timer: StageTimer,
+        *,
+        progress: Optional[Progress] = None,
+        cancel: Optional[CancelCheck] = None,
+    ) -> FaceEdit:
         """invert -> search -> the face's edit (``settings`` resolved)."""
         with timer("invert"):
             inv = invert_stage.invert(self.models, aligned)
-        outcome = search_stage.search(self.models, aligned, inv, settings, timer=timer, progress=progress,
-                                      cancel=cancel)
+        outcome = search_stage.search(
+            self.models, aligned, inv, settings, timer=timer, progress=progress, cancel=cancel
+        )
         with timer("synthesize"):
             edit = compose_stage.render_edit(self.models, inv, outcome, settings)
         return FaceEdit(aligned=aligned, inversion=inv, outcome=outcome, edit=edit)
 
-    def optimize(self, image: ImageLike, settings: Optional[Settings] = None, *, aligned: bool = False,
-                 progress: Optional[Progress] = None, cancel: Optional[CancelCheck] = None) -> Result:
+    def optimize(
+        self,
+        image: ImageLike,
+        settings: Optional[Settings] = None,
+        *,
+        aligned: bool = False,
+        progress: Optional[Progress] = None,
+        cancel: Optional[CancelCheck] = None,
+    ) -> Result:
         """Beautify the face (faces, with ``all_faces``) of ``image``. ``progress(generation, total, best)`` is
         called after each generation; ``cancel()`` before each one (True raises ``Cancelled``)."""
         s = self.resolve(settings)
@@ -124,8 +153,16 @@ class Beautifier:
             image_out = compose_stage.compose_photo(photo, [(f.aligned, f.edit) for f in edits], s.strength)
         timings = timer.summary()
         timings["load_bundle"] = self.load_seconds
-        return Result(image=image_out, photo=photo, faces=edits, settings=s, bundle_hash=self.bundle_hash,
-                      timings=timings, faces_found=found, result_id=result_id(self.bundle_hash, s, photo.rgb))
+        return Result(
+            image=image_out,
+            photo=photo,
+            faces=edits,
+            settings=s,
+            bundle_hash=self.bundle_hash,
+            timings=timings,
+            faces_found=found,
+            result_id=result_id(self.bundle_hash, s, photo.rgb),
+        )
 
     def compose(self, result: Result, strength: float) -> Result:
         """The same result re-rendered at ``strength`` (0..2) without searching again: only the compose stage runs."""
@@ -139,8 +176,13 @@ class Beautifier:
         with timer("compose"):
             image_out = compose_stage.compose_photo(result.photo, [(f.aligned, f.edit) for f in result.faces], strength)
         timings = {**result.timings, "compose": timer.summary()["compose"]}
-        return dataclasses.replace(result, image=image_out, settings=s, timings=timings,
-                                   result_id=result_id(self.bundle_hash, s, result.photo.rgb))
+        return dataclasses.replace(
+            result,
+            image=image_out,
+            settings=s,
+            timings=timings,
+            result_id=result_id(self.bundle_hash, s, result.photo.rgb),
+        )
 
 
 def result_id(bundle_hash: str, settings: Settings, rgb) -> str:

@@ -6,6 +6,7 @@ the face/latent meaning on top, still BEFORE any model is deserialised: the gene
 W+ shape, w_avg / w_std, layer groups), the required roles, and that the roles' tensor shapes agree with the
 generator. Then :class:`Models` opens every role it will use with the backend chosen per role.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,15 +52,20 @@ class GeneratorSpec:
         def integer(key: str, lo: int, hi: int) -> int:
             v = gen.get(key)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise BundleSchemaError(f"manifest: generator.{key} must be an integer in {lo}..{hi}, got {v!r}; {REBUILD}")
+                raise BundleSchemaError(
+                    f"manifest: generator.{key} must be an integer in {lo}..{hi}, got {v!r}; {REBUILD}"
+                )
             return v
 
         res, num_ws, w_dim = integer("resolution", 4, 4096), integer("num_ws", 1, 64), integer("w_dim", 1, 4096)
 
         def vector(key: str, positive: bool) -> np.ndarray:
             v = gen.get(key)
-            if not isinstance(v, list) or len(v) != w_dim or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            if (
+                not isinstance(v, list)
+                or len(v) != w_dim
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            ):
                 raise BundleSchemaError(f"manifest: generator.{key} must be {w_dim} finite numbers (w_dim); {REBUILD}")
             a = np.asarray(v, np.float32)
             if positive and not np.all(a > 0):
@@ -68,21 +74,33 @@ class GeneratorSpec:
 
         groups = gen.get("groups")
         if not isinstance(groups, Mapping) or not all(
-                isinstance(ix, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_ws for i in ix)
-                for ix in groups.values()):
-            raise BundleSchemaError(f"manifest: generator.groups must map names to layer indices in 0..{num_ws - 1}; "
-                                    f"{REBUILD}")
-        return cls(res, num_ws, w_dim, vector("w_avg", False), vector("w_std", True),
-                   {str(k): list(v) for k, v in groups.items()})
+            isinstance(ix, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_ws for i in ix)
+            for ix in groups.values()
+        ):
+            raise BundleSchemaError(
+                f"manifest: generator.groups must map names to layer indices in 0..{num_ws - 1}; {REBUILD}"
+            )
+        return cls(
+            res,
+            num_ws,
+            w_dim,
+            vector("w_avg", False),
+            vector("w_std", True),
+            {str(k): list(v) for k, v in groups.items()},
+        )
 
 
 def check_role_shapes(manifest: Manifest, gen: GeneratorSpec) -> None:
     """Refuse (before any model is loaded) a manifest whose W+ / image specs disagree with its generator: the
     pipeline feeds the encoder's ``ws`` to the scorer and the synthesis, and reads ``resolution`` px images."""
     R = gen.resolution
-    want = {("encoder", "outputs", "ws"): (gen.num_ws, gen.w_dim), ("scorer", "inputs", "ws"): (gen.num_ws, gen.w_dim),
-            ("synthesis", "inputs", "ws"): (gen.num_ws, gen.w_dim), ("synthesis", "outputs", "image"): (3, R, R),
-            ("crop_scorer", "inputs", "image"): (3, R, R)}
+    want = {
+        ("encoder", "outputs", "ws"): (gen.num_ws, gen.w_dim),
+        ("scorer", "inputs", "ws"): (gen.num_ws, gen.w_dim),
+        ("synthesis", "inputs", "ws"): (gen.num_ws, gen.w_dim),
+        ("synthesis", "outputs", "image"): (3, R, R),
+        ("crop_scorer", "inputs", "image"): (3, R, R),
+    }
     for (role, side, name), dims in want.items():
         if not manifest.has(role):
             continue
@@ -90,16 +108,26 @@ def check_role_shapes(manifest: Manifest, gen: GeneratorSpec) -> None:
         got = specs.get(name)
         if got is None or tuple(got.shape[1:]) != dims or not isinstance(got.shape[0], str):
             shape = list(got.shape) if got is not None else "absent"
-            raise BundleSchemaError(f"manifest: {role} {side[:-1]} '{name}' has shape {shape} but the generator's is "
-                                    f"[batch, {', '.join(map(str, dims))}] with a symbolic batch; {REBUILD}")
+            raise BundleSchemaError(
+                f"manifest: {role} {side[:-1]} '{name}' has shape {shape} but the generator's is "
+                f"[batch, {', '.join(map(str, dims))}] with a symbolic batch; {REBUILD}"
+            )
 
 
 class Models:
     """A bundle's engines for the beautifier, loaded once. Thread-safe to share (engines are; the rest is
     immutable). ``backend``: ``auto`` | ``ort`` | ``tensorrt`` (per role, see ``beautyrt.engines.backends``)."""
 
-    def __init__(self, bundle: str | Path, *, backend: str = DEFAULT_BACKEND, device: str = "auto",
-                 device_id: int = 0, threads: Optional[int] = None, cache_dir: Optional[str | Path] = None):
+    def __init__(
+        self,
+        bundle: str | Path,
+        *,
+        backend: str = DEFAULT_BACKEND,
+        device: str = "auto",
+        device_id: int = 0,
+        threads: Optional[int] = None,
+        cache_dir: Optional[str | Path] = None,
+    ):
         t0 = time.perf_counter()
         self.manifest = m = load_manifest(bundle)
         for role in REQUIRED_ROLES:
@@ -119,17 +147,23 @@ class Models:
         if not self.encoder_norm:
             raise BundleSchemaError(f"manifest: encoder has no normalisation; {REBUILD}")
         self.direction = self._direction() if m.has(DIRECTION_ROLE) else None
-        self.engines: dict[str, Engine] = open_engines(m, roles, backend=backend, device=device, device_id=device_id,
-                                                       threads=threads, cache_dir=cache_dir)
+        self.engines: dict[str, Engine] = open_engines(
+            m, roles, backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir
+        )
         if has_detector:
             from .ops.mtcnn import MTCNNDetector
 
             self.detector_norm = m.model("detector_pnet").normalisation
             self._mtcnn = MTCNNDetector
         self.load_seconds = time.perf_counter() - t0
-        log.debug("bundle %s loaded in %.2fs (%s)", m.root, self.load_seconds,
-                  ", ".join(f"{k}: {getattr(e, 'providers', [getattr(e, 'backend', '?')])[0]}"
-                            for k, e in self.engines.items()))
+        log.debug(
+            "bundle %s loaded in %.2fs (%s)",
+            m.root,
+            self.load_seconds,
+            ", ".join(
+                f"{k}: {getattr(e, 'providers', [getattr(e, 'backend', '?')])[0]}" for k, e in self.engines.items()
+            ),
+        )
 
     def _image_model_norms(self) -> dict:
         """{"beauty": norm, "identity": norm} when both standalone models take the generator's FFHQ crop
@@ -139,8 +173,12 @@ class Models:
             if not self.manifest.has(role):
                 return {}
             n = self.manifest.model(role).normalisation or {}
-            if (not n or n.get("crop_from_generator") is not None or n.get("color_order", "RGB") != "RGB"
-                    or n.get("layout", "NCHW") != "NCHW"):
+            if (
+                not n
+                or n.get("crop_from_generator") is not None
+                or n.get("color_order", "RGB") != "RGB"
+                or n.get("layout", "NCHW") != "NCHW"
+            ):
                 return {}
             norms[role] = n
         return norms
@@ -153,11 +191,14 @@ class Models:
         try:
             d = np.load(path, allow_pickle=False).astype(np.float32)
         except (ValueError, OSError) as e:
-            raise BundleIntegrityError(f"bundle {self.manifest.root}: {path.name} is not a plain .npy array ({e}); "
-                                       f"{REBUILD}") from e
+            raise BundleIntegrityError(
+                f"bundle {self.manifest.root}: {path.name} is not a plain .npy array ({e}); {REBUILD}"
+            ) from e
         if d.shape != (self.generator.w_dim,) or not np.all(np.isfinite(d)) or not np.any(d):
-            raise BundleSchemaError(f"bundle {self.manifest.root}: beauty_direction has shape {list(d.shape)}, expected "
-                                    f"[{self.generator.w_dim}] finite and non-zero; {REBUILD}")
+            raise BundleSchemaError(
+                f"bundle {self.manifest.root}: beauty_direction has shape {list(d.shape)}, expected "
+                f"[{self.generator.w_dim}] finite and non-zero; {REBUILD}"
+            )
         return d / float(np.linalg.norm(d))
 
     # ------------------------------------------------------------------------------------------------
@@ -186,10 +227,17 @@ class Models:
         from .errors import UsageError
 
         if not self.has_detector:
-            raise UsageError("this bundle has no face detector: pass an aligned face crop (--aligned) "
-                             "or re-export the bundle with the detector")
-        return self._mtcnn(self.engines["detector_pnet"], self.engines["detector_rnet"], self.engines["detector_onet"],
-                           min_face=min_face, normalisation=self.detector_norm)
+            raise UsageError(
+                "this bundle has no face detector: pass an aligned face crop (--aligned) "
+                "or re-export the bundle with the detector"
+            )
+        return self._mtcnn(
+            self.engines["detector_pnet"],
+            self.engines["detector_rnet"],
+            self.engines["detector_onet"],
+            min_face=min_face,
+            normalisation=self.detector_norm,
+        )
 
     def synthesize(self, ws: np.ndarray) -> np.ndarray:
         """(n, num_ws, w_dim) float32 -> (n, 3, R, R) float32 in [-1, 1]."""
@@ -205,8 +253,10 @@ class Models:
             from .errors import UsageError
 
             raise UsageError("this bundle cannot score crops in the generator's frame (use --score-on generated)")
-        return {key: self.engines[role].run({"image": normalise_unit(x, self.image_norms[role])})[key]
-                for role, key in (("beauty", "score"), ("identity", "embedding"))}
+        return {
+            key: self.engines[role].run({"image": normalise_unit(x, self.image_norms[role])})[key]
+            for role, key in (("beauty", "score"), ("identity", "embedding"))
+        }
 
     def score_latents(self, ws: np.ndarray) -> dict[str, np.ndarray]:
         """The fused scorer on G(ws): (n, num_ws, w_dim) -> {"score", "embedding"}."""

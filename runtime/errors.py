@@ -1,4 +1,5 @@
 """Errors about the user's images, faces and outputs (exit codes 30..49)."""
+
 from __future__ import annotations
 
 from beautyrt.engines.errors import BeautyrtError, UsageError  # noqa: F401  (re-exported)

@@ -10,6 +10,7 @@ For a candidate x (search coordinates, in units of the per-dimension std of W):
 CMA-ES minimises -J. The result is the feasible candidate (cos >= identity_floor) with the highest beauty
 score seen; the start itself is feasible, so the result never scores below the start.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -31,15 +32,16 @@ class ObjectiveWeights:
     """Objective settings; a field left None takes the bundle's recommendation (manifest
     ``objective_defaults``, which fits its identity network), else ``DEFAULT_WEIGHTS``."""
 
-    identity_floor: Optional[float] = None   # hard: candidates below this cosine are never chosen
+    identity_floor: Optional[float] = None  # hard: candidates below this cosine are never chosen
     identity_target: Optional[float] = None  # soft: below this, the penalty grows linearly
     identity_weight: Optional[float] = None  # score points per unit of cosine below the target
-    latent_weight: Optional[float] = None    # score points per unit of mean squared step (in W std units)
+    latent_weight: Optional[float] = None  # score points per unit of mean squared step (in W std units)
 
     def resolved(self, bundle_defaults: Optional[Mapping[str, float]] = None) -> "ObjectiveWeights":
         base = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in (bundle_defaults or {}).items() if k in DEFAULT_WEIGHTS}}
-        return ObjectiveWeights(**{k: (base[k] if getattr(self, k) is None else float(getattr(self, k)))
-                                   for k in DEFAULT_WEIGHTS}).validate()
+        return ObjectiveWeights(
+            **{k: (base[k] if getattr(self, k) is None else float(getattr(self, k))) for k in DEFAULT_WEIGHTS}
+        ).validate()
 
     def validate(self) -> "ObjectiveWeights":
         from .settings import check_float
@@ -75,8 +77,14 @@ class LatentSpace:
     * ``wplus``: every layer on its own (D = num_ws * w_dim).
     """
 
-    def __init__(self, space: str, num_ws: int, w_dim: int, w_std: "Sequence[float] | np.ndarray",
-                 groups: Mapping[str, Sequence[int]]):
+    def __init__(
+        self,
+        space: str,
+        num_ws: int,
+        w_dim: int,
+        w_std: "Sequence[float] | np.ndarray",
+        groups: Mapping[str, Sequence[int]],
+    ):
         if space not in SPACES:
             raise UsageError(f"unknown search space {space!r}; choose one of {', '.join(SPACES)}")
         self.space, self.num_ws, self.w_dim = space, num_ws, w_dim

@@ -5,6 +5,7 @@ README quote these constants. A setting left ``None`` takes the bundle's recomme
 ``search_defaults`` / ``objective_defaults``, measured for its networks), else the default below --
 :func:`resolve` fills them in.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,8 @@ from .ops.imaging import TRANSFERS
 
 OUTPUT_MODES = ("transfer", "generated")
 SCORE_ON = ("auto", "output", "generated")
-DEFAULT_SIGMA0 = 0.5          # when neither the caller nor the bundle says
-DEFAULT_GENERATIONS = 20      # likewise
+DEFAULT_SIGMA0 = 0.5  # when neither the caller nor the bundle says
+DEFAULT_GENERATIONS = 20  # likewise
 DEFAULT_POPSIZE = 16
 DEFAULT_STRATEGY = "cma"
 STRENGTH_RANGE = (0.0, 2.0)
@@ -60,21 +61,21 @@ class Settings:
     """Everything that decides the result besides the input and the bundle."""
 
     generations: Optional[int] = None  # CMA-ES generations; None: the bundle's recommendation, else 20
-    popsize: int = DEFAULT_POPSIZE     # candidates per generation, scored in one engine call
-    sigma0: Optional[float] = None     # initial step in units of W's std; None: the bundle's, else 0.5
-    seed: int = 0                      # same input, bundle, seed and backend give the same output
-    space: str = "w"                   # w | groups | wplus (see objective.LatentSpace)
+    popsize: int = DEFAULT_POPSIZE  # candidates per generation, scored in one engine call
+    sigma0: Optional[float] = None  # initial step in units of W's std; None: the bundle's, else 0.5
+    seed: int = 0  # same input, bundle, seed and backend give the same output
+    space: str = "w"  # w | groups | wplus (see objective.LatentSpace)
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)  # None fields: the bundle's defaults
-    output_mode: str = "transfer"      # transfer: add the edit to the photo; generated: paste G(best) itself
-    face: Optional[int] = None         # index into faces sorted largest first; None = the largest
-    all_faces: bool = False            # edit every detected face (largest first) instead of one
-    min_face: float = 40.0             # smallest face side (pixels) the detector looks for
-    score_on: str = "auto"             # output: score photo crop + edit (what the user gets); generated: G(w);
-                                       # auto: output where the bundle can score crops
-    transfer: str = "detail"           # detail: the edit's luma minus its broad part; luma: all of its
-                                       # brightness change; rgb: colours too
-    strength: float = 1.0              # the edit's scale when composed onto the photo (0: the photo unchanged)
-    strategy: str = DEFAULT_STRATEGY   # search strategy (runtime.strategies.STRATEGIES)
+    output_mode: str = "transfer"  # transfer: add the edit to the photo; generated: paste G(best) itself
+    face: Optional[int] = None  # index into faces sorted largest first; None = the largest
+    all_faces: bool = False  # edit every detected face (largest first) instead of one
+    min_face: float = 40.0  # smallest face side (pixels) the detector looks for
+    score_on: str = "auto"  # output: score photo crop + edit (what the user gets); generated: G(w);
+    # auto: output where the bundle can score crops
+    transfer: str = "detail"  # detail: the edit's luma minus its broad part; luma: all of its
+    # brightness change; rgb: colours too
+    strength: float = 1.0  # the edit's scale when composed onto the photo (0: the photo unchanged)
+    strategy: str = DEFAULT_STRATEGY  # search strategy (runtime.strategies.STRATEGIES)
 
     def validate(self) -> "Settings":
         from .strategies import STRATEGIES
@@ -127,8 +128,13 @@ class Settings:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def resolve(s: Settings, *, search_defaults: Optional[Mapping] = None, objective_defaults: Optional[Mapping] = None,
-            can_score_output: bool = True) -> Settings:
+def resolve(
+    s: Settings,
+    *,
+    search_defaults: Optional[Mapping] = None,
+    objective_defaults: Optional[Mapping] = None,
+    can_score_output: bool = True,
+) -> Settings:
     """Settings with every ``None`` filled in from the bundle's recommendations (else the defaults above) and
     ``score_on="auto"`` decided. Refuses combinations the bundle cannot honour."""
     s = s.validate()
@@ -139,9 +145,12 @@ def resolve(s: Settings, *, search_defaults: Optional[Mapping] = None, objective
     if score_on == "auto":
         score_on = "output" if can_score_output and s.output_mode == "transfer" else "generated"
     elif score_on == "output" and not can_score_output:
-        raise UsageError("--score-on output needs the bundle's beauty and identity models to take the generator's "
-                         "crop as it is; this bundle's do not (use --score-on generated)")
+        raise UsageError(
+            "--score-on output needs the bundle's beauty and identity models to take the generator's "
+            "crop as it is; this bundle's do not (use --score-on generated)"
+        )
     elif score_on == "output" and s.output_mode != "transfer":
         raise UsageError("--score-on output scores the photo plus the edit; it needs --mode transfer")
-    return replace(s, sigma0=sigma0, generations=generations, score_on=score_on,
-                   weights=s.weights.resolved(objective_defaults)).validate()
+    return replace(
+        s, sigma0=sigma0, generations=generations, score_on=score_on, weights=s.weights.resolved(objective_defaults)
+    ).validate()

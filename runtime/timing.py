@@ -1,4 +1,5 @@
 """Per-stage wall-clock timing (perf_counter) for reports and benchmarks; no global state."""
+
 from __future__ import annotations
 
 import time

@@ -12,6 +12,7 @@ data (numpy arrays inside are treated as read-only by every stage):
     FaceEdit       one face's hand-offs together (what ``compose`` needs to re-render at another strength)
     Result         the composed photo, every face's FaceEdit, the report
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,14 +62,22 @@ class Face:
     def landmarks_inside_box(self, margin: float = 0.0) -> bool:
         x0, y0, x1, y1 = self.box
         lm = self.landmarks
-        return bool(np.all((lm[:, 0] >= x0 - margin) & (lm[:, 0] <= x1 + margin)
-                           & (lm[:, 1] >= y0 - margin) & (lm[:, 1] <= y1 + margin)))
+        return bool(
+            np.all(
+                (lm[:, 0] >= x0 - margin)
+                & (lm[:, 0] <= x1 + margin)
+                & (lm[:, 1] >= y0 - margin)
+                & (lm[:, 1] <= y1 + margin)
+            )
+        )
 
     def to_dict(self) -> dict:
-        return {"box": [float(v) for v in self.box], "score": float(self.score),
-                "landmarks": [[float(x), float(y)] for x, y in self.landmarks],
-                "landmark_order": ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]}
-
+        return {
+            "box": [float(v) for v in self.box],
+            "score": float(self.score),
+            "landmarks": [[float(x), float(y)] for x, y in self.landmarks],
+            "landmark_order": ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"],
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,8 +94,11 @@ class AlignedFace:
     def to_dict(self) -> Optional[dict]:
         if self.face is None:
             return None
-        return {"index": self.index, **self.face.to_dict(),
-                "alignment": self.alignment.to_dict() if self.alignment is not None else None}
+        return {
+            "index": self.index,
+            **self.face.to_dict(),
+            "alignment": self.alignment.to_dict() if self.alignment is not None else None,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,9 +153,14 @@ class FaceEdit:
 
     def summary(self) -> dict:
         o = self.outcome
-        return {"index": self.aligned.index, "box": self.aligned.face.to_dict()["box"] if self.aligned.face else None,
-                "score_before": o.score_before, "score_after": o.score_after, "identity": o.identity,
-                "generations_run": o.generations}
+        return {
+            "index": self.aligned.index,
+            "box": self.aligned.face.to_dict()["box"] if self.aligned.face else None,
+            "score_before": o.score_before,
+            "score_after": o.score_after,
+            "identity": o.identity,
+            "generations_run": o.generations,
+        }
 
 
 @dataclass(eq=False)

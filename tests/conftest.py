@@ -1,4 +1,5 @@
 """Shared fixtures: bundles are exported once per test session into a temp dir (tiny preset: seconds)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLE = REPO / "examples" / "astronaut.jpg"
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
-needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs the export extra (torch): pip install 'beautyrt[export]'")
+needs_torch = pytest.mark.skipif(
+    not HAVE_TORCH, reason="needs the export extra (torch): pip install 'beautyrt[export]'"
+)
 
 
 @pytest.fixture(scope="session")
@@ -62,16 +65,18 @@ def cli():
     return run_cli
 
 
-def run_cli(*args: str, env: dict | None = None, block_torch: bool = False, cwd: Path | None = None,
-            timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, block_torch: bool = False, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run ``beautyrt ARGS`` in a subprocess (optionally with ``import torch`` made to fail)."""
     pre = "import sys; sys.modules['torch'] = None; " if block_torch else "import sys; "
     code = pre + "from beautyrt.cli.main import main; sys.argv = ['beautyrt'] + sys.argv[1:]; main()"
     e = dict(os.environ)
     e.pop("BEAUTYRT_DEBUG", None)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=e,
-                          cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout
+    )
 
 
 def edit_manifest(bundle_dir: Path, fn) -> None:

@@ -1,4 +1,5 @@
 """The design's boundaries: torch only in export/; engines/ knows nothing of faces; library code never prints."""
+
 from __future__ import annotations
 
 import ast
@@ -43,7 +44,11 @@ def test_engines_know_nothing_of_faces():
 def test_library_code_does_not_print(folder):
     for p in _py(folder):
         tree = ast.parse(p.read_text(), str(p))
-        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        calls = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+        ]
         assert not calls, f"print() in library code: {p.relative_to(REPO)}:{calls[0].lineno}"
 
 

@@ -15,6 +15,7 @@ one line in ``BACKENDS``. The choice is made per role (:func:`plan_backends`): a
 no artefact for (the detector under ``tensorrt``, whose plans are never built) runs on onnxruntime, the
 backend every bundle can run.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,10 +29,10 @@ from ..manifest import Manifest
 log = logging.getLogger("beautyrt")
 
 BACKENDS = {
-    "ort": "beautyrt.engines.backends.ort",        # onnxruntime: every bundle (CPU, CUDA, TensorRT providers)
-    "tensorrt": "beautyrt.engines.backends.trt",   # native TensorRT plans built by `beautyrt export --trt`
+    "ort": "beautyrt.engines.backends.ort",  # onnxruntime: every bundle (CPU, CUDA, TensorRT providers)
+    "tensorrt": "beautyrt.engines.backends.trt",  # native TensorRT plans built by `beautyrt export --trt`
 }
-FALLBACK = "ort"                 # runs every role of every bundle
+FALLBACK = "ort"  # runs every role of every bundle
 AUTO_PREFERENCE = ("tensorrt", "ort")  # ``auto``: the first one that can run here and has the role's artefact
 ALIASES = {"onnxruntime": "ort", "trt": "tensorrt"}
 CHOICES = ("auto", *BACKENDS)
@@ -52,8 +53,9 @@ def backend_module(name: str) -> ModuleType:
     return importlib.import_module(BACKENDS[canonical(name)])
 
 
-def plan_backends(manifest: Manifest, roles: Iterable[str], backend: str = DEFAULT_BACKEND,
-                  device_id: int = 0) -> dict[str, str]:
+def plan_backends(
+    manifest: Manifest, roles: Iterable[str], backend: str = DEFAULT_BACKEND, device_id: int = 0
+) -> dict[str, str]:
     """{role: backend name} for ``roles`` of ``manifest``.
 
     * a named backend must be able to run here (else its one-line MissingDependencyError / ProviderError) and
@@ -70,8 +72,10 @@ def plan_backends(manifest: Manifest, roles: Iterable[str], backend: str = DEFAU
         mod.require(device_id)
         plan = {r: name if mod.has_artefact(manifest.model(r)) else FALLBACK for r in roles}
         if all(v == FALLBACK for v in plan.values()):
-            raise BundleSchemaError(f"--backend {name}: bundle {manifest.root} has no {name} artefact for any of "
-                                    f"{', '.join(roles)}; {getattr(mod, 'BUILD_HINT', 'rebuild the bundle')}")
+            raise BundleSchemaError(
+                f"--backend {name}: bundle {manifest.root} has no {name} artefact for any of "
+                f"{', '.join(roles)}; {getattr(mod, 'BUILD_HINT', 'rebuild the bundle')}"
+            )
         others = sorted(r for r, v in plan.items() if v == FALLBACK)
         if others:
             log.info("--backend %s: %s run on onnxruntime (no %s artefact)", name, ", ".join(others), name)
@@ -96,8 +100,17 @@ def plan_backends(manifest: Manifest, roles: Iterable[str], backend: str = DEFAU
     return plan
 
 
-def open_with(manifest: Manifest, role: str, backend: str, *, auto: bool = False, device: str = "auto",
-              device_id: int = 0, threads: Optional[int] = None, cache_dir=None):
+def open_with(
+    manifest: Manifest,
+    role: str,
+    backend: str,
+    *,
+    auto: bool = False,
+    device: str = "auto",
+    device_id: int = 0,
+    threads: Optional[int] = None,
+    cache_dir=None,
+):
     """Open ``role`` with ``backend``. With ``auto`` a backend other than the fallback that refuses the
     artefact (a plan built for another GPU or TensorRT) falls back to onnxruntime with a warning."""
     name = canonical(backend)

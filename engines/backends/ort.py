@@ -7,6 +7,7 @@ TensorRT libraries load, CUDA only when the CUDA driver loads and reports a devi
 alone (no loader noise). Whatever was asked for is checked against ``session.get_providers()`` after the
 session is created; a silent fallback is turned into a ProviderError.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -50,6 +51,7 @@ def _tensorrt_loadable() -> bool:
             continue
     try:  # the pip wheel keeps its libraries inside the package
         import tensorrt  # noqa: F401
+
         return True
     except Exception:
         return False
@@ -72,8 +74,13 @@ def probe_providers() -> dict:
         else:
             reasons[CUDA] = "no CUDA driver/device (libcuda not loadable or 0 devices)"
     usable.append(CPU)
-    return {"onnxruntime": ort.__version__, "listed": listed, "usable": usable, "unusable": reasons,
-            "cuda_devices": n_gpu}
+    return {
+        "onnxruntime": ort.__version__,
+        "listed": listed,
+        "usable": usable,
+        "unusable": reasons,
+        "cuda_devices": n_gpu,
+    }
 
 
 def resolve_providers(device: str = "auto") -> list[str]:
@@ -98,9 +105,20 @@ class OrtEngine(Engine):
 
     backend = "ort"
 
-    def __init__(self, path: str | Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *,
-                 name: Optional[str] = None, device: str = "auto", device_id: int = 0, threads: Optional[int] = None,
-                 cache_dir: Optional[str | Path] = None, cache_key: str = "", max_batch: Optional[int] = None):
+    def __init__(
+        self,
+        path: str | Path,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        *,
+        name: Optional[str] = None,
+        device: str = "auto",
+        device_id: int = 0,
+        threads: Optional[int] = None,
+        cache_dir: Optional[str | Path] = None,
+        cache_key: str = "",
+        max_batch: Optional[int] = None,
+    ):
         ort = _ort()
         self.name = name or Path(path).stem
         self.inputs, self.outputs, self.max_batch = tuple(inputs), tuple(outputs), max_batch
@@ -125,8 +143,14 @@ class OrtEngine(Engine):
                     # never picks up engines built for something else
                     d = Path(cache_dir) / f"ort-trt-{cache_key}-ort{ort.__version__}-dev{device_id}"
                     d.mkdir(parents=True, exist_ok=True)
-                    trt_opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(d),
-                                     "trt_timing_cache_enable": True, "trt_timing_cache_path": str(d)})
+                    trt_opts.update(
+                        {
+                            "trt_engine_cache_enable": True,
+                            "trt_engine_cache_path": str(d),
+                            "trt_timing_cache_enable": True,
+                            "trt_timing_cache_path": str(d),
+                        }
+                    )
                 options.append(trt_opts)
             elif p == CUDA:
                 options.append({"device_id": device_id})
@@ -136,18 +160,23 @@ class OrtEngine(Engine):
             self._sess = ort.InferenceSession(str(path), so, providers=providers, provider_options=options)
         except Exception as e:
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise BundleIntegrityError(f"{Path(path).name}: onnxruntime cannot load it ({msg}); "
-                                       f"rebuild the bundle with `beautyrt export`") from e
+            raise BundleIntegrityError(
+                f"{Path(path).name}: onnxruntime cannot load it ({msg}); rebuild the bundle with `beautyrt export`"
+            ) from e
         got = self._sess.get_providers()
         if got[0] != providers[0]:
             self._sess = None
-            raise ProviderError(f"{self.name}: asked onnxruntime for {providers[0]} but it gave {got}; "
-                                f"refusing the silent fallback (use --device cpu to run on the CPU)")
+            raise ProviderError(
+                f"{self.name}: asked onnxruntime for {providers[0]} but it gave {got}; "
+                f"refusing the silent fallback (use --device cpu to run on the CPU)"
+            )
         self.providers = got
         declared = [i.name for i in self._sess.get_inputs()]
         if sorted(declared) != sorted(s.name for s in self.inputs):
-            raise BundleIntegrityError(f"{self.name}: model inputs {declared} differ from the manifest's "
-                                       f"{[s.name for s in self.inputs]}; rebuild the bundle")
+            raise BundleIntegrityError(
+                f"{self.name}: model inputs {declared} differ from the manifest's "
+                f"{[s.name for s in self.inputs]}; rebuild the bundle"
+            )
         self._out_names = [s.name for s in self.outputs]
         # On a GPU, inputs go through IOBinding into device buffers allocated once per (thread, input, shape)
         # and refilled in place; outputs (scores, embeddings, images) are copied to host by onnxruntime.
@@ -202,8 +231,24 @@ def has_artefact(entry) -> bool:
     return str(entry.file).lower().endswith(".onnx")
 
 
-def open_role(manifest, role: str, *, device: str = "auto", device_id: int = 0, threads: Optional[int] = None,
-         cache_dir: Optional[str | Path] = None) -> OrtEngine:
+def open_role(
+    manifest,
+    role: str,
+    *,
+    device: str = "auto",
+    device_id: int = 0,
+    threads: Optional[int] = None,
+    cache_dir: Optional[str | Path] = None,
+) -> OrtEngine:
     entry = manifest.model(role)
-    return OrtEngine(manifest.root / entry.file, entry.inputs, entry.outputs, name=role, device=device,
-                     device_id=device_id, threads=threads, cache_dir=cache_dir, cache_key=entry.sha256[:16])
+    return OrtEngine(
+        manifest.root / entry.file,
+        entry.inputs,
+        entry.outputs,
+        name=role,
+        device=device,
+        device_id=device_id,
+        threads=threads,
+        cache_dir=cache_dir,
+        cache_key=entry.sha256[:16],
+    )

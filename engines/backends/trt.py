@@ -10,6 +10,7 @@ Device buffers are plain CUDA allocations through cuda-python (``cuda.bindings.r
 ``cuda.cudart``); no torch. ``run`` is serialised by a lock: one context per Engine, so create one
 Engine per worker for concurrency.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,15 @@ import numpy as np
 
 from .. import cuda_driver
 from ..base import Engine, run_in_batches
-from ..errors import (BundleIntegrityError, BundleSchemaError, BundleVersionError, EngineInputError, EngineRuntimeError,
-                     MissingDependencyError, ProviderError)
+from ..errors import (
+    BundleIntegrityError,
+    BundleSchemaError,
+    BundleVersionError,
+    EngineInputError,
+    EngineRuntimeError,
+    MissingDependencyError,
+    ProviderError,
+)
 from ..manifest import Manifest, sha256_file
 
 log = logging.getLogger("beautyrt")
@@ -54,13 +62,17 @@ def check_plan_compat(role: str, rec: Mapping, trt_version: Optional[str], gpu: 
     if trt_version is None:
         raise MissingDependencyError(f"the tensorrt backend needs TensorRT (not installed): {TRT_EXTRA_HINT}")
     if str(rec["tensorrt"]) != str(trt_version):
-        raise BundleVersionError(f"{role}: TensorRT plan {rec['file']} was built with TensorRT {rec['tensorrt']}, "
-                                 f"this machine has {trt_version}; {REBUILD}")
+        raise BundleVersionError(
+            f"{role}: TensorRT plan {rec['file']} was built with TensorRT {rec['tensorrt']}, "
+            f"this machine has {trt_version}; {REBUILD}"
+        )
     if gpu is None:
         raise ProviderError(f"{role}: no CUDA device/driver found for the TensorRT plan; use --backend ort")
     if str(rec["compute_capability"]) != str(gpu["compute_capability"]) or str(rec["gpu"]) != str(gpu["name"]):
-        raise BundleVersionError(f"{role}: TensorRT plan {rec['file']} was built for {rec['gpu']} (sm {rec['compute_capability']}), "
-                                 f"this GPU is {gpu['name']} (sm {gpu['compute_capability']}); {REBUILD}")
+        raise BundleVersionError(
+            f"{role}: TensorRT plan {rec['file']} was built for {rec['gpu']} (sm {rec['compute_capability']}), "
+            f"this GPU is {gpu['name']} (sm {gpu['compute_capability']}); {REBUILD}"
+        )
 
 
 def _cudart():
@@ -89,9 +101,13 @@ def open_trt_engine(manifest: Manifest, role: str, device_id: int = 0) -> "TrtEn
     check_plan_compat(role, rec, installed_tensorrt_version(), gpu_info(device_id))
     path = manifest.root / str(rec["file"])
     if not path.is_file():
-        raise BundleIntegrityError(f"bundle {manifest.root}: TensorRT plan {rec['file']} ({role}) is missing; {REBUILD}")
+        raise BundleIntegrityError(
+            f"bundle {manifest.root}: TensorRT plan {rec['file']} ({role}) is missing; {REBUILD}"
+        )
     if sha256_file(path) != rec["sha256"]:
-        raise BundleIntegrityError(f"bundle {manifest.root}: {rec['file']} ({role}) does not match its sha256; {REBUILD}")
+        raise BundleIntegrityError(
+            f"bundle {manifest.root}: {rec['file']} ({role}) does not match its sha256; {REBUILD}"
+        )
     return TrtEngine(path.read_bytes(), entry.inputs, entry.outputs, name=role, device_id=device_id)
 
 
@@ -118,7 +134,9 @@ class TrtEngine(Engine):
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         want = {s.name for s in self.inputs} | {s.name for s in self.outputs}
         if set(names) != want:
-            raise BundleIntegrityError(f"{name}: plan tensors {sorted(names)} differ from the manifest's {sorted(want)}; {REBUILD}")
+            raise BundleIntegrityError(
+                f"{name}: plan tensors {sorted(names)} differ from the manifest's {sorted(want)}; {REBUILD}"
+            )
         # the profile's batch range; any other batch is padded or chunked to it (run_in_batches), so it is not
         # exposed as ``max_batch`` (which would make check_feeds refuse what the engine can serve)
         lo, hi = 1, None
@@ -153,8 +171,10 @@ class TrtEngine(Engine):
             for s in self.inputs:
                 arr = np.ascontiguousarray(feeds[s.name])
                 if not self._ctx.set_input_shape(s.name, arr.shape):
-                    raise EngineInputError(f"engine '{self.name}': shape {list(arr.shape)} of '{s.name}' is outside the "
-                                           f"TensorRT profile; rebuild the engine with a larger profile")
+                    raise EngineInputError(
+                        f"engine '{self.name}': shape {list(arr.shape)} of '{s.name}' is outside the "
+                        f"TensorRT profile; rebuild the engine with a larger profile"
+                    )
                 ptr = self._buffer(s.name, arr.nbytes)
                 _check(cu.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, H2D, self._stream), "copy to device")
                 self._ctx.set_tensor_address(s.name, ptr)
@@ -169,8 +189,10 @@ class TrtEngine(Engine):
                 raise EngineRuntimeError(f"engine '{self.name}': TensorRT execution failed")
             for s in self.outputs:
                 arr = outs[s.name]
-                _check(cu.cudaMemcpyAsync(arr.ctypes.data, self._bufs[s.name][0], arr.nbytes, D2H, self._stream),
-                       "copy to host")
+                _check(
+                    cu.cudaMemcpyAsync(arr.ctypes.data, self._bufs[s.name][0], arr.nbytes, D2H, self._stream),
+                    "copy to host",
+                )
             _check(cu.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return {k: v.astype(np.float32, copy=False) for k, v in outs.items()}
 
@@ -193,8 +215,10 @@ BUILD_HINT = "build TensorRT plans on the GPU machine with `beautyrt export --tr
 def require(device_id: int = 0) -> None:
     """TensorRT installed (package metadata; nothing imported) and a CUDA device present."""
     if installed_tensorrt_version() is None:
-        raise MissingDependencyError(f"--backend tensorrt needs NVIDIA TensorRT, which is not installed here: "
-                                     f"{TRT_EXTRA_HINT} on a machine with a CUDA GPU (or use --backend ort)")
+        raise MissingDependencyError(
+            f"--backend tensorrt needs NVIDIA TensorRT, which is not installed here: "
+            f"{TRT_EXTRA_HINT} on a machine with a CUDA GPU (or use --backend ort)"
+        )
     if gpu_info(device_id) is None:
         raise ProviderError("--backend tensorrt needs a CUDA GPU and driver; none found here (use --backend ort)")
 
@@ -203,6 +227,7 @@ def has_artefact(entry) -> bool:
     return isinstance(entry.extra.get("trt"), Mapping)
 
 
-def open_role(manifest: Manifest, role: str, *, device: str = "auto", device_id: int = 0, threads=None,
-         cache_dir=None) -> "TrtEngine":
+def open_role(
+    manifest: Manifest, role: str, *, device: str = "auto", device_id: int = 0, threads=None, cache_dir=None
+) -> "TrtEngine":
     return open_trt_engine(manifest, role, device_id=device_id)

@@ -16,6 +16,7 @@ Formats (``kind``):
 restricted unpickler. Errors are :class:`CheckpointError` (unknown format, missing/mismatched weights,
 named) or :class:`UnsafePickleError` (the file asked to run something; nothing ran).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,19 @@ from .common import Checkpoint
 
 log = logging.getLogger("beautyrt")
 
-KINDS = ("stylegan2-nvidia", "stylegan3-nvidia", "stylegan2-rosinality", "psp", "e4e", "arcface-irse50",
-         "beautyrt-beauty", "beautyrt-generator", "beautyrt-beauty-dlib", "dlib-resnet", "onnx")
+KINDS = (
+    "stylegan2-nvidia",
+    "stylegan3-nvidia",
+    "stylegan2-rosinality",
+    "psp",
+    "e4e",
+    "arcface-irse50",
+    "beautyrt-beauty",
+    "beautyrt-generator",
+    "beautyrt-beauty-dlib",
+    "dlib-resnet",
+    "onnx",
+)
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 BEAUTY_FORMAT = "beautyrt-beauty"
 
@@ -46,8 +58,9 @@ def _torch_load(path: Path):
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
-        raise UnsafePickleError(f"{path}: torch.load(weights_only=True) refused it: {detail.strip()[:240]} "
-                                f"(nothing was executed)") from e
+        raise UnsafePickleError(
+            f"{path}: torch.load(weights_only=True) refused it: {detail.strip()[:240]} (nothing was executed)"
+        ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from e
 
@@ -95,8 +108,9 @@ def detect_kind(obj: Any, container: str) -> Optional[str]:
     return None
 
 
-def load_checkpoint(path: str | Path, kind: Optional[str] = None, *, input_spec: Any = None,
-                    identity_crop: Optional[str] = "psp") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, kind: Optional[str] = None, *, input_spec: Any = None, identity_crop: Optional[str] = "psp"
+) -> Checkpoint:
     """Detect the format of ``path`` (or use ``kind``) and map its weights onto beautyrt's networks."""
     path = Path(path).expanduser()
     if kind is not None and kind not in KINDS:
@@ -107,8 +121,12 @@ def load_checkpoint(path: str | Path, kind: Optional[str] = None, *, input_spec:
         from .onnx_model import load_external_onnx
 
         ext = load_external_onnx(path, input_spec)
-        return Checkpoint(kind="onnx", path=str(path), external_onnx=ext,
-                          info={"format": "external ONNX", "input": ext.input_name, "spec": ext.spec.normalisation()})
+        return Checkpoint(
+            kind="onnx",
+            path=str(path),
+            external_onnx=ext,
+            info={"format": "external ONNX", "input": ext.input_name, "spec": ext.spec.normalisation()},
+        )
     if kind == "dlib-resnet" or (kind is None and path.suffix.lower() == ".dat"):
         return load_dlib_descriptor(path)
     container, obj = _read(path)
@@ -117,18 +135,24 @@ def load_checkpoint(path: str | Path, kind: Optional[str] = None, *, input_spec:
         kind = found
     if kind is None:
         keys = ", ".join(sorted(map(str, obj))[:8]) if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path}: unrecognised checkpoint (top-level: {keys}); expected a stylegan2-ada-pytorch "
-                              f"pickle, a rosinality/pSp/e4e checkpoint, model_ir_se50.pth or a beautyrt beauty model")
+        raise CheckpointError(
+            f"{path}: unrecognised checkpoint (top-level: {keys}); expected a stylegan2-ada-pytorch "
+            f"pickle, a rosinality/pSp/e4e checkpoint, model_ir_se50.pth or a beautyrt beauty model"
+        )
     if found is not None and found != kind and {found, kind} != {"psp", "e4e"}:
         raise CheckpointError(f"{path}: looks like a {found} checkpoint, not {kind}")
     if kind == "stylegan3-nvidia":
-        raise CheckpointError(f"{path}: StyleGAN3 (alias-free) network pickles are not supported yet; "
-                              f"use a StyleGAN2 (stylegan2-ada-pytorch) pickle")
+        raise CheckpointError(
+            f"{path}: StyleGAN3 (alias-free) network pickles are not supported yet; "
+            f"use a StyleGAN2 (stylegan2-ada-pytorch) pickle"
+        )
     if kind == "stylegan2-nvidia":
         from .nvidia import load_nvidia_pickle
 
         if container != "pickle":
-            raise CheckpointError(f"{path}: a stylegan2-ada-pytorch network pickle is a raw pickle, not a torch.save file")
+            raise CheckpointError(
+                f"{path}: a stylegan2-ada-pytorch network pickle is a raw pickle, not a torch.save file"
+            )
         return load_nvidia_pickle(path, obj)
     if kind == "stylegan2-rosinality":
         from .rosinality import load_rosinality
@@ -158,8 +182,14 @@ def load_dlib_descriptor(path: Path) -> Checkpoint:
     from ..identity_dlib import dlib_identity
 
     net, norm, defaults = dlib_identity(str(path))
-    return Checkpoint(kind="dlib-resnet", path=str(path), identity=net, identity_norm=norm, objective_defaults=defaults,
-                      info={"format": "dlib face descriptor", "model": norm["model"], "licence": norm["licence"]})
+    return Checkpoint(
+        kind="dlib-resnet",
+        path=str(path),
+        identity=net,
+        identity_norm=norm,
+        objective_defaults=defaults,
+        info={"format": "dlib face descriptor", "model": norm["model"], "licence": norm["licence"]},
+    )
 
 
 def load_beauty(path, obj) -> Checkpoint:
@@ -181,8 +211,13 @@ def load_beauty(path, obj) -> Checkpoint:
     for k in ("size", "mean", "std"):
         if k not in norm:
             raise CheckpointError(f"{path}: beauty normalisation lacks '{k}'")
-    return Checkpoint(kind=BEAUTY_FORMAT, path=str(path), beauty=net, beauty_norm=norm,
-                      info={"format": "beautyrt beauty regressor", "config": cfg})
+    return Checkpoint(
+        kind=BEAUTY_FORMAT,
+        path=str(path),
+        beauty=net,
+        beauty_norm=norm,
+        info={"format": "beautyrt beauty regressor", "config": cfg},
+    )
 
 
 __all__ = ["Checkpoint", "load_checkpoint", "detect_kind", "KINDS"]

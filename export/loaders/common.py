@@ -1,4 +1,5 @@
 """Shared pieces of the checkpoint loaders: the result record and strict weight assignment."""
+
 from __future__ import annotations
 
 import logging
@@ -19,18 +20,18 @@ class Checkpoint:
 
     kind: str
     path: str
-    generator: Optional[torch.nn.Module] = None      # beautyrt Generator
-    encoder: Optional[torch.nn.Module] = None        # image -> W+ (absolute)
-    encoder_norm: Optional[dict] = None              # {"size", "mean", "std"} on [0,1] RGB
+    generator: Optional[torch.nn.Module] = None  # beautyrt Generator
+    encoder: Optional[torch.nn.Module] = None  # image -> W+ (absolute)
+    encoder_norm: Optional[dict] = None  # {"size", "mean", "std"} on [0,1] RGB
     identity: Optional[torch.nn.Module] = None
     identity_norm: Optional[dict] = None
     beauty: Optional[torch.nn.Module] = None
     beauty_norm: Optional[dict] = None
     w_avg: Optional[np.ndarray] = None
-    w_std: Optional[np.ndarray] = None               # W's per-dimension std (the search's units), when known
-    external_onnx: Any = None                        # ExternalOnnx for as-is ONNX models
+    w_std: Optional[np.ndarray] = None  # W's per-dimension std (the search's units), when known
+    external_onnx: Any = None  # ExternalOnnx for as-is ONNX models
     objective_defaults: dict = field(default_factory=dict)  # e.g. identity floor/target fitting this identity net
-    info: dict = field(default_factory=dict)         # config read from the file (recorded in the manifest)
+    info: dict = field(default_factory=dict)  # config read from the file (recorded in the manifest)
 
 
 def _fmt(names, n: int = 6) -> str:
@@ -39,8 +40,9 @@ def _fmt(names, n: int = 6) -> str:
     return ", ".join(names[:n]) + more
 
 
-def assign_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str,
-                 ignore_missing: tuple[str, ...] = ()) -> None:
+def assign_state(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str, ignore_missing: tuple[str, ...] = ()
+) -> None:
     """Copy ``state`` into ``module`` requiring the same names and shapes; the error names the offenders.
 
     ``ignore_missing``: suffixes of module keys that may be absent (e.g. ``num_batches_tracked``).
@@ -55,11 +57,15 @@ def assign_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], whe
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s): {_fmt(unexpected)}")
         raise CheckpointError(f"{where}: weights do not fit {type(module).__name__}: {'; '.join(parts)}")
-    bad = [f"{k} {list(state[k].shape)} != expected {list(own[k].shape)}"
-           for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    bad = [
+        f"{k} {list(state[k].shape)} != expected {list(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if bad:
-        raise CheckpointError(f"{where}: shape mismatch in {len(bad)} tensor(s): {'; '.join(bad[:4])}"
-                              f"{' ...' if len(bad) > 4 else ''}")
+        raise CheckpointError(
+            f"{where}: shape mismatch in {len(bad)} tensor(s): {'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}"
+        )
     with torch.no_grad():
         for k, t in own.items():
             if k in state:

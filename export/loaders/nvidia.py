@@ -6,6 +6,7 @@ The pickle is read by :mod:`.safe_pickle` (no code from it runs). ``G_ema`` is a
 ``synthesis_kwargs.{channel_base, channel_max, conv_clamp, architecture}``) and its parameters/buffers
 have the same dotted names as beautyrt's Generator.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,20 +44,25 @@ def generator_config(g: PersistentObject, where: str) -> dict:
     sk = dict(kw.get("synthesis_kwargs") or {})
     arch = sk.get("architecture", DEFAULTS["architecture"])
     if arch != "skip":
-        raise CheckpointError(f"{where}: synthesis architecture {arch!r} is not supported yet (only 'skip', "
-                              f"the FFHQ configs)")
+        raise CheckpointError(
+            f"{where}: synthesis architecture {arch!r} is not supported yet (only 'skip', the FFHQ configs)"
+        )
     for k in ("layer_features", "embed_features"):
         if mk.get(k) not in (None, kw["w_dim"], kw["z_dim"]):
             raise CheckpointError(f"{where}: mapping_kwargs.{k}={mk[k]} is not supported yet")
     lr = mk.get("lr_multiplier", 0.01)
     if lr != 0.01:
         raise CheckpointError(f"{where}: mapping lr_multiplier {lr} is not supported yet (0.01 expected)")
-    cfg = dict(z_dim=int(kw["z_dim"]), w_dim=int(kw["w_dim"]), img_resolution=int(kw["img_resolution"]),
-               img_channels=int(kw["img_channels"]),
-               channel_base=int(sk.get("channel_base", DEFAULTS["channel_base"])),
-               channel_max=int(sk.get("channel_max", DEFAULTS["channel_max"])),
-               mapping_layers=int(mk.get("num_layers", DEFAULTS["num_layers"])),
-               conv_clamp=sk.get("conv_clamp", DEFAULTS["conv_clamp"]))
+    cfg = dict(
+        z_dim=int(kw["z_dim"]),
+        w_dim=int(kw["w_dim"]),
+        img_resolution=int(kw["img_resolution"]),
+        img_channels=int(kw["img_channels"]),
+        channel_base=int(sk.get("channel_base", DEFAULTS["channel_base"])),
+        channel_max=int(sk.get("channel_max", DEFAULTS["channel_max"])),
+        mapping_layers=int(mk.get("num_layers", DEFAULTS["num_layers"])),
+        conv_clamp=sk.get("conv_clamp", DEFAULTS["conv_clamp"]),
+    )
     return cfg
 
 
@@ -71,14 +77,24 @@ def load_nvidia_pickle(path, data=None) -> Checkpoint:
     if not isinstance(g, PersistentObject):
         raise CheckpointError(f"{where}: G_ema is a {type(g).__name__}, not a persistence-wrapped network")
     if is_stylegan3(g):
-        raise CheckpointError(f"{where}: StyleGAN3 (alias-free) network pickles are not supported yet; "
-                              f"use a StyleGAN2 (stylegan2-ada-pytorch) pickle")
+        raise CheckpointError(
+            f"{where}: StyleGAN3 (alias-free) network pickles are not supported yet; "
+            f"use a StyleGAN2 (stylegan2-ada-pytorch) pickle"
+        )
     cfg = generator_config(g, where)
     gen = Generator(**cfg)
     state = g.named_tensors()
     assign_state(gen, state, f"{where} (G_ema)")
     log.info("loaded NVIDIA StyleGAN2 pickle %s: %s", path, cfg)
-    return Checkpoint(kind="stylegan2-nvidia", path=where, generator=gen,
-                      w_avg=gen.mapping.w_avg.numpy().copy(),
-                      info={"format": "stylegan2-ada-pytorch network pickle", "config": cfg,
-                            "class": g.class_name, "module_src_sha256": g.src_sha256})
+    return Checkpoint(
+        kind="stylegan2-nvidia",
+        path=where,
+        generator=gen,
+        w_avg=gen.mapping.w_avg.numpy().copy(),
+        info={
+            "format": "stylegan2-ada-pytorch network pickle",
+            "config": cfg,
+            "class": g.class_name,
+            "module_src_sha256": g.src_sha256,
+        },
+    )

@@ -16,6 +16,7 @@ scale=pixel,crop=arcface``) or as a JSON/TOML file.
 
 Such a model is fused into the bundle's scorer by :mod:`beautyrt.export.fuse`.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,23 +33,34 @@ log = logging.getLogger("beautyrt")
 
 
 # insightface's ArcFace alignment template (5 points in a 112 x 112 input; eyes, nose, mouth corners)
-ARCFACE_TEMPLATE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655),
-                        (70.7299, 92.2041))
+ARCFACE_TEMPLATE_112 = (
+    (38.2946, 51.6963),
+    (73.5318, 51.5014),
+    (56.0252, 71.7366),
+    (41.5493, 92.3655),
+    (70.7299, 92.2041),
+)
 
 
 @dataclass
 class InputSpec:
     size: int
     color_order: str = "RGB"
-    mean: tuple = (0.5, 0.5, 0.5)   # in the model's channel order
+    mean: tuple = (0.5, 0.5, 0.5)  # in the model's channel order
     std: tuple = (0.5, 0.5, 0.5)
     template: Optional[tuple] = None  # five (x, y) points in the input's pixels, or None: resize the whole crop
     output: Optional[str] = None
 
     def normalisation(self) -> dict:
         """The model's own input convention (channel order as the model wants it)."""
-        d = {"size": self.size, "color_order": self.color_order, "layout": "NCHW", "value_scale": "pixel/255",
-             "mean": [float(x) for x in self.mean], "std": [float(x) for x in self.std]}
+        d = {
+            "size": self.size,
+            "color_order": self.color_order,
+            "layout": "NCHW",
+            "value_scale": "pixel/255",
+            "mean": [float(x) for x in self.mean],
+            "std": [float(x) for x in self.std],
+        }
         if self.template is not None:
             d.update(template=[list(map(float, p)) for p in self.template], template_size=self.size)
         return d
@@ -98,7 +110,9 @@ def parse_input_spec(spec: Any) -> InputSpec:
     known = {"size", "color_order", "color", "mean", "std", "scale", "crop", "template", "output"}
     extra = set(spec) - known
     if extra:
-        raise CheckpointError(f"input spec: unknown key(s) {', '.join(sorted(extra))} (known: {', '.join(sorted(known))})")
+        raise CheckpointError(
+            f"input spec: unknown key(s) {', '.join(sorted(extra))} (known: {', '.join(sorted(known))})"
+        )
     if "size" not in spec:
         raise CheckpointError("input spec: 'size' (square input side in pixels) is required")
     order = str(spec.get("color_order", spec.get("color", "RGB"))).upper()
@@ -150,9 +164,15 @@ class ExternalOnnx:
         return self.spec.output or self.outputs[0]["name"]
 
     def record(self) -> dict:
-        return {"kind": "external-onnx", "file": self.path.name, "sha256": sha256_file(self.path),
-                "input": self.input_name, "output": self.output, "batch": self.batch if self.batch else "dynamic",
-                "normalisation": self.spec.normalisation()}
+        return {
+            "kind": "external-onnx",
+            "file": self.path.name,
+            "sha256": sha256_file(self.path),
+            "input": self.input_name,
+            "output": self.output,
+            "batch": self.batch if self.batch else "dynamic",
+            "normalisation": self.spec.normalisation(),
+        }
 
 
 def _dim(d) -> Any:
@@ -175,8 +195,9 @@ def load_external_onnx(path, spec) -> ExternalOnnx:
         raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from e
     ins = sess.get_inputs()
     if len(ins) != 1:
-        raise CheckpointError(f"{path}: expected a single image input, the model has {len(ins)}: "
-                              f"{', '.join(i.name for i in ins)}")
+        raise CheckpointError(
+            f"{path}: expected a single image input, the model has {len(ins)}: {', '.join(i.name for i in ins)}"
+        )
     inp = ins[0]
     if inp.type != "tensor(float)":
         raise CheckpointError(f"{path}: input '{inp.name}' is {inp.type}, expected tensor(float)")
@@ -185,18 +206,26 @@ def load_external_onnx(path, spec) -> ExternalOnnx:
         raise CheckpointError(f"{path}: input '{inp.name}' has shape {shape}, expected [N,3,H,W]")
     for ax in (2, 3):
         if _dim(shape[ax]) is not None and shape[ax] != sp.size:
-            raise CheckpointError(f"{path}: input '{inp.name}' is {shape[2]}x{shape[3]} but the spec declares size {sp.size}")
+            raise CheckpointError(
+                f"{path}: input '{inp.name}' is {shape[2]}x{shape[3]} but the spec declares size {sp.size}"
+            )
     outs = []
     for o in sess.get_outputs():
         if o.type != "tensor(float)":
             raise CheckpointError(f"{path}: output '{o.name}' is {o.type}, expected tensor(float)")
-        oshape = ["batch" if i == 0 and _dim(shape[0]) is None else (d if _dim(d) else f"d{i}") for i, d in enumerate(o.shape)]
+        oshape = [
+            "batch" if i == 0 and _dim(shape[0]) is None else (d if _dim(d) else f"d{i}") for i, d in enumerate(o.shape)
+        ]
         outs.append({"name": o.name, "dtype": "float32", "shape": oshape})
     names = [o["name"] for o in outs]
     if sp.output is not None and sp.output not in names:
-        raise CheckpointError(f"{path}: the spec names output '{sp.output}' but the model's outputs are {', '.join(names)}")
+        raise CheckpointError(
+            f"{path}: the spec names output '{sp.output}' but the model's outputs are {', '.join(names)}"
+        )
     if sp.output is None and len(outs) > 1:
-        raise CheckpointError(f"{path}: the model has {len(outs)} outputs ({', '.join(names)}); say which one with "
-                              f"output=NAME in its spec")
+        raise CheckpointError(
+            f"{path}: the model has {len(outs)} outputs ({', '.join(names)}); say which one with "
+            f"output=NAME in its spec"
+        )
     log.info("external ONNX %s: input %s %s, outputs %s", path, inp.name, shape, [o["name"] for o in outs])
     return ExternalOnnx(path=path, spec=sp, input_name=inp.name, outputs=outs, batch=_dim(shape[0]))

@@ -6,6 +6,7 @@ generator size (``output_size`` / ``stylegan_size``); the backbone depth/widths 
 weights (IR-SE50 for the released models, reduced ones in tests). The decoder (a rosinality generator)
 is loaded too, so ``--encoder psp.pt`` alone provides a generator.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,13 @@ def ir_layout(sd: dict, where: str, prefix: str = "") -> dict:
     use_se = se_key in sd
     reduction = int(widths[0] // sd[se_key].shape[0]) if use_se else 16
     in_nc = int(sd[f"{prefix}input_layer.0.weight"].shape[1])
-    return {"widths": tuple(widths), "units": tuple(counts), "se_reduction": reduction, "use_se": use_se, "input_nc": in_nc}
+    return {
+        "widths": tuple(widths),
+        "units": tuple(counts),
+        "se_reduction": reduction,
+        "use_se": use_se,
+        "input_nc": in_nc,
+    }
 
 
 def _opts(ckpt, where: str) -> dict:
@@ -65,30 +72,41 @@ def load_psp(path, ckpt, kind=None, resolution: int = 256) -> Checkpoint:
     where = str(path)
     sd_all = tensor_dict(ckpt["state_dict"], f"{where} state_dict")
     opts = _opts(ckpt, where)
-    enc_sd = {k[len("encoder."):]: v for k, v in sd_all.items() if k.startswith("encoder.")}
+    enc_sd = {k[len("encoder.") :]: v for k, v in sd_all.items() if k.startswith("encoder.")}
     if not enc_sd:
         raise CheckpointError(f"{where}: state_dict has no 'encoder.*' keys")
     etype = opts.get("encoder_type") or ("Encoder4Editing" if kind == "e4e" else "GradualStyleEncoder")
     classes = {"GradualStyleEncoder": GradualStyleEncoder, "Encoder4Editing": Encoder4Editing}
     if etype not in classes:
-        raise CheckpointError(f"{where}: encoder_type {etype!r} is not supported yet "
-                              f"(supported: {', '.join(classes)})")
+        raise CheckpointError(f"{where}: encoder_type {etype!r} is not supported yet (supported: {', '.join(classes)})")
     if int(opts.get("input_nc", 3)) != 3:
-        raise CheckpointError(f"{where}: input_nc={opts['input_nc']} (conditional pSp tasks) is not supported; "
-                              f"only face inversion encoders (3-channel input)")
+        raise CheckpointError(
+            f"{where}: input_nc={opts['input_nc']} (conditional pSp tasks) is not supported; "
+            f"only face inversion encoders (3-channel input)"
+        )
     n_styles = 1 + max(int(m.group(1)) for k in enc_sd if (m := re.match(r"styles\.(\d+)\.", k)))
     size = opts.get("output_size", opts.get("stylegan_size"))
     if size is not None and 2 * int(math.log2(int(size))) - 2 != n_styles:
-        raise CheckpointError(f"{where}: opts say a {size} px generator ({2 * int(math.log2(int(size))) - 2} styles) "
-                              f"but the encoder has {n_styles} style heads")
+        raise CheckpointError(
+            f"{where}: opts say a {size} px generator ({2 * int(math.log2(int(size))) - 2} styles) "
+            f"but the encoder has {n_styles} style heads"
+        )
     lay = ir_layout(enc_sd, where)
     w_dim = int(enc_sd["styles.0.linear.weight"].shape[0])
     n_convs = len({int(m.group(1)) for k in enc_sd if (m := re.match(r"styles\.0\.convs\.(\d+)\.weight", k))})
-    res = 16 * 2 ** n_convs  # coarse heads reduce the 1/16 map to 1x1 with log2(res/16) convs
+    res = 16 * 2**n_convs  # coarse heads reduce the 1/16 map to 1x1 with log2(res/16) convs
     if res != resolution:
         log.info("%s: encoder input resolution read from its heads: %d px", where, res)
-    enc = classes[etype](n_styles=n_styles, resolution=res, w_dim=w_dim, input_nc=lay["input_nc"],
-                         widths=lay["widths"], units=lay["units"], se_reduction=lay["se_reduction"], use_se=lay["use_se"])
+    enc = classes[etype](
+        n_styles=n_styles,
+        resolution=res,
+        w_dim=w_dim,
+        input_nc=lay["input_nc"],
+        widths=lay["widths"],
+        units=lay["units"],
+        se_reduction=lay["se_reduction"],
+        use_se=lay["use_se"],
+    )
     assign_state(enc, enc_sd, f"{where} (encoder.*, {etype})")
     start_avg = opts.get("start_from_latent_avg", True)
     la = ckpt.get("latent_avg")
@@ -97,12 +115,22 @@ def load_psp(path, ckpt, kind=None, resolution: int = 256) -> Checkpoint:
     if opts.get("learn_in_w"):
         raise CheckpointError(f"{where}: learn_in_w encoders (single W) are not supported yet")
     model = StyleEncoder(enc, la if start_avg else None).eval().requires_grad_(False)
-    out = Checkpoint(kind="e4e" if etype == "Encoder4Editing" else "psp", path=where, encoder=model,
-                     encoder_norm={"size": res, **HALF},
-                     info={"format": f"{'e4e' if etype == 'Encoder4Editing' else 'pSp'} checkpoint", "encoder_type": etype,
-                           "n_styles": n_styles, "w_dim": w_dim, "backbone": lay, "resolution": res,
-                           "start_from_latent_avg": bool(start_avg)})
-    dec = {k[len("decoder."):]: v for k, v in sd_all.items() if k.startswith("decoder.")}
+    out = Checkpoint(
+        kind="e4e" if etype == "Encoder4Editing" else "psp",
+        path=where,
+        encoder=model,
+        encoder_norm={"size": res, **HALF},
+        info={
+            "format": f"{'e4e' if etype == 'Encoder4Editing' else 'pSp'} checkpoint",
+            "encoder_type": etype,
+            "n_styles": n_styles,
+            "w_dim": w_dim,
+            "backbone": lay,
+            "resolution": res,
+            "start_from_latent_avg": bool(start_avg),
+        },
+    )
+    dec = {k[len("decoder.") :]: v for k, v in sd_all.items() if k.startswith("decoder.")}
     if dec:
         g = generator_from_rosinality(dec, f"{where} decoder", la, kind=out.kind)
         if g.generator.num_ws != n_styles:
@@ -139,10 +167,29 @@ def load_irse50(path, sd, input_size: int | None = None, crop: str | None = "psp
         c, in_res = None, size
     else:
         raise CheckpointError(f"unknown identity crop {crop!r} (psp | none)")
-    net = IRSEBackbone(input_size=size, widths=lay["widths"], units=lay["units"], embedding_dim=emb,
-                       se_reduction=lay["se_reduction"], in_resolution=in_res, crop=c, affine=affine, use_se=lay["use_se"])
+    net = IRSEBackbone(
+        input_size=size,
+        widths=lay["widths"],
+        units=lay["units"],
+        embedding_dim=emb,
+        se_reduction=lay["se_reduction"],
+        in_resolution=in_res,
+        crop=c,
+        affine=affine,
+        use_se=lay["use_se"],
+    )
     assign_state(net, sd, f"{where} (IR-SE backbone)")
     log.info("loaded ArcFace IR-SE %s: input %d, embedding %d, crop %s", where, size, emb, c)
-    return Checkpoint(kind="arcface-irse50", path=where, identity=net, identity_norm={"size": in_res, **HALF},
-                      info={"format": "ArcFace IR-SE backbone (pSp model_ir_se50.pth)", "backbone": lay,
-                            "input_size": size, "embedding_dim": emb, "crop": list(c) if c else None})
+    return Checkpoint(
+        kind="arcface-irse50",
+        path=where,
+        identity=net,
+        identity_norm={"size": in_res, **HALF},
+        info={
+            "format": "ArcFace IR-SE backbone (pSp model_ir_se50.pth)",
+            "backbone": lay,
+            "input_size": size,
+            "embedding_dim": emb,
+            "crop": list(c) if c else None,
+        },
+    )

@@ -18,6 +18,7 @@ re-implementation of rosinality's forward.
 rosinality hard-codes channels {4..32: 512, 64: 256*m, ...}; they are read from the weights and expressed
 as (channel_base, channel_max) so that any channel multiplier (and reduced test sizes) load.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,16 @@ def infer_config(sd: dict, where: str) -> tuple[dict, dict]:
             break
     else:
         raise CheckpointError(f"{where}: channel layout {ch} cannot be expressed as (channel_base, channel_max)")
-    cfg = dict(z_dim=style_dim, w_dim=style_dim, img_resolution=size, img_channels=img_channels,
-               channel_base=base, channel_max=cmax, mapping_layers=n_mlp, conv_clamp=None)
+    cfg = dict(
+        z_dim=style_dim,
+        w_dim=style_dim,
+        img_resolution=size,
+        img_channels=img_channels,
+        channel_base=base,
+        channel_max=cmax,
+        mapping_layers=n_mlp,
+        conv_clamp=None,
+    )
     return cfg, ch
 
 
@@ -132,7 +141,9 @@ def generator_from_rosinality(sd: dict, where: str, latent_avg=None, kind: str =
     gen = Generator(**cfg)
     # resample_filter buffers are the fixed [1,3,3,1] FIR (rosinality's kernels are checked in convert_state);
     # w_avg comes from latent_avg below
-    assign_state(gen, convert_state(sd, cfg, where), f"{where} (g_ema)", ignore_missing=("resample_filter", "mapping.w_avg"))
+    assign_state(
+        gen, convert_state(sd, cfg, where), f"{where} (g_ema)", ignore_missing=("resample_filter", "mapping.w_avg")
+    )
     w_avg = None
     if isinstance(latent_avg, torch.Tensor):
         la = latent_avg.float().reshape(-1, cfg["w_dim"])
@@ -147,6 +158,14 @@ def generator_from_rosinality(sd: dict, where: str, latent_avg=None, kind: str =
         w_avg = m
         log.info("%s: no latent_avg in the checkpoint; w_avg estimated from 4096 mapped samples", where)
     log.info("loaded rosinality StyleGAN2 %s: %s", where, cfg)
-    return Checkpoint(kind=kind, path=where, generator=gen, w_avg=w_avg,
-                      info={"format": "rosinality stylegan2-pytorch g_ema", "config": cfg,
-                            "latent_avg": "checkpoint" if isinstance(latent_avg, torch.Tensor) else "estimated"})
+    return Checkpoint(
+        kind=kind,
+        path=where,
+        generator=gen,
+        w_avg=w_avg,
+        info={
+            "format": "rosinality stylegan2-pytorch g_ema",
+            "config": cfg,
+            "latent_avg": "checkpoint" if isinstance(latent_avg, torch.Tensor) else "estimated",
+        },
+    )

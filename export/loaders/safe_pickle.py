@@ -16,6 +16,7 @@ What the allow-list rebuilds:
   record of the class name, the state dict of the object (its ``__dict__``: ``_parameters``, ``_buffers``,
   ``_modules``, ``_init_kwargs``, ...) and the embedded source *as text* (never compiled).
 """
+
 from __future__ import annotations
 
 import collections
@@ -67,7 +68,9 @@ class PersistentObject:
             if isinstance(sub, PersistentObject):
                 out.update(sub.named_tensors(f"{prefix}{name}."))
             elif sub is not None:
-                raise CheckpointError(f"pickle: submodule {prefix}{name} is a {type(sub).__name__}, not a network object")
+                raise CheckpointError(
+                    f"pickle: submodule {prefix}{name} is a {type(sub).__name__}, not a network object"
+                )
         return out
 
 
@@ -77,15 +80,23 @@ class EasyDictData(dict):
 
 def _reconstruct_persistent_obj(meta):
     if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise UnsafePickleError(f"pickle: persistent object with unexpected meta {type(meta).__name__} "
-                                f"(type={meta.get('type') if isinstance(meta, dict) else '?'}); refusing it")
+        raise UnsafePickleError(
+            f"pickle: persistent object with unexpected meta {type(meta).__name__} "
+            f"(type={meta.get('type') if isinstance(meta, dict) else '?'}); refusing it"
+        )
     state = meta.get("state")
     if state is None:
         state = {}
     if not isinstance(state, dict):
-        raise UnsafePickleError(f"pickle: persistent object {meta.get('class_name')!r} has a non-dict state; refusing it")
-    return PersistentObject(class_name=str(meta.get("class_name")), state=state,
-                            module_src=str(meta.get("module_src") or ""), version=meta.get("version"))
+        raise UnsafePickleError(
+            f"pickle: persistent object {meta.get('class_name')!r} has a non-dict state; refusing it"
+        )
+    return PersistentObject(
+        class_name=str(meta.get("class_name")),
+        state=state,
+        module_src=str(meta.get("module_src") or ""),
+        version=meta.get("version"),
+    )
 
 
 def _load_from_bytes(blob):
@@ -96,8 +107,10 @@ def _load_from_bytes(blob):
     try:
         return torch.load(io.BytesIO(bytes(blob)), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        raise UnsafePickleError(f"pickle: an embedded tensor storage is not plain data ({str(e).splitlines()[0][:200]}); "
-                                f"nothing was executed") from e
+        raise UnsafePickleError(
+            f"pickle: an embedded tensor storage is not plain data ({str(e).splitlines()[0][:200]}); "
+            f"nothing was executed"
+        ) from e
 
 
 def _is_int_tuple(t) -> bool:
@@ -113,8 +126,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         raise UnsafePickleError("pickle: malformed tensor record (offset/size/stride); refusing it")
     if backward_hooks:
         raise UnsafePickleError("pickle: tensor carries backward hooks; refusing it")
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, tuple(size), tuple(stride), False,
-                                           collections.OrderedDict())
+    return torch._utils._rebuild_tensor_v2(
+        storage, storage_offset, tuple(size), tuple(stride), False, collections.OrderedDict()
+    )
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
@@ -190,8 +204,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         fn = ALLOWED.get((module, name))
         if fn is None:
-            raise UnsafePickleError(f"{self._name}: refusing to load: it asks for {module}.{name}, which is not on "
-                                    f"beautyrt's allow-list of data types (nothing from the file was executed)")
+            raise UnsafePickleError(
+                f"{self._name}: refusing to load: it asks for {module}.{name}, which is not on "
+                f"beautyrt's allow-list of data types (nothing from the file was executed)"
+            )
         return fn
 
     def persistent_load(self, pid):
@@ -206,4 +222,6 @@ def safe_load(path) -> Any:
         except (UnsafePickleError, CheckpointError):
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+            raise CheckpointError(
+                f"{path}: not a readable pickle ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            ) from e

@@ -29,6 +29,7 @@ Placeholder, Const, Identity, Conv2D, DepthwiseConv2dNative, _FusedConv2D, Fused
 Add, AddV2, Sub, Mul, RealDiv, Minimum, Maximum, Relu, Relu6, LeakyRelu, Prelu, Elu, Sigmoid, Tanh, Softmax,
 Mean, Reshape, Squeeze, ConcatV2, Pad, PadV2, MaxPool, AvgPool. Only NHWC ``data_format`` is accepted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,10 +53,31 @@ QUANT = {"uint8": np.dtype("u1"), "uint16": np.dtype("<u2"), "float16": np.dtype
 FUSED_ACTIVATIONS = ("relu", "relu6", "prelu", "leakyrelu", "sigmoid", "elu")
 BINARY_OPS = ("Add", "AddV2", "Sub", "Mul", "RealDiv", "Minimum", "Maximum")
 UNARY_OPS = ("Identity", "Relu", "Relu6", "LeakyRelu", "Elu", "Sigmoid", "Tanh")
-SUPPORTED_OPS = frozenset(("Placeholder", "Const", "Conv2D", "DepthwiseConv2dNative", "_FusedConv2D",
-                           "FusedDepthwiseConv2dNative", "MatMul", "_FusedMatMul", "BiasAdd", "Prelu", "Softmax",
-                           "Mean", "Reshape", "Squeeze", "ConcatV2", "Pad", "PadV2", "MaxPool", "AvgPool")
-                          + BINARY_OPS + UNARY_OPS)
+SUPPORTED_OPS = frozenset(
+    (
+        "Placeholder",
+        "Const",
+        "Conv2D",
+        "DepthwiseConv2dNative",
+        "_FusedConv2D",
+        "FusedDepthwiseConv2dNative",
+        "MatMul",
+        "_FusedMatMul",
+        "BiasAdd",
+        "Prelu",
+        "Softmax",
+        "Mean",
+        "Reshape",
+        "Squeeze",
+        "ConcatV2",
+        "Pad",
+        "PadV2",
+        "MaxPool",
+        "AvgPool",
+    )
+    + BINARY_OPS
+    + UNARY_OPS
+)
 NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
 
 
@@ -101,7 +123,7 @@ def _attr(v: Any) -> Any:
 class Node:
     name: str
     op: str
-    inputs: list[str]            # value keys "name:idx" (control inputs "^x" dropped)
+    inputs: list[str]  # value keys "name:idx" (control inputs "^x" dropped)
     attr: dict[str, Any]
 
 
@@ -147,7 +169,11 @@ def _read_shards(model_dir: Path, manifest: list, where: str) -> tuple[list[dict
     specs, chunks = [], []
     root = model_dir.resolve()
     for gi, group in enumerate(manifest):
-        if not isinstance(group, dict) or not isinstance(group.get("paths"), list) or not isinstance(group.get("weights"), list):
+        if (
+            not isinstance(group, dict)
+            or not isinstance(group.get("paths"), list)
+            or not isinstance(group.get("weights"), list)
+        ):
             raise CheckpointError(f"{where}: weightsManifest[{gi}] lacks 'paths'/'weights'")
         for p in group["paths"]:
             f = (model_dir / str(p)).resolve()
@@ -177,7 +203,9 @@ def _decode_weights(specs: list[dict], data: bytes, where: str) -> tuple[dict[st
                 raise CheckpointError(f"{where}: weight {name} has unsupported quantization dtype {qd}")
             nbytes = count * QUANT[qd].itemsize
             if off + nbytes > len(data):
-                raise CheckpointError(f"{where}: weight data ends inside {name} (need {off + nbytes} bytes, have {len(data)})")
+                raise CheckpointError(
+                    f"{where}: weight data ends inside {name} (need {off + nbytes} bytes, have {len(data)})"
+                )
             raw = np.frombuffer(data, QUANT[qd], count, off)
             if qd == "float16":
                 if dtype != "float32":
@@ -197,7 +225,9 @@ def _decode_weights(specs: list[dict], data: bytes, where: str) -> tuple[dict[st
             npd, size = DTYPES[dtype]
             nbytes = count * size
             if off + nbytes > len(data):
-                raise CheckpointError(f"{where}: weight data ends inside {name} (need {off + nbytes} bytes, have {len(data)})")
+                raise CheckpointError(
+                    f"{where}: weight data ends inside {name} (need {off + nbytes} bytes, have {len(data)})"
+                )
             arr = np.frombuffer(data, npd, count, off).astype(npd.newbyteorder("="))
             if dtype == "bool":
                 arr = arr.astype(bool)
@@ -245,8 +275,9 @@ def read_graph_model(path: str | Path) -> GraphModel:
             if k.rsplit(":", 1)[0] not in nodes:
                 raise CheckpointError(f"{path}: node {n.name} reads {k}, which no node produces")
     meta = {k: doc.get(k) for k in ("format", "generatedBy", "convertedBy")}
-    return GraphModel(path=path, nodes=nodes, weights=weights, signature=doc.get("signature") or {}, meta=meta,
-                      weight_specs=winfo)
+    return GraphModel(
+        path=path, nodes=nodes, weights=weights, signature=doc.get("signature") or {}, meta=meta, weight_specs=winfo
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,7 +319,7 @@ def _kept_order_same(rank: int, axes: set[int]) -> bool:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class _Val:
-    layout: str          # "nchw" (an NHWC rank-4 value held as NCHW) or "plain" (the graph's own layout)
+    layout: str  # "nchw" (an NHWC rank-4 value held as NCHW) or "plain" (the graph's own layout)
     rank: Optional[int]
 
 
@@ -300,8 +331,9 @@ class TfjsGraphModule(torch.nn.Module):
     tuple in ``output_names`` order; :meth:`forward_dict` returns ``{name: tensor}``.
     """
 
-    def __init__(self, graph: GraphModel, outputs: Optional[Sequence[str]] = None, input_layout: str = "nchw",
-                 fold: bool = True):
+    def __init__(
+        self, graph: GraphModel, outputs: Optional[Sequence[str]] = None, input_layout: str = "nchw", fold: bool = True
+    ):
         super().__init__()
         if input_layout not in ("nchw", "nhwc"):
             raise ValueError("input_layout must be 'nchw' or 'nhwc'")
@@ -319,7 +351,7 @@ class TfjsGraphModule(torch.nn.Module):
         self._g = graph
         self._vals: dict[str, _Val] = {}
         self._plan: list[tuple] = []
-        self._epilogue: dict[str, dict] = {}     # conv output key -> its foldable epilogue (see _try_fold)
+        self._epilogue: dict[str, dict] = {}  # conv output key -> its foldable epilogue (see _try_fold)
         self.folded: list[str] = []
         order = self._topo(self.output_keys)
         self._consumers: dict[str, int] = {}
@@ -330,8 +362,10 @@ class TfjsGraphModule(torch.nn.Module):
             self._consumers[k] = self._consumers.get(k, 0) + 1
         unknown = sorted({graph.nodes[n].op for n in order} - SUPPORTED_OPS)
         if unknown:
-            raise CheckpointError(f"{graph.path.name}: unsupported TF.js op(s) {', '.join(unknown)} "
-                                  f"(beautyrt's TF.js loader implements: {', '.join(sorted(SUPPORTED_OPS))})")
+            raise CheckpointError(
+                f"{graph.path.name}: unsupported TF.js op(s) {', '.join(unknown)} "
+                f"(beautyrt's TF.js loader implements: {', '.join(sorted(SUPPORTED_OPS))})"
+            )
         self.input_names: list[str] = []
         self.input_shapes: list[Optional[list[int]]] = []
         for n in order:
@@ -340,8 +374,10 @@ class TfjsGraphModule(torch.nn.Module):
             if k not in self._vals:
                 raise CheckpointError(f"{graph.path.name}: output {k} is a constant, not computed from the input")
         if len(self.input_names) != 1:
-            raise CheckpointError(f"{graph.path.name}: {len(self.input_names)} inputs ({', '.join(self.input_names)}); "
-                                  f"beautyrt's TF.js loader takes graphs with exactly one input")
+            raise CheckpointError(
+                f"{graph.path.name}: {len(self.input_names)} inputs ({', '.join(self.input_names)}); "
+                f"beautyrt's TF.js loader takes graphs with exactly one input"
+            )
         self.used_ops = sorted({graph.nodes[n].op for n in order})
         del self._g
 
@@ -468,8 +504,13 @@ class TfjsGraphModule(torch.nn.Module):
                 key = self._set(node, "nchw", 4)
                 nhwc = self.input_layout == "nhwc"
                 # channels_last: the same values, in the memory order torch's CPU convolutions run fastest in
-                self._emit(lambda env, i=idx, nhwc=nhwc: (_to_nchw(env["__in"][i]) if nhwc else env["__in"][i])
-                           .contiguous(memory_format=torch.channels_last), (), key)
+                self._emit(
+                    lambda env, i=idx, nhwc=nhwc: (_to_nchw(env["__in"][i]) if nhwc else env["__in"][i]).contiguous(
+                        memory_format=torch.channels_last
+                    ),
+                    (),
+                    key,
+                )
             else:
                 key = self._set(node, "plain", rank)
                 self._emit(lambda env, i=idx: env["__in"][i], (), key)
@@ -554,7 +595,7 @@ class TfjsGraphModule(torch.nn.Module):
             weight = w.reshape(kh, kw, cin * m).transpose(2, 0, 1)[:, None]  # [C*M, 1, kh, kw], out = c*M + m
             groups, cout = cin, cin * m
         else:
-            weight = w.transpose(3, 2, 0, 1)                                # HWIO -> OIHW
+            weight = w.transpose(3, 2, 0, 1)  # HWIO -> OIHW
             groups, cout = 1, m
         strides = self._strides(node, "strides")
         dil = self._strides(node, "dilations")
@@ -571,15 +612,13 @@ class TfjsGraphModule(torch.nn.Module):
         in_nchw = self._as_nchw_input(x_key, node)
         # the epilogue after the convolution: + bias, then either an activation or a clamp [lo, hi]; it is a
         # mutable record so that following per-channel Mul/Add and Relu/Minimum/Maximum can be folded into it
-        rec = {"w": wbuf, "b": bias, "act": act, "alpha": alpha, "leaky": leaky, "lo": None, "hi": None,
-               "cout": cout}
+        rec = {"w": wbuf, "b": bias, "act": act, "alpha": alpha, "leaky": leaky, "lo": None, "hi": None, "cout": cout}
         if act in ("relu", "relu6"):
             rec.update(act=None, lo=0.0, hi=6.0 if act == "relu6" else None)
         s, d = (strides[1], strides[2]), (dil[1], dil[2])
         k = (kh, kw)
 
-        def conv(env, x, rec=rec, s=s, d=d, k=k, groups=groups, pad_mode=pad_mode, explicit=explicit,
-                 in_nchw=in_nchw):
+        def conv(env, x, rec=rec, s=s, d=d, k=k, groups=groups, pad_mode=pad_mode, explicit=explicit, in_nchw=in_nchw):
             if not in_nchw:
                 x = _to_nchw(x)
             if pad_mode == "SAME":
@@ -606,8 +645,9 @@ class TfjsGraphModule(torch.nn.Module):
         if self.fold:
             self._epilogue[key] = rec
 
-    def _try_fold(self, node: Node, x_key: str, op: str, const: Optional[np.ndarray] = None,
-                  const_first: bool = False) -> bool:
+    def _try_fold(
+        self, node: Node, x_key: str, op: str, const: Optional[np.ndarray] = None, const_first: bool = False
+    ) -> bool:
         """Fold ``node`` (x_key's only consumer) into the convolution that produced ``x_key`` when exact up to
         rounding: a per-channel Mul/Add/Sub before any clamp, or Relu/Relu6/Minimum/Maximum/Identity with
         scalars as a clamp. Returns True when folded (nothing is emitted for the node)."""
@@ -620,7 +660,9 @@ class TfjsGraphModule(torch.nn.Module):
             if clamped or const is None or const.dtype.kind != "f" or (op == "Sub" and const_first):
                 return False
             c = _nhwc_const_to_nchw(np.asarray(const, np.float32)) if const.ndim else np.asarray(const, np.float32)
-            if c.size not in (1, rec["cout"]) or (c.size > 1 and c.reshape(-1).shape[0] != c.shape[1 if c.ndim == 4 else 0]):
+            if c.size not in (1, rec["cout"]) or (
+                c.size > 1 and c.reshape(-1).shape[0] != c.shape[1 if c.ndim == 4 else 0]
+            ):
                 return False
             c = torch.from_numpy(np.ascontiguousarray(c.reshape(-1)))
             if op == "Mul":
@@ -668,7 +710,7 @@ class TfjsGraphModule(torch.nn.Module):
             b = self._const(b_key, node).astype(np.float32)
             if b.ndim != 2:
                 raise self._err(node, f"weight must be rank 2, got {list(b.shape)}")
-            w = b if tb else b.T                                            # F.linear wants [out, in]
+            w = b if tb else b.T  # F.linear wants [out, in]
             n_out = w.shape[0]
             wbuf, b_dyn = self._buf(w, node.name + "_w"), False
         else:
@@ -700,8 +742,15 @@ class TfjsGraphModule(torch.nn.Module):
         ca, cb = self._is_const(ka), self._is_const(kb)
         if ca and cb:
             raise self._err(node, "both inputs are constants (fold them before conversion)")
-        fn = {"Add": torch.add, "AddV2": torch.add, "Sub": torch.sub, "Mul": torch.mul, "RealDiv": torch.div,
-              "Minimum": torch.minimum, "Maximum": torch.maximum}[node.op]
+        fn = {
+            "Add": torch.add,
+            "AddV2": torch.add,
+            "Sub": torch.sub,
+            "Mul": torch.mul,
+            "RealDiv": torch.div,
+            "Minimum": torch.minimum,
+            "Maximum": torch.maximum,
+        }[node.op]
         va = None if ca else self._val(ka, node)
         vb = None if cb else self._val(kb, node)
         if va is not None and vb is not None:
@@ -748,9 +797,15 @@ class TfjsGraphModule(torch.nn.Module):
         if op in ("Relu", "Relu6", "Identity") and self._try_fold(node, k, op):
             return
         alpha = float(node.attr.get("alpha", 0.2)) if op == "LeakyRelu" else 0.0
-        fns = {"Identity": lambda x: x, "Relu": torch.relu, "Relu6": lambda x: torch.clamp(x, 0.0, 6.0),
-               "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Elu": F.elu,
-               "LeakyRelu": lambda x, a=alpha: torch.where(x < 0, x * a, x)}
+        fns = {
+            "Identity": lambda x: x,
+            "Relu": torch.relu,
+            "Relu6": lambda x: torch.clamp(x, 0.0, 6.0),
+            "Sigmoid": torch.sigmoid,
+            "Tanh": torch.tanh,
+            "Elu": F.elu,
+            "LeakyRelu": lambda x, a=alpha: torch.where(x < 0, x * a, x),
+        }
         f = fns[op]
         self._emit(lambda env, x, f=f: f(x), (k,), self._set(node, v.layout, v.rank))
 
@@ -774,8 +829,11 @@ class TfjsGraphModule(torch.nn.Module):
         kind, buf = self._operand(a_key, v.layout, node)
         if kind != "buf":
             raise self._err(node, "alpha must be a constant")
-        self._emit(lambda env, x, buf=buf: torch.where(x < 0, x * getattr(self, buf), x), (x_key,),
-                   self._set(node, v.layout, v.rank))
+        self._emit(
+            lambda env, x, buf=buf: torch.where(x < 0, x * getattr(self, buf), x),
+            (x_key,),
+            self._set(node, v.layout, v.rank),
+        )
 
     def _compile_softmax(self, node: Node) -> None:
         (k,) = node.inputs
@@ -793,16 +851,22 @@ class TfjsGraphModule(torch.nn.Module):
         if v.rank is None:
             if v.layout == "nchw":
                 raise self._err(node, "unknown rank")
-            self._emit(lambda env, x, axes=tuple(axes), keep=keep: torch.mean(x, dim=axes, keepdim=keep), (x_key,),
-                       self._set(node, "plain", None))
+            self._emit(
+                lambda env, x, axes=tuple(axes), keep=keep: torch.mean(x, dim=axes, keepdim=keep),
+                (x_key,),
+                self._set(node, "plain", None),
+            )
             return
         axes = sorted({a % v.rank for a in axes})
         out_rank = v.rank if keep else v.rank - len(axes)
         if v.layout == "nchw" and (keep or _kept_order_same(4, set(axes))):
             dims = tuple(NHWC_TO_NCHW_AXIS[a] for a in axes)
             layout = "nchw" if keep else "plain"
-            self._emit(lambda env, x, dims=dims, keep=keep: torch.mean(x, dim=dims, keepdim=keep), (x_key,),
-                       self._set(node, layout, out_rank))
+            self._emit(
+                lambda env, x, dims=dims, keep=keep: torch.mean(x, dim=dims, keepdim=keep),
+                (x_key,),
+                self._set(node, layout, out_rank),
+            )
             return
         to_nhwc = v.layout == "nchw"
 
@@ -923,8 +987,11 @@ class TfjsGraphModule(torch.nn.Module):
             seq += [int(pads[ax, 0]), int(pads[ax, 1])]
         while len(seq) > 2 and seq[-1] == 0 and seq[-2] == 0:
             seq = seq[:-2]
-        self._emit(lambda env, x, seq=tuple(seq), value=value: F.pad(x, seq, value=value), (x_key,),
-                   self._set(node, v.layout, v.rank))
+        self._emit(
+            lambda env, x, seq=tuple(seq), value=value: F.pad(x, seq, value=value),
+            (x_key,),
+            self._set(node, v.layout, v.rank),
+        )
 
     def _compile_pool(self, node: Node, kind: str) -> None:
         self._check_nhwc(node)
@@ -988,8 +1055,9 @@ class TfjsGraphModule(torch.nn.Module):
         return dict(zip(self.output_names, self.forward(x)))
 
 
-def load_tfjs_graph(path: str | Path, outputs: Optional[Sequence[str]] = None,
-                    input_layout: str = "nchw", fold: bool = True) -> TfjsGraphModule:
+def load_tfjs_graph(
+    path: str | Path, outputs: Optional[Sequence[str]] = None, input_layout: str = "nchw", fold: bool = True
+) -> TfjsGraphModule:
     """ONE entry point: ``model.json`` -> :class:`TfjsGraphModule` (eval mode, float32)."""
     g = read_graph_model(path)
     m = TfjsGraphModule(g, outputs=outputs, input_layout=input_layout, fold=fold).eval()

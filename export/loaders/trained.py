@@ -10,13 +10,13 @@
 
 Both are plain tensor dicts read with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import CheckpointError
 from .common import Checkpoint
@@ -56,13 +56,21 @@ def load_generator(path: Path, obj: dict) -> Checkpoint:
                 raise CheckpointError(f"{path}: {k} has shape {list(a.shape)}, expected [{G.w_dim}] finite values")
             stats[k] = a
     if "w_std" not in stats:
-        raise CheckpointError(f"{path}: no W statistics (w_avg/w_std of encoded faces); this checkpoint is from an "
-                              f"unfinished run -- let `beautyrt train generator` finish (or --resume it) first")
+        raise CheckpointError(
+            f"{path}: no W statistics (w_avg/w_std of encoded faces); this checkpoint is from an "
+            f"unfinished run -- let `beautyrt train generator` finish (or --resume it) first"
+        )
     half = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # the encoder takes [-1, 1]
-    return Checkpoint(kind=GENERATOR_KIND, path=str(path), generator=G, encoder=E,
-                      encoder_norm={"size": cfg.resolution, **half}, w_avg=stats.get("w_avg"), w_std=stats["w_std"],
-                      info={"format": "beautyrt generator+encoder", "steps": int(obj.get("step", 0)),
-                            "resolution": cfg.resolution})
+    return Checkpoint(
+        kind=GENERATOR_KIND,
+        path=str(path),
+        generator=G,
+        encoder=E,
+        encoder_norm={"size": cfg.resolution, **half},
+        w_avg=stats.get("w_avg"),
+        w_std=stats["w_std"],
+        info={"format": "beautyrt generator+encoder", "steps": int(obj.get("step", 0)), "resolution": cfg.resolution},
+    )
 
 
 def load_beauty(path: Path, obj: dict) -> Checkpoint:
@@ -84,8 +92,13 @@ def load_beauty(path: Path, obj: dict) -> Checkpoint:
         net = beauty_module(ident, bcfg, obj, obj["head"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: beauty head does not match its config {bcfg} ({e})") from e
-    return Checkpoint(kind=BEAUTY_KIND, path=str(path), beauty=net.requires_grad_(False),
-                      beauty_norm={"size": size, **PIXEL_NORM}, info={"format": "beautyrt beauty on dlib", **bcfg})
+    return Checkpoint(
+        kind=BEAUTY_KIND,
+        path=str(path),
+        beauty=net.requires_grad_(False),
+        beauty_norm={"size": size, **PIXEL_NORM},
+        info={"format": "beautyrt beauty on dlib", **bcfg},
+    )
 
 
 def _crop_size(obj: dict, path: Path) -> int:

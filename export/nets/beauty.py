@@ -4,6 +4,7 @@ A ResNet (configurable depth/width; ``resnet18`` layout at 224 px for the full-s
 head; the head's bias starts at the middle of the rating scale. Input: RGB NCHW, normalised as the
 manifest records (ImageNet mean/std on [0,1]).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,12 +30,28 @@ class BasicBlock(nn.Module):
 
 
 class BeautyRegressor(nn.Module):
-    def __init__(self, resolution: int = 224, widths: tuple[int, ...] = (64, 128, 256, 512),
-                 blocks: tuple[int, ...] = (2, 2, 2, 2), stem_stride: int = 4, score_mid: float = 5.5):
+    def __init__(
+        self,
+        resolution: int = 224,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        blocks: tuple[int, ...] = (2, 2, 2, 2),
+        stem_stride: int = 4,
+        score_mid: float = 5.5,
+    ):
         super().__init__()
         self.resolution = resolution
-        stem = [nn.Conv2d(3, widths[0], 7 if stem_stride == 4 else 3, 2 if stem_stride >= 2 else 1,
-                          3 if stem_stride == 4 else 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        stem = [
+            nn.Conv2d(
+                3,
+                widths[0],
+                7 if stem_stride == 4 else 3,
+                2 if stem_stride >= 2 else 1,
+                3 if stem_stride == 4 else 1,
+                bias=False,
+            ),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+        ]
         if stem_stride == 4:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
@@ -45,7 +62,7 @@ class BeautyRegressor(nn.Module):
                 cin = w
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(cin, 1)
-        nn.init.normal_(self.head.weight, std=4.0 / cin ** 0.5)  # random-weight presets: scores spread ~±1
+        nn.init.normal_(self.head.weight, std=4.0 / cin**0.5)  # random-weight presets: scores spread ~±1
         nn.init.constant_(self.head.bias, score_mid)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:

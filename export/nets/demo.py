@@ -14,6 +14,7 @@ Inputs follow the Scorer's convention: ``Normalise`` turns the [-1,1] generator 
 ``(x01 - mean) / std``; the pack uses mean 0, std 1/255 for the dlib-based models so the module sees
 [0,255] RGB pixels.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -61,19 +62,21 @@ def _grid(matrix: np.ndarray, in_size: int, out_size: int) -> torch.Tensor:
 class ChipIdentity(nn.Module):
     """[0,255] RGB FFHQ crop (N,3,S,S) -> centred dlib descriptor (N,128)."""
 
-    def __init__(self, dlib_net: nn.Module, matrix: np.ndarray, in_size: int,
-                 centre: Optional[np.ndarray] = None):
+    def __init__(self, dlib_net: nn.Module, matrix: np.ndarray, in_size: int, centre: Optional[np.ndarray] = None):
         super().__init__()
         self.dlib = dlib_net.eval()
         self.in_size = int(in_size)
         self.embedding_dim = 128
         self.register_buffer("grid", _grid(matrix, in_size, 150))
-        self.register_buffer("centre", torch.zeros(128) if centre is None else torch.as_tensor(centre, dtype=torch.float32))
+        self.register_buffer(
+            "centre", torch.zeros(128) if centre is None else torch.as_tensor(centre, dtype=torch.float32)
+        )
 
     def chip(self, img: torch.Tensor) -> torch.Tensor:
         assert img.ndim == 4 and img.shape[2] == self.in_size, f"expected [B,3,{self.in_size},{self.in_size}]"
-        return F.grid_sample(img, self.grid.expand(img.shape[0], -1, -1, -1), mode="bilinear",
-                             padding_mode="border", align_corners=False)
+        return F.grid_sample(
+            img, self.grid.expand(img.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+        )
 
     def raw(self, img: torch.Tensor) -> torch.Tensor:
         return self.dlib(self.chip(img))
@@ -85,8 +88,14 @@ class ChipIdentity(nn.Module):
 class DescriptorBeauty(nn.Module):
     """Beauty score (1..10) from the centred dlib descriptor of the crop: an MLP head over a ChipIdentity."""
 
-    def __init__(self, identity: ChipIdentity, hidden: int = 64, mid: float = 5.5,
-                 feat_mean: Optional[np.ndarray] = None, feat_std: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        identity: ChipIdentity,
+        hidden: int = 64,
+        mid: float = 5.5,
+        feat_mean: Optional[np.ndarray] = None,
+        feat_std: Optional[np.ndarray] = None,
+    ):
         super().__init__()
         self.identity = identity
         self.head = nn.Sequential(nn.Linear(128, hidden), nn.GELU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
@@ -110,8 +119,14 @@ class BlockFeatureBeauty(nn.Module):
     descriptor alone r 0.63, blocks 7.. + descriptor r ~0.68. The first blocks (32/64 channels: mostly
     colour and brightness statistics) are left out so the search cannot buy score with global tone."""
 
-    def __init__(self, identity: ChipIdentity, first_block: int = 7, dim: int = 1536,
-                 feat_mean: Optional[np.ndarray] = None, feat_std: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        identity: ChipIdentity,
+        first_block: int = 7,
+        dim: int = 1536,
+        feat_mean: Optional[np.ndarray] = None,
+        feat_std: Optional[np.ndarray] = None,
+    ):
         super().__init__()
         self.identity = identity
         self.first_block = int(first_block)
@@ -122,7 +137,7 @@ class BlockFeatureBeauty(nn.Module):
     def features(self, img: torch.Tensor) -> torch.Tensor:
         """[0,255] RGB FFHQ crops -> (N, dim) features."""
         blocks, desc = self.identity.dlib.blocks_and_descriptor(self.identity.chip(img))
-        pooled = [F.relu(b).mean(dim=(2, 3)) for b in blocks[self.first_block:]]
+        pooled = [F.relu(b).mean(dim=(2, 3)) for b in blocks[self.first_block :]]
         return torch.cat([*pooled, desc], dim=1)
 
     def from_features(self, f: torch.Tensor) -> torch.Tensor:

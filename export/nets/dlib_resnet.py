@@ -21,6 +21,7 @@ an avg-pooled input with fewer channels (32->64, 64->128) and, at the 7x7 and 4x
 than the strided block output (256@3x3 + 128@4x4 -> 256@4x4; 256@1x1 + 256@2x2 -> 256@2x2). It is written
 with ``F.pad`` on sizes that are static at export time, so it exports to a plain ONNX Pad.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -81,8 +82,9 @@ class DlibResNet(nn.Module):
         for layer in net.layers:
             k, a, wts = layer.kind, layer.attrs, layer.weights
             if k == "con":
-                conv = nn.Conv2d(a["in_channels"], a["num_filters"], a["kernel"], stride=a["stride"],
-                                 padding=a["padding"], bias=True)
+                conv = nn.Conv2d(
+                    a["in_channels"], a["num_filters"], a["kernel"], stride=a["stride"], padding=a["padding"], bias=True
+                )
                 with torch.no_grad():
                     conv.weight.copy_(torch.from_numpy(wts["weight"]))
                     conv.bias.copy_(torch.from_numpy(wts["bias"]))
@@ -117,8 +119,9 @@ class DlibResNet(nn.Module):
 
     def _walk(self, image: torch.Tensor, block_out: Optional[list] = None) -> torch.Tensor:
         if image.dim() != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != self.input_size:
-            raise ValueError(f"expected (N, 3, {self.input_size[0]}, {self.input_size[1]}) RGB in [0, 255], "
-                             f"got {tuple(image.shape)}")
+            raise ValueError(
+                f"expected (N, 3, {self.input_size[0]}, {self.input_size[1]}) RGB in [0, 255], got {tuple(image.shape)}"
+            )
         x = (image - self.mean) * (1.0 / 256.0)
         tags: dict = {}
         for kind, ref in self.ops:
@@ -177,9 +180,16 @@ def export_dlib_resnet_onnx(model: DlibResNet, path, opset: int = 18, prefer_dyn
             batch = torch.export.Dim("batch", min=1, max=4096)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                prog = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
-                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                         dynamic_shapes={"image": {0: batch}}, verbose=False)
+                prog = torch.onnx.export(
+                    model,
+                    example,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes={"image": {0: batch}},
+                    verbose=False,
+                )
             prog.save(str(path))
             return "dynamo"
         except Exception as e:  # noqa: BLE001  (any exporter failure -> try the other one)
@@ -187,7 +197,14 @@ def export_dlib_resnet_onnx(model: DlibResNet, path, opset: int = 18, prefer_dyn
             log.warning("dynamo ONNX export of the dlib network failed (%s); using the legacy exporter", errors[-1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
     return "legacy"

@@ -6,6 +6,7 @@ head on the feature map of its layer group (coarse rows <- deepest features, fin
 reduces to 1x1 and projects to ``w_dim``. Output = ``w_avg + delta`` so an untrained encoder starts at
 the average face. Input: RGB NCHW in [-1, 1] at ``resolution``.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ class Map2Style(nn.Module):
             c = w_dim
         self.convs = nn.Sequential(*layers)
         self.linear = nn.Linear(c, w_dim)
-        nn.init.normal_(self.linear.weight, std=0.1 / c ** 0.5)  # small: an untrained encoder stays near w_avg
+        nn.init.normal_(self.linear.weight, std=0.1 / c**0.5)  # small: an untrained encoder stays near w_avg
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x):
@@ -53,15 +54,17 @@ class Map2Style(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, resolution: int, num_ws: int, w_dim: int, channels: tuple[int, int, int, int] = (32, 64, 128, 256)):
+    def __init__(
+        self, resolution: int, num_ws: int, w_dim: int, channels: tuple[int, int, int, int] = (32, 64, 128, 256)
+    ):
         super().__init__()
         assert resolution >= 16 and resolution & (resolution - 1) == 0, "resolution must be a power of two >= 16"
         self.resolution, self.num_ws, self.w_dim = resolution, num_ws, w_dim
         c0, c1, c2, c3 = channels
         self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, 2, 1, bias=False), nn.BatchNorm2d(c0), nn.LeakyReLU(0.2))
-        self.stage1 = ResBlock(c0, c1, 2)   # 1/4  -> fine
-        self.stage2 = ResBlock(c1, c2, 2)   # 1/8  -> middle
-        self.stage3 = ResBlock(c2, c3, 2)   # 1/16 -> coarse
+        self.stage1 = ResBlock(c0, c1, 2)  # 1/4  -> fine
+        self.stage2 = ResBlock(c1, c2, 2)  # 1/8  -> middle
+        self.stage3 = ResBlock(c2, c3, 2)  # 1/16 -> coarse
         groups = layer_groups(num_ws)
         self.group_of = []
         for name in ("coarse", "middle", "fine"):
@@ -71,8 +74,9 @@ class Encoder(nn.Module):
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        assert img.ndim == 4 and img.shape[1] == 3 and img.shape[2] == self.resolution, \
+        assert img.ndim == 4 and img.shape[1] == 3 and img.shape[2] == self.resolution, (
             f"image must be [B,3,{self.resolution},{self.resolution}], got {list(img.shape)}"
+        )
         x = self.stem(img)
         f1 = self.stage1(x)
         f2 = self.stage2(f1)

@@ -35,6 +35,7 @@ Crops (:data:`CROPS`) are boxes ``(x0, y0, x1, y1)`` in units of beautyrt's FFHQ
 centre of beautyrt's MTCNN box on aligned crops (measured on 200 MEBeauty crops: box x 0.234..0.771,
 y 0.188..0.911); ``mtcnn`` that mean box itself (HSE's crop, stretched to 224x224 as HSE's code does).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,11 +56,23 @@ IMAGENET_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 # mean/std in the *model's* channel order, on 0..255 ("pixel" scale): x_model = (pixel[color] - mean) / std
 PREPROCESSING = {
-    "hse": {"size": SIZE, "color": "BGR", "mean": IMAGENET_CAFFE_MEAN_BGR, "std": (1.0, 1.0, 1.0), "scale": "pixel",
-            "source": "HSE_FaceRec_tf age_gender_identity/age_gender_train.py (keras preprocess_input, caffe) "
-                      "and facial_analysis.py"},
-    "human": {"size": SIZE, "color": "RGB", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "scale": "pixel",
-              "source": "@vladmandic/human 3.3.6 src/face/faceres.ts enhance()"},
+    "hse": {
+        "size": SIZE,
+        "color": "BGR",
+        "mean": IMAGENET_CAFFE_MEAN_BGR,
+        "std": (1.0, 1.0, 1.0),
+        "scale": "pixel",
+        "source": "HSE_FaceRec_tf age_gender_identity/age_gender_train.py (keras preprocess_input, caffe) "
+        "and facial_analysis.py",
+    },
+    "human": {
+        "size": SIZE,
+        "color": "RGB",
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "scale": "pixel",
+        "source": "@vladmandic/human 3.3.6 src/face/faceres.ts enhance()",
+    },
 }
 DEFAULT_PREPROCESSING = "hse"
 
@@ -99,8 +112,12 @@ def _spec(preprocessing) -> dict:
 def input_spec(preprocessing: str = DEFAULT_PREPROCESSING, crop=DEFAULT_CROP) -> dict:
     """The model input as data (the manifest's kind of record): size, colour order, mean/std, crop box."""
     s = dict(_spec(preprocessing))
-    s.update(layout="NCHW", crop_box=list(_box(crop)), crop_frame="beautyrt FFHQ-style aligned crop, unit edges",
-             resize="bilinear")
+    s.update(
+        layout="NCHW",
+        crop_box=list(_box(crop)),
+        crop_frame="beautyrt FFHQ-style aligned crop, unit edges",
+        resize="bilinear",
+    )
     return s
 
 
@@ -127,8 +144,9 @@ def preprocess(images: np.ndarray, crop=DEFAULT_CROP, preprocessing=DEFAULT_PREP
     out = np.empty((arr.shape[0], size, size, 3), np.float32)
     for i, im in enumerate(arr):
         h, w = im.shape[:2]
-        out[i] = np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR,
-                                                        box=(x0 * w, y0 * h, x1 * w, y1 * h)), np.float32)
+        out[i] = np.asarray(
+            Image.fromarray(im).resize((size, size), Image.BILINEAR, box=(x0 * w, y0 * h, x1 * w, y1 * h)), np.float32
+        )
     if spec["color"] == "BGR":
         out = out[..., ::-1]
     elif spec["color"] != "RGB":
@@ -202,5 +220,17 @@ def age_years(probs: np.ndarray, method: str = "human") -> np.ndarray:
     return np.floor(age + 0.5) / 10.0  # JS Math.round
 
 
-__all__ = ["SIZE", "MODELS", "OUTPUT_NODES", "PREPROCESSING", "CROPS", "input_spec", "crop_theta", "preprocess",
-           "load_faceres", "FaceResFromCrop", "gender_label", "age_years"]
+__all__ = [
+    "SIZE",
+    "MODELS",
+    "OUTPUT_NODES",
+    "PREPROCESSING",
+    "CROPS",
+    "input_spec",
+    "crop_theta",
+    "preprocess",
+    "load_faceres",
+    "FaceResFromCrop",
+    "gender_label",
+    "age_years",
+]

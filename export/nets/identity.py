@@ -5,6 +5,7 @@ output BN -> dropout-free flatten -> FC -> BN head, then L2 normalisation so tha
 dot product. ``layers=(3, 4, 14, 3)`` with widths (64, 128, 256, 512) at 112 px is iresnet50.
 Input: RGB NCHW, (pixel/255 - 0.5) / 0.5 as the manifest records.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,13 @@ class IBasicBlock(nn.Module):
 
 
 class IResNet(nn.Module):
-    def __init__(self, resolution: int = 112, layers: tuple[int, ...] = (3, 4, 14, 3),
-                 widths: tuple[int, ...] = (64, 128, 256, 512), embedding_dim: int = 512):
+    def __init__(
+        self,
+        resolution: int = 112,
+        layers: tuple[int, ...] = (3, 4, 14, 3),
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        embedding_dim: int = 512,
+    ):
         super().__init__()
         self.resolution, self.embedding_dim = resolution, embedding_dim
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
@@ -50,8 +56,9 @@ class IResNet(nn.Module):
         self.features = nn.BatchNorm1d(embedding_dim)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        assert img.ndim == 4 and img.shape[1] == 3 and img.shape[2] == self.resolution, \
+        assert img.ndim == 4 and img.shape[1] == 3 and img.shape[2] == self.resolution, (
             f"image must be [B,3,{self.resolution},{self.resolution}], got {list(img.shape)}"
+        )
         x = self.prelu(self.bn1(self.conv1(img)))
         x = self.bn2(self.blocks(x))
         x = self.features(self.fc(torch.flatten(x, 1)))

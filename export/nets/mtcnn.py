@@ -13,6 +13,7 @@ Conventions these weights expect (checked against facenet-pytorch's detector):
   (square) input box: ``x = x0 + lx * (box_w + 1) - 1``.
 * outputs are ordered ``(reg, prob)`` for P/R-Net and ``(reg, landmarks, prob)`` for O-Net.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,8 +74,8 @@ class RNet(nn.Module):
         assert x.dim() == 4 and tuple(x.shape[1:]) == (3, 24, 24), f"RNet expects (N, 3, 24, 24), got {tuple(x.shape)}"
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu3(self.conv3(x))                      # (N, 64, 3, 3)
-        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)   # Caffe (W, H, C) flatten order
+        x = self.prelu3(self.conv3(x))  # (N, 64, 3, 3)
+        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)  # Caffe (W, H, C) flatten order
         x = self.prelu4(self.dense4(x))
         prob = torch.softmax(self.dense5_1(x), dim=1)
         reg = self.dense5_2(x)
@@ -99,8 +100,8 @@ class ONet(nn.Module):
         self.prelu4 = nn.PReLU(128)
         self.dense5 = nn.Linear(1152, 256)
         self.prelu5 = nn.PReLU(256)
-        self.dense6_1 = nn.Linear(256, 2)   # face / not face
-        self.dense6_2 = nn.Linear(256, 4)   # box regression
+        self.dense6_1 = nn.Linear(256, 2)  # face / not face
+        self.dense6_2 = nn.Linear(256, 4)  # box regression
         self.dense6_3 = nn.Linear(256, 10)  # landmarks: x0..x4, y0..y4
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,8 +109,8 @@ class ONet(nn.Module):
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu4(self.conv4(x))                      # (N, 128, 3, 3)
-        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)   # Caffe (W, H, C) flatten order
+        x = self.prelu4(self.conv4(x))  # (N, 128, 3, 3)
+        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)  # Caffe (W, H, C) flatten order
         x = self.prelu5(self.dense5(x))
         prob = torch.softmax(self.dense6_1(x), dim=1)
         reg = self.dense6_2(x)

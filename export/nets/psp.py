@@ -18,6 +18,7 @@ adds per-row deltas to it. :class:`StyleEncoder` adds the checkpoint's ``latent_
 Full-size models: ``widths=(64, 128, 256, 512)``, ``units=(3, 4, 14, 3)`` (IR-SE50), ``w_dim=512``, input
 256 px (encoders, RGB in [-1, 1]) or 112 px (ArcFace). Tests use reduced widths/units.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,9 +52,16 @@ class BottleneckIRSE(nn.Module):
         if in_channel == depth:
             self.shortcut_layer = nn.MaxPool2d(1, stride)
         else:
-            self.shortcut_layer = nn.Sequential(nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
-        layers = [nn.BatchNorm2d(in_channel), nn.Conv2d(in_channel, depth, 3, 1, 1, bias=False), nn.PReLU(depth),
-                  nn.Conv2d(depth, depth, 3, stride, 1, bias=False), nn.BatchNorm2d(depth)]
+            self.shortcut_layer = nn.Sequential(
+                nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
+            )
+        layers = [
+            nn.BatchNorm2d(in_channel),
+            nn.Conv2d(in_channel, depth, 3, 1, 1, bias=False),
+            nn.PReLU(depth),
+            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(depth),
+        ]
         if use_se:
             layers.append(SEModule(depth, se_reduction))
         self.res_layer = nn.Sequential(*layers)
@@ -62,8 +70,9 @@ class BottleneckIRSE(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
-def ir_body(widths: Sequence[int], units: Sequence[int], in_channel: int, se_reduction: int = 16,
-            use_se: bool = True) -> tuple[nn.Sequential, list[int]]:
+def ir_body(
+    widths: Sequence[int], units: Sequence[int], in_channel: int, se_reduction: int = 16, use_se: bool = True
+) -> tuple[nn.Sequential, list[int]]:
     """The residual body of IR(-SE) nets: per stage one stride-2 unit then stride-1 units.
     Returns the Sequential and the index of each stage's last unit."""
     mods, ends, cin = [], [], in_channel
@@ -114,14 +123,23 @@ class _FPNStyleEncoder(nn.Module):
 
     coarse_ind, middle_ind = 3, 7
 
-    def __init__(self, n_styles: int, resolution: int = 256, w_dim: int = 512, input_nc: int = 3,
-                 widths: Sequence[int] = IRSE50_WIDTHS, units: Sequence[int] = IRSE50_UNITS, se_reduction: int = 16,
-                 use_se: bool = True):
+    def __init__(
+        self,
+        n_styles: int,
+        resolution: int = 256,
+        w_dim: int = 512,
+        input_nc: int = 3,
+        widths: Sequence[int] = IRSE50_WIDTHS,
+        units: Sequence[int] = IRSE50_UNITS,
+        se_reduction: int = 16,
+        use_se: bool = True,
+    ):
         super().__init__()
         assert len(widths) == 4 and len(units) == 4, "IR backbones have four stages"
         self.n_styles, self.resolution, self.w_dim = n_styles, resolution, w_dim
-        self.input_layer = nn.Sequential(nn.Conv2d(input_nc, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                         nn.PReLU(widths[0]))
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(input_nc, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0])
+        )
         self.body, ends = ir_body(widths, units, widths[0], se_reduction, use_se)
         self.tap_fine, self.tap_middle, self.tap_coarse = ends[1], ends[2], ends[3]  # pSp's 6 / 20 / 23 for IR-SE50
         s = resolution // 16  # spatial size of the deepest map
@@ -135,8 +153,9 @@ class _FPNStyleEncoder(nn.Module):
             raise ValueError(f"the FPN adds the last stage ({widths[3]}) to w_dim ({w_dim}) maps: they must be equal")
 
     def features(self, x: torch.Tensor):
-        assert x.ndim == 4 and x.shape[2] == self.resolution and x.shape[3] == self.resolution, \
+        assert x.ndim == 4 and x.shape[2] == self.resolution and x.shape[3] == self.resolution, (
             f"image must be [B,3,{self.resolution},{self.resolution}], got {list(x.shape)}"
+        )
         x = self.input_layer(x)
         c1 = c2 = c3 = None
         for i, layer in enumerate(self.body):
@@ -214,20 +233,34 @@ class IRSEBackbone(nn.Module):
     ``input_size``, as pSp's ID loss does on 256 px FFHQ-aligned images (crop 35:223, 32:220).
     """
 
-    def __init__(self, input_size: int = 112, widths: Sequence[int] = IRSE50_WIDTHS, units: Sequence[int] = IRSE50_UNITS,
-                 embedding_dim: int = 512, se_reduction: int = 16, in_resolution: Optional[int] = None,
-                 crop: Optional[Sequence[int]] = None, affine: bool = True, use_se: bool = True):
+    def __init__(
+        self,
+        input_size: int = 112,
+        widths: Sequence[int] = IRSE50_WIDTHS,
+        units: Sequence[int] = IRSE50_UNITS,
+        embedding_dim: int = 512,
+        se_reduction: int = 16,
+        in_resolution: Optional[int] = None,
+        crop: Optional[Sequence[int]] = None,
+        affine: bool = True,
+        use_se: bool = True,
+    ):
         super().__init__()
         self.input_size, self.embedding_dim = input_size, embedding_dim
         self.resolution = in_resolution or input_size
         self.crop = tuple(int(c) for c in crop) if crop else None
-        self.input_layer = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                         nn.PReLU(widths[0]))
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0])
+        )
         self.body, _ = ir_body(widths, units, widths[0], se_reduction, use_se)
         s = input_size // 16
-        self.output_layer = nn.Sequential(nn.BatchNorm2d(widths[3]), nn.Dropout(0.4), nn.Flatten(),
-                                          nn.Linear(widths[3] * s * s, embedding_dim),
-                                          nn.BatchNorm1d(embedding_dim, affine=affine))
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(widths[3]),
+            nn.Dropout(0.4),
+            nn.Flatten(),
+            nn.Linear(widths[3] * s * s, embedding_dim),
+            nn.BatchNorm1d(embedding_dim, affine=affine),
+        )
         if self.crop:
             t, b, l, r = self.crop
             self.register_buffer("pool_h", adaptive_pool_matrix(b - t, input_size), persistent=False)
@@ -236,8 +269,9 @@ class IRSEBackbone(nn.Module):
             raise ValueError("in_resolution differs from input_size: give a crop")
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        assert img.ndim == 4 and img.shape[1] == 3 and img.shape[2] == self.resolution and img.shape[3] == self.resolution, \
-            f"image must be [B,3,{self.resolution},{self.resolution}], got {list(img.shape)}"
+        assert (
+            img.ndim == 4 and img.shape[1] == 3 and img.shape[2] == self.resolution and img.shape[3] == self.resolution
+        ), f"image must be [B,3,{self.resolution},{self.resolution}], got {list(img.shape)}"
         if self.crop:
             t, b, l, r = self.crop
             img = self.pool_h @ img[:, :, t:b, l:r] @ self.pool_w.t()

@@ -5,6 +5,7 @@ the engine. ``score_resolution`` stops the synthesis early (the beauty and ident
 the generator's full resolution); ``SynthesisNetwork.forward(stop_at=...)`` returns the skip image of
 that block, which is the generator's own low-resolution rendering of the face.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -80,8 +81,15 @@ class CropScorer(nn.Module):
 class Scorer(nn.Module):
     """W+ -> synthesis (optionally stopped early at ``score_resolution``) -> :class:`CropScorer`."""
 
-    def __init__(self, synthesis: nn.Module, beauty: nn.Module, beauty_norm: dict, identity: nn.Module,
-                 identity_norm: dict, score_resolution: Optional[int] = None):
+    def __init__(
+        self,
+        synthesis: nn.Module,
+        beauty: nn.Module,
+        beauty_norm: dict,
+        identity: nn.Module,
+        identity_norm: dict,
+        score_resolution: Optional[int] = None,
+    ):
         super().__init__()
         self.synthesis = synthesis
         self.crop_scorer = CropScorer(beauty, beauty_norm, identity, identity_norm)

@@ -14,6 +14,7 @@ Custom CUDA kernels are not used; FIR filtering is a depthwise convolution.
 Shapes at the module boundary are asserted: ``ws`` is ``[batch, num_ws, w_dim]``, images are
 ``[batch, img_channels, resolution, resolution]`` in [-1, 1] (not clamped).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,9 @@ def fir2d(x: torch.Tensor, f: torch.Tensor, pad: int, gain: float) -> torch.Tens
     return F.conv2d(x, _depthwise(x, f, gain), padding=pad, groups=x.shape[1])
 
 
-def bias_act(x: torch.Tensor, b: Optional[torch.Tensor], act: str = "linear", gain: float = 1.0,
-             clamp: Optional[float] = None) -> torch.Tensor:
+def bias_act(
+    x: torch.Tensor, b: Optional[torch.Tensor], act: str = "linear", gain: float = 1.0, clamp: Optional[float] = None
+) -> torch.Tensor:
     if b is not None:
         x = x + (b.reshape(1, -1, 1, 1) if x.ndim == 4 else b.reshape(1, -1))
     if act == "lrelu":
@@ -73,8 +75,15 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor], act: str = "linear", ga
 class FullyConnectedLayer(nn.Module):
     """Equalised-learning-rate linear layer (weights stored unscaled, scaled at run time)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ):
         super().__init__()
         self.activation = activation
         self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
@@ -96,14 +105,24 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class MappingNetwork(nn.Module):
     """z [B, z_dim] -> ws [B, num_ws, w_dim]; keeps ``w_avg`` (the centre of W) as a buffer."""
 
-    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, lr_multiplier: float = 0.01,
-                 layer_features: Optional[int] = None):
+    def __init__(
+        self,
+        z_dim: int,
+        w_dim: int,
+        num_ws: int,
+        num_layers: int = 8,
+        lr_multiplier: float = 0.01,
+        layer_features: Optional[int] = None,
+    ):
         super().__init__()
         self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
         feats = [z_dim] + [layer_features or w_dim] * (num_layers - 1) + [w_dim]
         for idx in range(num_layers):
-            setattr(self, f"fc{idx}", FullyConnectedLayer(feats[idx], feats[idx + 1], activation="lrelu",
-                                                          lr_multiplier=lr_multiplier))
+            setattr(
+                self,
+                f"fc{idx}",
+                FullyConnectedLayer(feats[idx], feats[idx + 1], activation="lrelu", lr_multiplier=lr_multiplier),
+            )
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
@@ -117,9 +136,16 @@ class MappingNetwork(nn.Module):
         return x
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, up: int = 1,
-                     padding: int = 0, resample_filter: Optional[torch.Tensor] = None,
-                     demodulate: bool = True) -> torch.Tensor:
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    *,
+    up: int = 1,
+    padding: int = 0,
+    resample_filter: Optional[torch.Tensor] = None,
+    demodulate: bool = True,
+) -> torch.Tensor:
     """Per-activation modulated convolution (batch stays a free axis for ONNX).
 
     x [B,I,H,W], weight [O,I,k,k], styles [B,I]. Equivalent to NVIDIA's modulated_conv2d with
@@ -144,8 +170,17 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
 
 class SynthesisLayer(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
-                 up: int = 1, conv_clamp: Optional[float] = None, resample_filter: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        kernel_size: int = 3,
+        up: int = 1,
+        conv_clamp: Optional[float] = None,
+        resample_filter: Optional[torch.Tensor] = None,
+    ):
         super().__init__()
         self.resolution, self.up, self.conv_clamp = resolution, up, conv_clamp
         self.padding = kernel_size // 2
@@ -159,8 +194,9 @@ class SynthesisLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w)
-        x = modulated_conv2d(x, self.weight, styles, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter)
+        x = modulated_conv2d(
+            x, self.weight, styles, up=self.up, padding=self.padding, resample_filter=self.resample_filter
+        )
         x = x + self.noise_const * self.noise_strength
         return bias_act(x, self.bias, "lrelu", clamp=self.conv_clamp)
 
@@ -183,18 +219,27 @@ class ToRGBLayer(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution of the skip generator: (const | up-conv) -> conv -> ToRGB, image skip up-sampled."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         self.in_channels, self.resolution = in_channels, resolution
         self.register_buffer("resample_filter", fir_filter())
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp,
-                                        resample_filter=fir_filter())
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp,
-                                    resample_filter=fir_filter())
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp, resample_filter=fir_filter()
+            )
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp, resample_filter=fir_filter()
+        )
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
@@ -216,7 +261,7 @@ class SynthesisBlock(nn.Module):
 
 def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict[int, int]:
     log2 = int(math.log2(resolution))
-    return {2 ** i: min(channel_base // (2 ** i), channel_max) for i in range(2, log2 + 1)}
+    return {2**i: min(channel_base // (2**i), channel_max) for i in range(2, log2 + 1)}
 
 
 class SynthesisNetwork(nn.Module):
@@ -226,14 +271,21 @@ class SynthesisNetwork(nn.Module):
     (the skip sum so far): an early exit for scoring candidates at a lower resolution.
     """
 
-    def __init__(self, w_dim: int, img_resolution: int, img_channels: int = 3, channel_base: int = 32768,
-                 channel_max: int = 512, conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int = 3,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         log2 = int(math.log2(img_resolution))
-        if 2 ** log2 != img_resolution or not 8 <= img_resolution <= 1024:
+        if 2**log2 != img_resolution or not 8 <= img_resolution <= 1024:
             raise ValueError(f"resolution must be a power of two in 8..1024, got {img_resolution}")
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
-        self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
+        self.block_resolutions = [2**i for i in range(2, log2 + 1)]
         ch = channels_for(img_resolution, channel_base, channel_max)
         self.num_ws = 0
         self.block_ws: list[tuple[int, int]] = []  # (first w index, count) per block
@@ -246,11 +298,12 @@ class SynthesisNetwork(nn.Module):
         self.num_ws += 1  # the last block's ToRGB
 
     def forward(self, ws: torch.Tensor, stop_at: Optional[int] = None) -> torch.Tensor:
-        assert ws.ndim == 3 and ws.shape[1] == self.num_ws and ws.shape[2] == self.w_dim, \
+        assert ws.ndim == 3 and ws.shape[1] == self.num_ws and ws.shape[2] == self.w_dim, (
             f"ws must be [B,{self.num_ws},{self.w_dim}], got {list(ws.shape)}"
+        )
         x = img = None
         for res, (start, count) in zip(self.block_resolutions, self.block_ws):
-            x, img = getattr(self, f"b{res}")(x, img, ws[:, start:start + count])
+            x, img = getattr(self, f"b{res}")(x, img, ws[:, start : start + count])
             if stop_at is not None and res == stop_at:
                 break
         return img
@@ -266,9 +319,17 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
     """Mapping + synthesis with NVIDIA's constructor arguments (a subset)."""
 
-    def __init__(self, z_dim: int = 512, w_dim: int = 512, img_resolution: int = 256, img_channels: int = 3,
-                 channel_base: int = 32768, channel_max: int = 512, mapping_layers: int = 8,
-                 conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        z_dim: int = 512,
+        w_dim: int = 512,
+        img_resolution: int = 256,
+        img_channels: int = 3,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        mapping_layers: int = 8,
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, img_resolution, img_channels
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, conv_clamp)

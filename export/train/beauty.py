@@ -13,6 +13,7 @@ extractor trained on millions of faces, the scorer computes it anyway for identi
 trains in seconds on CPU; a CNN from scratch on ~1,800 rated 64 px faces cannot match it (measured
 numbers in export/demo_pack/README.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .common import LossLog, seed_all, to_tensor
 from ..nets.demo import ChipIdentity, DescriptorBeauty, chip_affine
+from .common import LossLog, seed_all, to_tensor
 
 log = logging.getLogger("beautyrt")
 
@@ -43,7 +44,7 @@ def _batched_pixels(fn, images: torch.Tensor, batch: int, what: str, log_every: 
     """``fn`` on [0,255] versions of [-1,1] images, ``batch`` at a time, with progress in the log."""
     out, t0 = [], time.time()
     for i in range(0, len(images), batch):
-        out.append(fn((images[i:i + batch].clamp(-1, 1) + 1) * 127.5).numpy())
+        out.append(fn((images[i : i + batch].clamp(-1, 1) + 1) * 127.5).numpy())
         if (i // batch) % log_every == 0:
             log.info("%s %d/%d (%.0fs)", what, i, len(images), time.time() - t0)
     return np.concatenate(out)
@@ -56,13 +57,17 @@ def descriptors(identity: ChipIdentity, images: torch.Tensor, batch: int = 32, l
 
 @torch.no_grad()
 def reconstruct(G, E, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    return torch.cat([G.synthesis(E(images[i:i + batch])) for i in range(0, len(images), batch)])
+    return torch.cat([G.synthesis(E(images[i : i + batch])) for i in range(0, len(images), batch)])
 
 
 def metrics(pred: np.ndarray, y: np.ndarray) -> dict:
     pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
-    return {"pearson_r": float(np.corrcoef(pred, y)[0, 1]), "mae": float(np.abs(pred - y).mean()),
-            "rmse": float(np.sqrt(((pred - y) ** 2).mean())), "n": int(len(y))}
+    return {
+        "pearson_r": float(np.corrcoef(pred, y)[0, 1]),
+        "mae": float(np.abs(pred - y).mean()),
+        "rmse": float(np.sqrt(((pred - y) ** 2).mean())),
+        "n": int(len(y)),
+    }
 
 
 def compute_features(data: dict, out: Path, generator_ckpt: Optional[str] = None, res: int = 64) -> dict:
@@ -82,6 +87,7 @@ def compute_features(data: dict, out: Path, generator_ckpt: Optional[str] = None
         np.savez(cache, **feats)
     if generator_ckpt:
         from beautyrt.engines.manifest import sha256_file
+
         from .generator import load_checkpoint
 
         key = sha256_file(generator_ckpt)[:16]  # reconstructions belong to one generator checkpoint
@@ -93,8 +99,16 @@ def compute_features(data: dict, out: Path, generator_ckpt: Optional[str] = None
     return feats
 
 
-def add_hard_examples(data: dict, out: Path, bundle: str | Path, generator_ckpt: str, n: int = 120,
-                      seed: int = 0, res: int = 64, settings=None) -> dict:
+def add_hard_examples(
+    data: dict,
+    out: Path,
+    bundle: str | Path,
+    generator_ckpt: str,
+    n: int = 120,
+    seed: int = 0,
+    res: int = 64,
+    settings=None,
+) -> dict:
     """Hard negatives: what the search finds on training faces, labelled with the face's own rating.
 
     The search (``bundle``, the runtime's own Beautifier on the aligned crops) climbs the regressor; on a
@@ -115,12 +129,12 @@ def add_hard_examples(data: dict, out: Path, bundle: str | Path, generator_ckpt:
         G, E, _ = load_checkpoint(generator_ckpt)
         imgs = to_tensor(data[f"images_{res}"][tr])
         with torch.no_grad():
-            ws = torch.cat([E(imgs[i:i + 64]) for i in range(0, len(imgs), 64)])
+            ws = torch.cat([E(imgs[i : i + 64]) for i in range(0, len(imgs), 64)])
             std = ws.reshape(-1, ws.shape[-1]).std(0)
             g = torch.Generator().manual_seed(seed)
             scale = torch.where(torch.rand(len(ws), generator=g) < 0.5, 0.5, 1.0)[:, None, None]
             wp = ws + torch.randn(len(ws), 1, ws.shape[-1], generator=g) * std * scale
-            pert = torch.cat([G.synthesis(wp[i:i + 64]) for i in range(0, len(wp), 64)])
+            pert = torch.cat([G.synthesis(wp[i : i + 64]) for i in range(0, len(wp), 64)])
         feats["pert"] = descriptors(identity, pert, label="perturbed")
         feats["pert_index"] = tr
         np.savez(cache, **feats)
@@ -144,9 +158,18 @@ def add_hard_examples(data: dict, out: Path, bundle: str | Path, generator_ckpt:
     return feats
 
 
-def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = None, omi_weight: float = 0.5,
-                 hidden: int = 64, epochs: int = 300, lr: float = 3e-3, weight_decay: float = 1e-3,
-                 seed: int = 0, res: int = 64) -> dict:
+def train_beauty(
+    data: dict,
+    out: str | Path,
+    generator_ckpt: Optional[str] = None,
+    omi_weight: float = 0.5,
+    hidden: int = 64,
+    epochs: int = 300,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+    res: int = 64,
+) -> dict:
     """Fit the head; writes ``out/beauty.pt`` (head state + centre + feature stats + chip matrix) and metrics."""
     out = Path(out)
     gen = seed_all(seed)
@@ -167,7 +190,11 @@ def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = No
             X.append(feats[key]), y.append(score[idx]), wgt.append(np.full(len(idx), w_extra))
     if omi_weight > 0 and len(omi):
         X.append(feats["real"][omi]), y.append(score[omi]), wgt.append(np.full(len(omi), omi_weight))
-        X.append(feats["flip"][[fl[int(i)] for i in omi]]), y.append(score[omi]), wgt.append(np.full(len(omi), omi_weight))
+        (
+            X.append(feats["flip"][[fl[int(i)] for i in omi]]),
+            y.append(score[omi]),
+            wgt.append(np.full(len(omi), omi_weight)),
+        )
     X = np.concatenate(X) - centre
     y, wgt = np.concatenate(y), np.concatenate(wgt)
     fm, fs = X.mean(0), X.std(0) + 1e-6
@@ -187,7 +214,7 @@ def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = No
         perm = torch.randperm(len(Xt), generator=gen)
         tot = 0.0
         for i in range(0, len(perm), 128):
-            b = perm[i:i + 128]
+            b = perm[i : i + 128]
             xb = Xt[b] + 0.05 * torch.randn(len(b), 128, generator=gen) * torch.from_numpy(fs).float()
             loss = (wt[b] * (model.from_descriptor(xb) - yt[b]) ** 2).mean()
             opt.zero_grad()
@@ -205,8 +232,11 @@ def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = No
     last = metrics(model.from_descriptor(Xv).detach().numpy(), yv)
     model.head.load_state_dict(best[1])
     model.head.eval()
-    res_m = {"val_real": metrics(model.from_descriptor(Xv).detach().numpy(), yv), "val_real_last_epoch": last,
-             "best_epoch": best[2]}
+    res_m = {
+        "val_real": metrics(model.from_descriptor(Xv).detach().numpy(), yv),
+        "val_real_last_epoch": last,
+        "best_epoch": best[2],
+    }
     if "recon" in feats:
         Xr = torch.from_numpy(feats["recon"][va] - centre).float()
         res_m["val_recon"] = metrics(model.from_descriptor(Xr).detach().numpy(), yv)
@@ -217,10 +247,19 @@ def train_beauty(data: dict, out: str | Path, generator_ckpt: Optional[str] = No
     Av = np.hstack([((feats["real"][va] - centre) - fm) / fs, np.ones((len(va), 1))])
     res_m["ridge_val_real"] = metrics(Av @ coef, yv)
     lossl(**{"final": res_m})
-    torch.save({"head": model.head.state_dict(), "centre": torch.from_numpy(centre), "feat_mean": torch.from_numpy(fm),
-                "feat_std": torch.from_numpy(fs), "hidden": hidden, "matrix": torch.from_numpy(identity_matrix(data, res)),
-                "crop_size": torch.tensor(res),
-                "metrics": res_m}, out / "beauty.pt")
+    torch.save(
+        {
+            "head": model.head.state_dict(),
+            "centre": torch.from_numpy(centre),
+            "feat_mean": torch.from_numpy(fm),
+            "feat_std": torch.from_numpy(fs),
+            "hidden": hidden,
+            "matrix": torch.from_numpy(identity_matrix(data, res)),
+            "crop_size": torch.tensor(res),
+            "metrics": res_m,
+        },
+        out / "beauty.pt",
+    )
     return res_m
 
 
@@ -251,8 +290,16 @@ def _ridge(X: np.ndarray, y: np.ndarray, w: np.ndarray, lam: float):
     return coef, ym, mu, sd
 
 
-def train_beauty_ridge(data: dict, out: str | Path, omi_weight: float = 0.5, first_block: int = 7, seed: int = 0,
-                       res: int = 64, lambdas=(0.3, 1.0, 3.0, 10.0), folds: int = 5) -> dict:
+def train_beauty_ridge(
+    data: dict,
+    out: str | Path,
+    omi_weight: float = 0.5,
+    first_block: int = 7,
+    seed: int = 0,
+    res: int = 64,
+    lambdas=(0.3, 1.0, 3.0, 10.0),
+    folds: int = 5,
+) -> dict:
     """The pack's regressor: a ridge head on dlib block features (:class:`BlockFeatureBeauty`).
 
     Training set: MEBeauty train crops, their mirror images and a blurred+noisy copy (robustness to the
@@ -300,18 +347,39 @@ def train_beauty_ridge(data: dict, out: str | Path, omi_weight: float = 0.5, fir
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(coef).float()[None])
         model.head.bias.fill_(ym)
-    res_m = {"head": "ridge on dlib blocks", "first_block": first_block, "dim": dim, "lambda": lam,
-             "cv_pearson_r_train": cv,
-             "val_real": metrics(((real[va] - mu) / sd) @ coef + ym, score[va]),
-             "val_blur_noise": metrics(((block_features(probe, _blur_noise(imgs[va], gen), label="val aug") - mu) / sd) @ coef + ym,
-                                       score[va])}
+    res_m = {
+        "head": "ridge on dlib blocks",
+        "first_block": first_block,
+        "dim": dim,
+        "lambda": lam,
+        "cv_pearson_r_train": cv,
+        "val_real": metrics(((real[va] - mu) / sd) @ coef + ym, score[va]),
+        "val_blur_noise": metrics(
+            ((block_features(probe, _blur_noise(imgs[va], gen), label="val aug") - mu) / sd) @ coef + ym, score[va]
+        ),
+    }
     with torch.no_grad():  # the module that gets exported, end to end (features + head), must agree
         res_m["val_real_torch"] = metrics(model((imgs[va].clamp(-1, 1) + 1) * 127.5).numpy(), score[va])
-    log.info("ridge beauty: lambda %g, val r %.3f (torch module %.3f), MAE %.3f", lam, res_m["val_real"]["pearson_r"],
-             res_m["val_real_torch"]["pearson_r"], res_m["val_real"]["mae"])
-    torch.save({"kind": "ridge_blocks", "head": model.head.state_dict(), "first_block": torch.tensor(first_block),
-                "dim": torch.tensor(dim), "centre": torch.from_numpy(centre).float(),
-                "feat_mean": torch.from_numpy(mu).float(), "feat_std": torch.from_numpy(sd).float(),
-                "matrix": torch.from_numpy(identity_matrix(data, res)), "crop_size": torch.tensor(res)}, out / "beauty.pt")
+    log.info(
+        "ridge beauty: lambda %g, val r %.3f (torch module %.3f), MAE %.3f",
+        lam,
+        res_m["val_real"]["pearson_r"],
+        res_m["val_real_torch"]["pearson_r"],
+        res_m["val_real"]["mae"],
+    )
+    torch.save(
+        {
+            "kind": "ridge_blocks",
+            "head": model.head.state_dict(),
+            "first_block": torch.tensor(first_block),
+            "dim": torch.tensor(dim),
+            "centre": torch.from_numpy(centre).float(),
+            "feat_mean": torch.from_numpy(mu).float(),
+            "feat_std": torch.from_numpy(sd).float(),
+            "matrix": torch.from_numpy(identity_matrix(data, res)),
+            "crop_size": torch.tensor(res),
+        },
+        out / "beauty.pt",
+    )
     (out / "beauty_metrics.json").write_text(json.dumps(res_m, indent=1))
     return res_m

@@ -1,4 +1,5 @@
 """Small helpers shared by the trainers: seeding, a loss log, batches of aligned faces."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,10 @@ class LossLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, **rec) -> dict:
-        rec = {"t": round(time.time() - self.t0, 1), **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()}}
+        rec = {
+            "t": round(time.time() - self.t0, 1),
+            **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in rec.items()},
+        }
         self.records.append(rec)
         if self.path:
             with open(self.path, "a") as f:

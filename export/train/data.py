@@ -2,13 +2,15 @@
 
 Every photo goes through the same path the runtime uses: MTCNN (torch P/R/O-Nets with the facenet-pytorch
 weights, run by :class:`beautyrt.runtime.ops.mtcnn.MTCNNDetector`) -> 5 landmarks of the largest face ->
-:func:`beautyrt.runtime.ops.geometry.ffhq_alignment` -> :func:`beautyrt.runtime.ops.geometry.warp` at the requested sizes.
+:func:`beautyrt.runtime.ops.geometry.ffhq_alignment` -> :func:`beautyrt.runtime.ops.geometry.warp` at the
+requested sizes.
 The result is cached as one npz per (source, size) set outside the repository:
 
 ``images_<size>`` uint8 (N, S, S, 3), ``lm_<size>`` float32 (N, 5, 2) landmarks in crop pixels, ``score`` float32
 (MEBeauty 1..10 or OMI attractive rescaled to 1..10), ``split`` (0 train, 1 val, 2 omi), ``names``.
 Photos without a detected face are listed in ``missed``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -74,8 +76,11 @@ def make_detector(min_face: float = 40.0, cache_dir: Optional[str | Path] = None
         from beautyrt.export.mtcnn_weights import load_mtcnn_nets
 
         nets = load_mtcnn_nets(cache_dir)
-        engines = (_TorchEngine(nets["pnet"], ("reg", "prob")), _TorchEngine(nets["rnet"], ("reg", "prob")),
-                   _TorchEngine(nets["onet"], ("reg", "landmarks", "prob")))
+        engines = (
+            _TorchEngine(nets["pnet"], ("reg", "prob")),
+            _TorchEngine(nets["rnet"], ("reg", "prob")),
+            _TorchEngine(nets["onet"], ("reg", "landmarks", "prob")),
+        )
     else:
         import tempfile
 
@@ -99,8 +104,13 @@ def list_sources(data: str | Path, include_omi: bool = True) -> list[tuple[Path,
         with open(data / "omi" / "attribute_means.csv", newline="") as f:
             for row in csv.DictReader(f):
                 # attractive 0..100 -> 1..10 (a linear rescale; OMI's scale is not MEBeauty's)
-                items.append((data / "omi" / "images" / f"{row['stimulus']}.jpg",
-                              1.0 + 9.0 * float(row["attractive"]) / 100.0, SPLITS["omi"]))
+                items.append(
+                    (
+                        data / "omi" / "images" / f"{row['stimulus']}.jpg",
+                        1.0 + 9.0 * float(row["attractive"]) / 100.0,
+                        SPLITS["omi"],
+                    )
+                )
     return items
 
 
@@ -112,8 +122,13 @@ def align_photo(rgb: np.ndarray, detector, sizes: Sequence[int], detect_side: in
     from beautyrt.runtime.ops.geometry import ffhq_alignment, warp
 
     k = min(1.0, detect_side / max(rgb.shape[:2]))
-    small = rgb if k == 1.0 else np.asarray(Image.fromarray(rgb).resize(
-        (max(1, round(rgb.shape[1] * k)), max(1, round(rgb.shape[0] * k))), Image.BOX))
+    small = (
+        rgb
+        if k == 1.0
+        else np.asarray(
+            Image.fromarray(rgb).resize((max(1, round(rgb.shape[1] * k)), max(1, round(rgb.shape[0] * k))), Image.BOX)
+        )
+    )
     faces = detector.detect(small)
     if not faces:
         return None
@@ -126,9 +141,16 @@ def align_photo(rgb: np.ndarray, detector, sizes: Sequence[int], detect_side: in
     return out
 
 
-def prepare(data: str | Path, sizes: Sequence[int] = (64, 128), cache: str | Path = DEFAULT_CACHE,
-            include_omi: bool = True, limit: Optional[int] = None, force: bool = False,
-            progress: Optional[Callable[[int, int], None]] = None, workers: int = 2) -> Path:
+def prepare(
+    data: str | Path,
+    sizes: Sequence[int] = (64, 128),
+    cache: str | Path = DEFAULT_CACHE,
+    include_omi: bool = True,
+    limit: Optional[int] = None,
+    force: bool = False,
+    progress: Optional[Callable[[int, int], None]] = None,
+    workers: int = 2,
+) -> Path:
     """Align every photo once; returns the npz path (reused when it exists unless ``force``).
 
     ``workers`` processes share the list (one onnxruntime thread each)."""
@@ -146,7 +168,9 @@ def prepare(data: str | Path, sizes: Sequence[int] = (64, 128), cache: str | Pat
 
         chunks = [items[i::workers] for i in range(workers)]
         with mp.get_context("spawn").Pool(workers) as pool:
-            parts = pool.starmap(_align_items, [(c, str(data), tuple(sizes), None, i, workers) for i, c in enumerate(chunks)])
+            parts = pool.starmap(
+                _align_items, [(c, str(data), tuple(sizes), None, i, workers) for i, c in enumerate(chunks)]
+            )
     else:
         parts = [_align_items(items, str(data), tuple(sizes), progress)]
     res = {k: [x for p in parts for x in p[k]] for k in parts[0]}
@@ -155,8 +179,14 @@ def prepare(data: str | Path, sizes: Sequence[int] = (64, 128), cache: str | Pat
     order = np.argsort(res["index"], kind="stable")  # back to list order
     arrays = {k: v[order] for k, v in arrays.items()}
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, score=np.asarray(res["score"], np.float32)[order], split=np.asarray(res["split"], np.int8)[order],
-             names=np.asarray(res["name"])[order], missed=np.asarray(res["missed"]), **arrays)
+    np.savez(
+        tmp,
+        score=np.asarray(res["score"], np.float32)[order],
+        split=np.asarray(res["split"], np.int8)[order],
+        names=np.asarray(res["name"])[order],
+        missed=np.asarray(res["missed"]),
+        **arrays,
+    )
     tmp.replace(path)
     log.info("aligned %d faces (%d missed) -> %s", len(order), len(res["missed"]), path)
     return path

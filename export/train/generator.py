@@ -15,6 +15,7 @@ held out (it is what ``beautyrt evaluate`` runs on).
 
 The pack's W statistics are those of ENCODED training faces (``encoded_stats``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..nets.demo import NormalisedEncoder
 from ..nets.encoder import Encoder
 from ..nets.stylegan2 import Generator
 from .common import LossLog, batch, seed_all, to_tensor
-from ..nets.demo import NormalisedEncoder
 
 log = logging.getLogger("beautyrt")
 
@@ -60,8 +61,14 @@ class GenConfig:
     threads: Optional[int] = None
 
     def generator_kwargs(self) -> dict:
-        return dict(z_dim=self.z_dim, w_dim=self.w_dim, img_resolution=self.resolution, channel_base=self.channel_base,
-                    channel_max=self.channel_max, mapping_layers=self.mapping_layers)
+        return dict(
+            z_dim=self.z_dim,
+            w_dim=self.w_dim,
+            img_resolution=self.resolution,
+            channel_base=self.channel_base,
+            channel_max=self.channel_max,
+            mapping_layers=self.mapping_layers,
+        )
 
 
 def build(cfg: GenConfig) -> tuple[Generator, NormalisedEncoder]:
@@ -76,8 +83,9 @@ def _split_faces(data: dict, res: int) -> tuple[torch.Tensor, torch.Tensor]:
     return imgs[split != 1], imgs[split == 1]
 
 
-def train_generator(data: dict, out: str | Path, cfg: GenConfig = GenConfig(), resume: bool = False,
-                    identity=None) -> dict:
+def train_generator(
+    data: dict, out: str | Path, cfg: GenConfig = GenConfig(), resume: bool = False, identity=None
+) -> dict:
     """Train; writes ``out/generator.pt`` (checkpoint: G, E state dicts, config, stats) and ``out/gen_log.jsonl``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +125,8 @@ def train_generator(data: dict, out: str | Path, cfg: GenConfig = GenConfig(), r
             per_row = torch.randn(ws.shape, generator=gen)
             q = cfg.batch // 4
             noise = torch.zeros_like(ws)
-            noise[2 * q:3 * q] = shared[2 * q:3 * q]
-            noise[3 * q:] = per_row[3 * q:]
+            noise[2 * q : 3 * q] = shared[2 * q : 3 * q]
+            noise[3 * q :] = per_row[3 * q :]
             ws = ws + noise * std * cfg.latent_noise
         y = G.synthesis(ws)
         l1 = (y - x).abs().mean()
@@ -188,7 +196,7 @@ def load_checkpoint(path: str | Path) -> tuple[Generator, NormalisedEncoder, Gen
 
 @torch.no_grad()
 def encode_all(E, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([E(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return torch.cat([E(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def encoded_stats(ws: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

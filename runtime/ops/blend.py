@@ -23,14 +23,15 @@ Details of ``paste_back``:
   limited to [0.8, 1.25] and applied inside the mask only, so an intended change of the inner face is kept
   while the transition to the untouched photo stays seamless.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from .geometry import Alignment, affine_sample, apply_affine
 from ..errors import UsageError
+from .geometry import Alignment, affine_sample, apply_affine
 
 __all__ = ["face_ellipse", "crop_mask", "image_mask", "paste_back", "add_edits", "warp_field"]
 
@@ -50,7 +51,7 @@ def face_ellipse(landmarks5: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray
         raise UsageError("face mask: degenerate landmarks")
     down = down / d
     across = np.array([-down[1], down[0]])  # perpendicular to the eye->mouth axis
-    top = -1.0 * d       # above the eyes (brows / forehead)
+    top = -1.0 * d  # above the eyes (brows / forehead)
     bottom = d + 0.85 * d  # below the mouth (chin)
     centre = eye_c + down * (top + bottom) / 2
     semi = np.array([1.05 * max(e, 0.8 * d), (bottom - top) / 2]) * scale
@@ -98,15 +99,16 @@ def _region(alignment: Alignment, shape: tuple[int, int], scale: float) -> tuple
     return bx0, by0, bx1, by1
 
 
-def image_mask(alignment: Alignment, shape: tuple[int, int], scale: float = 1.0,
-               feather: float = DEFAULT_FEATHER) -> np.ndarray:
+def image_mask(
+    alignment: Alignment, shape: tuple[int, int], scale: float = 1.0, feather: float = DEFAULT_FEATHER
+) -> np.ndarray:
     """The paste mask in photo coordinates: (H, W) float32, zero outside the face ellipse and the crop."""
     h, w = shape
     out = np.zeros((h, w), dtype=np.float32)
     box = _region(alignment, shape, scale)
     if box is None:
         return out
-    out[box[1]:box[3], box[0]:box[2]] = _region_mask(alignment, box, scale, feather)
+    out[box[1] : box[3], box[0] : box[2]] = _region_mask(alignment, box, scale, feather)
     return out
 
 
@@ -143,13 +145,25 @@ def _colour_match(edit: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.nd
     return out
 
 
-def paste_back(original: np.ndarray, edited_crop: np.ndarray, alignment: Alignment, *,
-               feather: float = DEFAULT_FEATHER, mask_scale: float = 1.0, color_match: bool = True,
-               return_mask: bool = False):
+def paste_back(
+    original: np.ndarray,
+    edited_crop: np.ndarray,
+    alignment: Alignment,
+    *,
+    feather: float = DEFAULT_FEATHER,
+    mask_scale: float = 1.0,
+    color_match: bool = True,
+    return_mask: bool = False,
+):
     """Blend ``edited_crop`` (size x size x 3 uint8, in ``alignment``'s crop frame) into a copy of
     ``original`` (H x W x 3 uint8) over the face only. Returns the new photo (same shape, uint8), and the
     (H, W) float32 mask when ``return_mask``."""
-    if not isinstance(original, np.ndarray) or original.dtype != np.uint8 or original.ndim != 3 or original.shape[2] != 3:
+    if (
+        not isinstance(original, np.ndarray)
+        or original.dtype != np.uint8
+        or original.ndim != 3
+        or original.shape[2] != 3
+    ):
         raise UsageError("paste_back: original must be an RGB uint8 (H, W, 3) array")
     n = alignment.size
     if not isinstance(edited_crop, np.ndarray) or edited_crop.dtype != np.uint8 or edited_crop.shape != (n, n, 3):
@@ -192,7 +206,13 @@ def warp_field(field: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: i
     chans = []
     for c in range(field.shape[2]):
         im = Image.fromarray(np.ascontiguousarray(field[..., c], dtype=np.float32), "F")
-        im = im.transform((int(out_w), int(out_h)), Image.Transform.AFFINE, data=data, resample=Image.Resampling.BICUBIC, fillcolor=0.0)
+        im = im.transform(
+            (int(out_w), int(out_h)),
+            Image.Transform.AFFINE,
+            data=data,
+            resample=Image.Resampling.BICUBIC,
+            fillcolor=0.0,
+        )
         chans.append(np.asarray(im, dtype=np.float32))
     return np.stack(chans, axis=-1)
 
@@ -206,8 +226,15 @@ def _edit_offset_at_seam(edit: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return ((edit * wgt[..., None]).sum(axis=(0, 1)) / tot).astype(np.float32)
 
 
-def add_edits(original: np.ndarray, edits, *, strength: float = 1.0, feather: float = DEFAULT_FEATHER,
-              mask_scale: float = 1.0, color_match: bool = True) -> np.ndarray:
+def add_edits(
+    original: np.ndarray,
+    edits,
+    *,
+    strength: float = 1.0,
+    feather: float = DEFAULT_FEATHER,
+    mask_scale: float = 1.0,
+    color_match: bool = True,
+) -> np.ndarray:
     """``original`` (H, W, 3 uint8) plus every ``(alignment, edit)`` of ``edits``: ``edit`` is an (n, n, 3)
     float32 difference in grey levels in that alignment's crop frame (any n; the alignment's ``size`` is the
     crop side it refers to). Each edit is warped once into the photo over its face's region, scaled by the
@@ -215,7 +242,12 @@ def add_edits(original: np.ndarray, edits, *, strength: float = 1.0, feather: fl
     removes each edit's own offset at the mask's feather band, so the face's edge meets the untouched photo
     without a step; the photo's pixels are never rescaled. A zero edit (or ``strength`` 0) returns
     ``original`` exactly."""
-    if not isinstance(original, np.ndarray) or original.dtype != np.uint8 or original.ndim != 3 or original.shape[2] != 3:
+    if (
+        not isinstance(original, np.ndarray)
+        or original.dtype != np.uint8
+        or original.ndim != 3
+        or original.shape[2] != 3
+    ):
         raise UsageError("add_edits: original must be an RGB uint8 (H, W, 3) array")
     if feather <= 0 or mask_scale <= 0:
         raise UsageError(f"add_edits: feather and mask_scale must be > 0, got {feather}, {mask_scale}")
@@ -244,6 +276,6 @@ def add_edits(original: np.ndarray, edits, *, strength: float = 1.0, feather: fl
     ux1, uy1 = max(b[2] for b, _ in parts), max(b[3] for b, _ in parts)
     acc = original[uy0:uy1, ux0:ux1].astype(np.float32)
     for (x0, y0, x1, y1), add in parts:
-        acc[y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0] += add
+        acc[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] += add
     out[uy0:uy1, ux0:ux1] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
     return out

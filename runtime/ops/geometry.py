@@ -20,6 +20,7 @@ no aliasing. Parts of the crop that fall outside the photo are filled like FFHQ 
 (edge reflection) and the mirrored band is progressively blurred and pulled toward the photo's median colour
 (``fill="reflect"``, the default); or a constant colour (``fill="constant"``).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,18 @@ from PIL import Image, ImageFilter
 
 from ..errors import UsageError
 
-__all__ = ["Alignment", "ffhq_quad", "similarity_to_square", "umeyama", "template_transform",
-           "ffhq_alignment", "warp", "apply_affine", "invert_affine", "affine_sample"]
+__all__ = [
+    "Alignment",
+    "ffhq_quad",
+    "similarity_to_square",
+    "umeyama",
+    "template_transform",
+    "ffhq_alignment",
+    "warp",
+    "apply_affine",
+    "invert_affine",
+    "affine_sample",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -66,7 +77,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         raise UsageError(f"umeyama needs two (N>=2, 2) point sets of equal shape, got {src.shape} and {dst.shape}")
     mu_s, mu_d = src.mean(0), dst.mean(0)
     sc, dc = src - mu_s, dst - mu_d
-    var_s = (sc ** 2).sum() / len(src)
+    var_s = (sc**2).sum() / len(src)
     if var_s <= 1e-12:
         raise UsageError("umeyama: source points are all the same point")
     cov = dc.T @ sc / len(src)
@@ -105,10 +116,15 @@ class Alignment:
 
     def to_dict(self) -> dict:
         r = lambda a: [[round(float(v), 6) for v in row] for row in np.asarray(a)]  # noqa: E731
-        return {"matrix": r(self.matrix), "inverse": r(self.inverse), "size": int(self.size),
-                "quad": r(self.quad), "landmarks": r(self.landmarks),
-                "scale": round(self.scale, 6),
-                "rotation_deg": round(math.degrees(math.atan2(self.matrix[1, 0], self.matrix[0, 0])), 4)}
+        return {
+            "matrix": r(self.matrix),
+            "inverse": r(self.inverse),
+            "size": int(self.size),
+            "quad": r(self.quad),
+            "landmarks": r(self.landmarks),
+            "scale": round(self.scale, 6),
+            "rotation_deg": round(math.degrees(math.atan2(self.matrix[1, 0], self.matrix[0, 0])), 4),
+        }
 
     @classmethod
     def from_matrix(cls, matrix: np.ndarray, size: int, landmarks5) -> "Alignment":
@@ -116,8 +132,13 @@ class Alignment:
         inv = invert_affine(m)
         e = -0.5
         corners = np.array([[e, e], [e, size + e], [size + e, size + e], [size + e, e]])
-        return cls(matrix=m, inverse=inv, size=int(size), quad=apply_affine(inv, corners),
-                   landmarks=_as_landmarks(landmarks5).copy())
+        return cls(
+            matrix=m,
+            inverse=inv,
+            size=int(size),
+            quad=apply_affine(inv, corners),
+            landmarks=_as_landmarks(landmarks5).copy(),
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,20 +218,34 @@ def _fill_padding(arr: np.ndarray, pads: tuple[int, int, int, int], blur: float)
     t = np.clip(np.maximum(tx, ty), 0.0, 1.0)[..., None]  # 0 inside the photo, 1 at the far edge
     img = arr.astype(np.float32)
     if blur > 0:
-        chans = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., c])).filter(ImageFilter.GaussianBlur(float(blur))),
-                            dtype=np.float32) for c in range(arr.shape[2])]
+        chans = [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(arr[..., c])).filter(ImageFilter.GaussianBlur(float(blur))),
+                dtype=np.float32,
+            )
+            for c in range(arr.shape[2])
+        ]
         blurred = np.stack(chans, axis=-1)
         img += (blurred - img) * np.clip(t * 3.0, 0.0, 1.0)
-    inner = arr[top:h - bottom, left:w - right].reshape(-1, arr.shape[2])
+    inner = arr[top : h - bottom, left : w - right].reshape(-1, arr.shape[2])
     median = np.median(inner, axis=0).astype(np.float32)
     img += (median - img) * (t * 0.7)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def affine_sample(src: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: int, *,
-                  fill: str = "reflect", fill_value: Sequence[int] = (0, 0, 0),
-                  resample: Image.Resampling = Image.Resampling.BICUBIC, blur: float | None = None,
-                  supersample_above: float = 1.25, as_float: bool = False) -> np.ndarray:
+def affine_sample(
+    src: np.ndarray,
+    m_dst_to_src: np.ndarray,
+    out_w: int,
+    out_h: int,
+    *,
+    fill: str = "reflect",
+    fill_value: Sequence[int] = (0, 0, 0),
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+    blur: float | None = None,
+    supersample_above: float = 1.25,
+    as_float: bool = False,
+) -> np.ndarray:
     """Resample ``src`` (H, W, C uint8) on the output grid: output pixel p takes src at ``M @ [p, 1]``.
 
     Shrinking (more than ``supersample_above`` source pixels per output pixel, scale s) samples a
@@ -250,7 +285,7 @@ def affine_sample(src: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: 
         fillcolor = None
     elif fill == "constant":
         fv = tuple(int(v) for v in fill_value)
-        fillcolor = fv[0] if src.shape[2] == 1 else fv[:src.shape[2]]
+        fillcolor = fv[0] if src.shape[2] == 1 else fv[: src.shape[2]]
     else:
         raise UsageError(f"fill must be 'reflect' or 'constant', got '{fill}'")
     # float32 per channel: Pillow's 8-bit transform truncates (a -0.5 grey-level bias per pass)
@@ -267,8 +302,14 @@ def affine_sample(src: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: 
     return out if as_float else np.rint(out).astype(np.uint8)
 
 
-def warp(image: np.ndarray, affine_2x3: np.ndarray, size: int, *, fill: str = "reflect",
-         fill_value: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+def warp(
+    image: np.ndarray,
+    affine_2x3: np.ndarray,
+    size: int,
+    *,
+    fill: str = "reflect",
+    fill_value: Sequence[int] = (0, 0, 0),
+) -> np.ndarray:
     """The ``size`` x ``size`` crop of ``image`` (H, W, 3 uint8) under ``affine_2x3`` (image -> crop)."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__

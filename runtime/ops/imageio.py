@@ -6,12 +6,13 @@ checked from the header BEFORE pixels are decoded (decompression-bomb guard) wit
 global ``MAX_IMAGE_PIXELS``. ``save_image`` writes through a temporary file in the target directory and
 renames it into place, so a failure never leaves a half-written output.
 """
+
 from __future__ import annotations
 
 import io
 import logging
-import re
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -79,8 +80,10 @@ def load_image(src: ImageLike, max_pixels: int = MAX_PIXELS, name: Optional[str]
             # Pillow refuses in Image.open (the image object is lost): take the claimed size from its message
             m = re.search(r"\((\d+) pixels\)", str(e))
             claim = f"its header claims {int(m.group(1)):,} pixels" if m else "its header claims too many pixels"
-            raise ImageTooLargeError(f"{label}: {claim}, above the limit of {max_pixels:,} pixels "
-                                     f"(decompression-bomb guard; no pixels were decoded)") from e
+            raise ImageTooLargeError(
+                f"{label}: {claim}, above the limit of {max_pixels:,} pixels "
+                f"(decompression-bomb guard; no pixels were decoded)"
+            ) from e
         except Exception as e:
             raise ImageDecodeError(f"{label}: cannot decode ({type(e).__name__}: {e})") from e
     w, h = im.size
@@ -111,7 +114,9 @@ def _array_to_rgb(a: np.ndarray, label: str) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ImageDecodeError(f"{label}: arrays must be (H, W, 3) RGB, got shape {a.shape}")
     if min(a.shape[:2]) < MIN_SIDE:
-        raise ImageTooSmallError(f"{label}: {a.shape[1]}x{a.shape[0]} is too small (each side must be >= {MIN_SIDE} px)")
+        raise ImageTooSmallError(
+            f"{label}: {a.shape[1]}x{a.shape[0]} is too small (each side must be >= {MIN_SIDE} px)"
+        )
     return np.ascontiguousarray(a[:, :, :3])
 
 
@@ -214,8 +219,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write_many([(path, data)])[0]
 
 
-def encode_image(rgb: np.ndarray, fmt: str, quality: int = 95, text: Optional[Mapping[str, str]] = None,
-                 xmp: Optional[bytes] = None) -> bytes:
+def encode_image(
+    rgb: np.ndarray, fmt: str, quality: int = 95, text: Optional[Mapping[str, str]] = None, xmp: Optional[bytes] = None
+) -> bytes:
     """Encode RGB uint8 to bytes; ``text`` goes into PNG text chunks / EXIF, ``xmp`` into the XMP packet."""
     im = Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB")
     buf = io.BytesIO()
@@ -248,8 +254,13 @@ def encode_image(rgb: np.ndarray, fmt: str, quality: int = 95, text: Optional[Ma
     return buf.getvalue()
 
 
-def save_image(rgb: np.ndarray, path: str | os.PathLike, quality: int = 95, text: Optional[Mapping[str, str]] = None,
-               xmp: Optional[bytes] = None) -> Path:
+def save_image(
+    rgb: np.ndarray,
+    path: str | os.PathLike,
+    quality: int = 95,
+    text: Optional[Mapping[str, str]] = None,
+    xmp: Optional[bytes] = None,
+) -> Path:
     """Encode by extension and write atomically."""
     p = check_writable(path)
     return atomic_write_bytes(p, encode_image(rgb, output_format(p), quality, text, xmp))

@@ -3,6 +3,7 @@
 Conventions: photos and crops are RGB uint8 (H, W, 3); generator images are float32 (3, H, W) or
 (n, 3, H, W) in [-1, 1]; an *edit* is a float32 (H, W, 3) difference in grey levels (0..255 units).
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,16 +28,28 @@ def resize_u8(rgb: np.ndarray, size: int) -> np.ndarray:
     """Square uint8 resize (bicubic; Pillow's reducing gap when shrinking)."""
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None
-                                                  if rgb.shape[0] < size else 2.0))
+    return np.asarray(
+        Image.fromarray(rgb).resize(
+            (size, size), Image.Resampling.BICUBIC, reducing_gap=None if rgb.shape[0] < size else 2.0
+        )
+    )
 
 
 def resize_float(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """(H, W, C) float32 -> (h, w, C), bicubic per channel."""
     if a.shape[:2] == (h, w):
         return a
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c], dtype=np.float32), "F")
-                                .resize((w, h), Image.Resampling.BICUBIC)) for c in range(a.shape[2])], axis=-1)
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(a[..., c], dtype=np.float32), "F").resize(
+                    (w, h), Image.Resampling.BICUBIC
+                )
+            )
+            for c in range(a.shape[2])
+        ],
+        axis=-1,
+    )
 
 
 def edit_delta(d: np.ndarray, transfer: str) -> np.ndarray:
@@ -95,7 +108,9 @@ def normalise_unit(imgs: np.ndarray, norm: Mapping) -> np.ndarray:
     size = int(norm["size"])
     x = (imgs + 1.0) * 0.5
     if x.shape[-1] != size:
-        x = np.stack([resize_float(np.ascontiguousarray(a.transpose(1, 2, 0)), size, size).transpose(2, 0, 1) for a in x])
+        x = np.stack(
+            [resize_float(np.ascontiguousarray(a.transpose(1, 2, 0)), size, size).transpose(2, 0, 1) for a in x]
+        )
     mean = np.asarray(norm["mean"], np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(norm["std"], np.float32).reshape(1, 3, 1, 1)
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)

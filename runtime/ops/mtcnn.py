@@ -28,6 +28,7 @@ outside the box (1 of 223).
 
 Normalisation comes from the bundle manifest (``mean``/``std``); MTCNN's is mean 127.5, std 128.
 """
+
 from __future__ import annotations
 
 import logging
@@ -118,10 +119,10 @@ def _crops(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         if sx1 < sx0 or sy1 < sy0:
             continue  # entirely outside: stays black
         if (sx0, sy0, sx1, sy1) == (cx0, cy0, cx1, cy1):
-            patch = img[cy0:cy1 + 1, cx0:cx1 + 1]
+            patch = img[cy0 : cy1 + 1, cx0 : cx1 + 1]
         else:
             patch = np.zeros((bh, bw, 3), dtype=np.uint8)
-            patch[sy0 - cy0:sy1 - cy0 + 1, sx0 - cx0:sx1 - cx0 + 1] = img[sy0:sy1 + 1, sx0:sx1 + 1]
+            patch[sy0 - cy0 : sy1 - cy0 + 1, sx0 - cx0 : sx1 - cx0 + 1] = img[sy0 : sy1 + 1, sx0 : sx1 + 1]
         out[k] = np.asarray(Image.fromarray(np.ascontiguousarray(patch)).resize((size, size), Image.Resampling.BOX))
     return out
 
@@ -151,9 +152,16 @@ class MTCNNDetector:
     between calls.
     """
 
-    def __init__(self, pnet: Any, rnet: Any, onet: Any, min_face: float = 20,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 normalisation: Mapping | None = None) -> None:
+    def __init__(
+        self,
+        pnet: Any,
+        rnet: Any,
+        onet: Any,
+        min_face: float = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        normalisation: Mapping | None = None,
+    ) -> None:
         if min_face < 12:
             raise UsageError(f"min_face must be >= 12 pixels, got {min_face}")
         if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
@@ -218,8 +226,7 @@ class MTCNNDetector:
 
     def _stage2(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         crops = _crops(img, boxes, 24)
-        reg, prob = _outputs(self.rnet.run({self.rnet.inputs[0].name: self._normalise(crops)}),
-                             ("reg", "prob"), "rnet")
+        reg, prob = _outputs(self.rnet.run({self.rnet.inputs[0].name: self._normalise(crops)}), ("reg", "prob"), "rnet")
         score = prob[:, 1]
         ok = score > self.thresholds[1]
         boxes, score, reg = boxes[ok, :4], score[ok], reg[ok]
@@ -229,8 +236,9 @@ class MTCNNDetector:
 
     def _stage3(self, img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         crops = _crops(img, boxes, 48)
-        reg, lm, prob = _outputs(self.onet.run({self.onet.inputs[0].name: self._normalise(crops)}),
-                                 ("reg", "landmarks", "prob"), "onet")
+        reg, lm, prob = _outputs(
+            self.onet.run({self.onet.inputs[0].name: self._normalise(crops)}), ("reg", "landmarks", "prob"), "onet"
+        )
         score = prob[:, 1]
         ok = score > self.thresholds[2]
         boxes, score, reg, lm = boxes[ok, :4], score[ok], reg[ok], lm[ok]
@@ -258,9 +266,14 @@ class MTCNNDetector:
         pts = np.zeros((0, 5, 2))
         if len(boxes):
             boxes, pts = self._stage3(img, boxes)
-        faces = [Face(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(b[4]),
-                      landmarks=p.astype(np.float64))
-                 for b, p in zip(boxes, pts)]
+        faces = [
+            Face(
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                score=float(b[4]),
+                landmarks=p.astype(np.float64),
+            )
+            for b, p in zip(boxes, pts)
+        ]
         for f in faces:
             f.landmarks.setflags(write=False)
         faces.sort(key=lambda f: -f.area)

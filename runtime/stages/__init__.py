@@ -13,6 +13,7 @@
 service call the same functions. Adding a stage: a module here with one public function from the previous
 stage's type to a new type in ``runtime.types``, and one line in ``Beautifier.optimize``.
 """
+
 from . import align, compose, decode, detect, encode, invert, search
 
 ORDER = ("decode", "detect", "align", "invert", "search", "compose", "encode")

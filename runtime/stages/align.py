@@ -1,5 +1,6 @@
 """align: a detected face -> its FFHQ-style crop in the generator's frame, keeping the alignment that cut it
 (compose maps the edit back through it)."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -6,6 +6,7 @@ the decoded photo at the photo's own resolution (``ops.blend.add_edits``: warped
 rounded once; the photo's pixels are never resampled), or for an aligned input to the crop itself. Changing
 the strength re-runs only ``compose_photo``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,5 +1,6 @@
 """decode: a path, bytes, PIL image or uint8 array -> :class:`~beautyrt.runtime.types.Photo` (RGB uint8,
 EXIF orientation applied; the checks and conversions are ``ops.imageio.load_image``'s)."""
+
 from __future__ import annotations
 
 import os

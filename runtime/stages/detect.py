@@ -1,4 +1,5 @@
 """detect: faces in a :class:`Photo` (largest first) with the bundle's detector, and which of them to edit."""
+
 from __future__ import annotations
 
 from ..bundle import Models

@@ -1,5 +1,6 @@
 """encode: a result -> image file bytes (JPEG / PNG / WebP) carrying provenance metadata that says the photo
 was AI-edited (EXIF Software/ImageDescription or PNG iTXt, an XMP packet with IPTC's DigitalSourceType)."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,21 @@ def provenance(result: Result) -> tuple[dict, bytes]:
     """Metadata saying the image was AI-edited: text fields (PNG iTXt / EXIF) and an XMP packet."""
     v = beautyrt_version()
     digest = result.settings.digest()
-    desc = (f"AI-edited by beautyrt {v}: face beautified by StyleGAN latent search "
-            f"(bundle {result.bundle_hash[:16]}, settings {digest})")
-    info = {"tool": "beautyrt", "version": v, "ai_edited": True, "bundle_hash": result.bundle_hash,
-            "settings_hash": digest, "score_before": round(result.score_before, 4),
-            "score_after": round(result.score_after, 4), "identity": round(result.identity, 4),
-            "strength": result.strength}
+    desc = (
+        f"AI-edited by beautyrt {v}: face beautified by StyleGAN latent search "
+        f"(bundle {result.bundle_hash[:16]}, settings {digest})"
+    )
+    info = {
+        "tool": "beautyrt",
+        "version": v,
+        "ai_edited": True,
+        "bundle_hash": result.bundle_hash,
+        "settings_hash": digest,
+        "score_before": round(result.score_before, 4),
+        "score_after": round(result.score_after, 4),
+        "identity": round(result.identity, 4),
+        "strength": result.strength,
+    }
     text = {"Software": f"beautyrt {v}", "Description": desc, "beautyrt": json.dumps(info, sort_keys=True)}
 
     def esc(s: str) -> str:

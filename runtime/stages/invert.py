@@ -1,4 +1,5 @@
 """invert: the encoder's W+ for an aligned crop, and the generator's rendering of it (the search's start)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -13,6 +13,7 @@ and the strategy is told. What is scored (``settings.score_on``):
 The result is the feasible candidate (identity >= the floor) with the highest score seen; the start itself is
 feasible, so the result never scores below the start.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,7 +31,7 @@ from ..timing import StageTimer
 from ..types import AlignedFace, Inversion, SearchOutcome
 
 Progress = Callable[[int, int, float], None]  # (generation, total generations, best score so far)
-CancelCheck = Callable[[], bool]              # True: stop now (raises Cancelled)
+CancelCheck = Callable[[], bool]  # True: stop now (raises Cancelled)
 ScoreFn = Callable[[Optional[np.ndarray]], dict]  # ws (n, num_ws, w_dim) or None (the start) -> score, embedding
 
 
@@ -45,10 +46,12 @@ def scorer(models: Models, aligned: AlignedFace, inversion: Inversion, settings:
                 return models.score_crops(base)
             edit = edit_delta(models.synthesize(ws) - g0, settings.transfer)
             return models.score_crops(np.clip(base + edit, -1.0, 1.0))
+
         return on_output
 
     def on_generated(ws: Optional[np.ndarray]) -> dict:
         return models.score_latents(inversion.w_start if ws is None else ws)
+
     return on_generated
 
 
@@ -57,9 +60,17 @@ def latent_space(models: Models, settings: Settings) -> LatentSpace:
     return LatentSpace(settings.space, g.num_ws, g.w_dim, g.w_std, g.groups)
 
 
-def search(models: Models, aligned: AlignedFace, inversion: Inversion, settings: Settings, *,
-           timer: Optional[StageTimer] = None, progress: Optional[Progress] = None,
-           cancel: Optional[CancelCheck] = None, score_fn: Optional[ScoreFn] = None) -> SearchOutcome:
+def search(
+    models: Models,
+    aligned: AlignedFace,
+    inversion: Inversion,
+    settings: Settings,
+    *,
+    timer: Optional[StageTimer] = None,
+    progress: Optional[Progress] = None,
+    cancel: Optional[CancelCheck] = None,
+    score_fn: Optional[ScoreFn] = None,
+) -> SearchOutcome:
     """Run ``settings.strategy`` (resolved settings: see ``Beautifier.resolve``)."""
     s = settings
     timer = timer or StageTimer()
@@ -95,14 +106,28 @@ def search(models: Models, aligned: AlignedFace, inversion: Inversion, settings:
         if feasible.size:
             i = int(feasible[np.argmax(score[feasible])])
             if score[i] > best_score:
-                best_score, best_identity, best_ws, best_generation = float(score[i]), float(cos[i]), ws[i:i + 1].copy(), g
+                best_score, best_identity, best_ws, best_generation = (
+                    float(score[i]),
+                    float(cos[i]),
+                    ws[i : i + 1].copy(),
+                    g,
+                )
         t3 = time.perf_counter()
         eval_t += t2 - t1
         overhead_t += (t1 - t0) + (t3 - t2)
-        history.append({"generation": g, "best_score": best_score, "best_identity": best_identity,
-                        "gen_best_score": float(score.max()), "gen_mean_score": float(score.mean()),
-                        "gen_mean_identity": float(cos.mean()), "feasible": int(feasible.size),
-                        "sigma": es.sigma, "seconds": t3 - t0})
+        history.append(
+            {
+                "generation": g,
+                "best_score": best_score,
+                "best_identity": best_identity,
+                "gen_best_score": float(score.max()),
+                "gen_mean_score": float(score.mean()),
+                "gen_mean_identity": float(cos.mean()),
+                "feasible": int(feasible.size),
+                "sigma": es.sigma,
+                "seconds": t3 - t0,
+            }
+        )
         if progress:
             progress(g, s.generations, best_score)
         reasons = es.stop()
@@ -112,6 +137,15 @@ def search(models: Models, aligned: AlignedFace, inversion: Inversion, settings:
     timer.add("search", eval_t + overhead_t)
     timer.add("search_eval", eval_t)
     timer.add("search_overhead", overhead_t)
-    return SearchOutcome(w_best=best_ws, score_before=score0, score_after=best_score, identity=best_identity,
-                         history=history, generations=g, stop=stop, best_generation=best_generation,
-                         strategy=s.strategy, evaluations=evaluations)
+    return SearchOutcome(
+        w_best=best_ws,
+        score_before=score0,
+        score_after=best_score,
+        identity=best_identity,
+        history=history,
+        generations=g,
+        stop=stop,
+        best_generation=best_generation,
+        strategy=s.strategy,
+        evaluations=evaluations,
+    )

@@ -8,6 +8,7 @@ loop -- one batched scorer call per ``ask`` -- and keeps the best feasible candi
 A module defines ``NAME`` and ``create(problem: SearchProblem, settings) -> Strategy``. Adding one (e.g.
 "sep-cma" or a random-search baseline) is a module here and one line below.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,7 +20,7 @@ import numpy as np
 from ..errors import UsageError
 
 STRATEGIES = {
-    "cma": "beautyrt.runtime.strategies.cma",        # CMA-ES (pycma), the default
+    "cma": "beautyrt.runtime.strategies.cma",  # CMA-ES (pycma), the default
     "linear": "beautyrt.runtime.strategies.linear",  # InterFaceGAN-style walk along the bundle's beauty direction
 }
 

@@ -13,6 +13,7 @@ right after an onnxruntime call (0.1 ms single-threaded) and up to 8 s for 512x5
 run with OpenBLAS limited to one thread for the calling thread only (``openblas_set_num_threads_local``,
 OpenBLAS >= 0.3.27; restored afterwards; a no-op when numpy's BLAS is something else).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,14 +71,24 @@ def single_threaded_blas():
 class CMAStrategy:
     """Minimises f. ``x0`` defaults to the origin; ``sigma0`` is the initial step in x's units."""
 
-    def __init__(self, dim: int, *, sigma0: float = 0.3, popsize: Optional[int] = None, seed: int = 0,
-                 x0: Optional[np.ndarray] = None, diagonal: Optional[bool] = None, max_generations: Optional[int] = None):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        sigma0: float = 0.3,
+        popsize: Optional[int] = None,
+        seed: int = 0,
+        x0: Optional[np.ndarray] = None,
+        diagonal: Optional[bool] = None,
+        max_generations: Optional[int] = None,
+    ):
         try:
             with warnings.catch_warnings():  # cma warns at import when matplotlib is absent
                 warnings.simplefilter("ignore")
                 import cma
         except ImportError as e:  # pragma: no cover - base dependency
             from beautyrt.engines.errors import MissingDependencyError
+
             raise MissingDependencyError("the cma package is missing: `pip install beautyrt` brings it") from e
         if dim < 1:
             raise UsageError(f"search dimension must be >= 1, got {dim}")
@@ -91,10 +102,16 @@ class CMAStrategy:
         opts = {
             "randn": lambda *shape: rng.standard_normal(shape),
             "seed": np.nan,  # pycma would otherwise re-seed the global numpy RNG
-            "verbose": -9, "verb_log": 0, "verb_disp": 0, "verb_filenameprefix": "",
+            "verbose": -9,
+            "verb_log": 0,
+            "verb_disp": 0,
+            "verb_filenameprefix": "",
             "CMA_diagonal": self.diagonal,
             "maxiter": max_generations if max_generations else np.inf,
-            "tolfun": 0, "tolfunhist": 0, "tolflatfitness": 10**9, "tolstagnation": 10**9,
+            "tolfun": 0,
+            "tolfunhist": 0,
+            "tolflatfitness": 10**9,
+            "tolstagnation": 10**9,
         }
         if popsize:
             opts["popsize"] = int(popsize)
@@ -116,7 +133,9 @@ class CMAStrategy:
         X = np.asarray(X, dtype=np.float64)
         f = np.asarray(f, dtype=np.float64)
         if X.shape != (self.popsize, self.dim) or f.shape != (self.popsize,):
-            raise UsageError(f"tell() needs X {(self.popsize, self.dim)} and f ({self.popsize},), got {X.shape}, {f.shape}")
+            raise UsageError(
+                f"tell() needs X {(self.popsize, self.dim)} and f ({self.popsize},), got {X.shape}, {f.shape}"
+            )
         if not np.all(np.isfinite(f)):
             raise UsageError("tell() got non-finite objective values")
         with warnings.catch_warnings(), single_threaded_blas():
@@ -142,5 +161,10 @@ NAME = "cma"
 
 def create(problem, settings) -> CMAStrategy:
     """CMA-ES from the origin (the start latent) with the settings' step, population, seed and generations."""
-    return CMAStrategy(problem.dim, sigma0=settings.sigma0, popsize=settings.popsize, seed=settings.seed,
-                       max_generations=settings.generations)
+    return CMAStrategy(
+        problem.dim,
+        sigma0=settings.sigma0,
+        popsize=settings.popsize,
+        seed=settings.seed,
+        max_generations=settings.generations,
+    )

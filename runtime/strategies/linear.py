@@ -5,6 +5,7 @@ The bundle's ``beauty_direction`` is a unit vector in W (in units of W's std, fi
 is scored in ONE engine call; then the strategy stops. The search stage keeps the best feasible step (identity
 at or above the floor), exactly as it keeps CMA-ES's best candidate, so both are measured the same way.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,8 @@ import numpy as np
 from ..errors import UsageError
 
 NAME = "linear"
-STEP = 0.25   # in units of W's std along the unit direction
-STEPS = 32    # the walk: t = 0 .. STEPS * STEP
+STEP = 0.25  # in units of W's std along the unit direction
+STEPS = 32  # the walk: t = 0 .. STEPS * STEP
 
 
 class LinearStrategy:
@@ -42,6 +43,8 @@ class LinearStrategy:
 
 def create(problem, settings) -> LinearStrategy:
     if problem.direction is None:
-        raise UsageError("--strategy linear needs a bundle with a beauty direction (beauty_direction.npy; the demo "
-                         "pack has one); this bundle has none")
+        raise UsageError(
+            "--strategy linear needs a bundle with a beauty direction (beauty_direction.npy; the demo "
+            "pack has one); this bundle has none"
+        )
     return LinearStrategy(problem.direction)

@@ -7,6 +7,7 @@ faces; with trained models they show whose faces the regressor "improves" most a
 
 Torch-free: numpy + the runtime only. Nothing is written; the caller prints or saves the summary.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,7 @@ class PhotoOutcome:
     gain: Optional[float] = None
     identity: Optional[float] = None
     faces_found: Optional[int] = None
-    error: Optional[str] = None        # exception class name (beautyrt's, or "internal:<name>" for a bug)
+    error: Optional[str] = None  # exception class name (beautyrt's, or "internal:<name>" for a bug)
     exit_code: Optional[int] = None
     message: Optional[str] = None
 
@@ -69,15 +70,37 @@ def audit_one(b: Beautifier, path: Path, group: str, settings: Settings, aligned
     try:
         r = b.optimize(path, settings, aligned=aligned)
     except BeautyrtError as e:
-        return PhotoOutcome(str(path), group, False, time.perf_counter() - t0, error=type(e).__name__,
-                            exit_code=e.exit_code, message=" ".join(str(e).split())[:300])
+        return PhotoOutcome(
+            str(path),
+            group,
+            False,
+            time.perf_counter() - t0,
+            error=type(e).__name__,
+            exit_code=e.exit_code,
+            message=" ".join(str(e).split())[:300],
+        )
     except Exception as e:  # a bug in beautyrt: counted, logged, and the audit goes on
         log.warning("internal error on %s: %s: %s", path, type(e).__name__, e)
-        return PhotoOutcome(str(path), group, False, time.perf_counter() - t0, error=f"internal:{type(e).__name__}",
-                            exit_code=70, message=" ".join(str(e).split())[:300])
-    return PhotoOutcome(str(path), group, True, time.perf_counter() - t0, score_before=r.score_before,
-                        score_after=r.score_after, gain=r.score_after - r.score_before, identity=r.identity,
-                        faces_found=r.faces_found)
+        return PhotoOutcome(
+            str(path),
+            group,
+            False,
+            time.perf_counter() - t0,
+            error=f"internal:{type(e).__name__}",
+            exit_code=70,
+            message=" ".join(str(e).split())[:300],
+        )
+    return PhotoOutcome(
+        str(path),
+        group,
+        True,
+        time.perf_counter() - t0,
+        score_before=r.score_before,
+        score_after=r.score_after,
+        gain=r.score_after - r.score_before,
+        identity=r.identity,
+        faces_found=r.faces_found,
+    )
 
 
 def _stats(outs: list[PhotoOutcome]) -> dict:
@@ -116,10 +139,19 @@ def summarize(outcomes: list[PhotoOutcome]) -> dict:
     return {"groups": groups, "overall": overall}
 
 
-def run_audit(images: str | Path, bundle: Optional[str | Path] = None, *, beautifier: Optional[Beautifier] = None,
-              settings: Optional[Settings] = None, limit: Optional[int] = None, aligned: bool = False,
-              device: str = "auto", threads: Optional[int] = None, backend: str = "auto",
-              progress: Optional[AuditProgress] = None) -> dict:
+def run_audit(
+    images: str | Path,
+    bundle: Optional[str | Path] = None,
+    *,
+    beautifier: Optional[Beautifier] = None,
+    settings: Optional[Settings] = None,
+    limit: Optional[int] = None,
+    aligned: bool = False,
+    device: str = "auto",
+    threads: Optional[int] = None,
+    backend: str = "auto",
+    progress: Optional[AuditProgress] = None,
+) -> dict:
     """Optimise every photo of ``images`` (``limit`` per group) with one loaded bundle; returns
     ``{"groups": {group: stats}, "overall": stats, "photos": [...], "settings": ..., "bundle_hash": ...}``."""
     groups = collect(images, limit)
@@ -145,9 +177,16 @@ def run_audit(images: str | Path, bundle: Optional[str | Path] = None, *, beauti
         if own:
             b.close()
     res = summarize(outcomes)
-    res.update({"images": str(images), "limit_per_group": limit, "settings": resolved.to_dict(),
-                "bundle_hash": bundle_hash, "seconds": time.perf_counter() - t0,
-                "photos": [asdict(o) for o in outcomes]})
+    res.update(
+        {
+            "images": str(images),
+            "limit_per_group": limit,
+            "settings": resolved.to_dict(),
+            "bundle_hash": bundle_hash,
+            "seconds": time.perf_counter() - t0,
+            "photos": [asdict(o) for o in outcomes],
+        }
+    )
     return res
 
 
@@ -162,11 +201,15 @@ def format_table(res: dict) -> str:
     items = list(res["groups"].items()) + [("ALL", res["overall"])]
     for g, s in items:
         fails = ", ".join(f"{k} {v}" for k, v in s["failures"].items()) or "-"
-        rows.append(f"{g[:24]:<24} {s['count']:>4} {s['ok']:>4} {_f(s['mean_gain']):>10} {_f(s['median_gain']):>8} "
-                    f"{_f(s['mean_identity'], '{:.3f}'):>9} {_f(s['seconds_per_photo'], '{:.2f}'):>8}  {fails}")
+        rows.append(
+            f"{g[:24]:<24} {s['count']:>4} {s['ok']:>4} {_f(s['mean_gain']):>10} {_f(s['median_gain']):>8} "
+            f"{_f(s['mean_identity'], '{:.3f}'):>9} {_f(s['seconds_per_photo'], '{:.2f}'):>8}  {fails}"
+        )
         if g != "ALL" and g == items[-2][0]:
             rows.append("-" * len(head))
     sp = res["overall"]["spread"]
-    rows.append(f"spread between groups (max - min): mean gain {_f(sp['mean_gain'], '{:.3f}')}, "
-                f"identity {_f(sp['mean_identity'], '{:.3f}')}, failure rate {_f(sp['failure_rate'], '{:.2f}')}")
+    rows.append(
+        f"spread between groups (max - min): mean gain {_f(sp['mean_gain'], '{:.3f}')}, "
+        f"identity {_f(sp['mean_identity'], '{:.3f}')}, failure rate {_f(sp['failure_rate'], '{:.2f}')}"
+    )
     return "\n".join(rows)

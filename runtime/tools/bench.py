@@ -5,6 +5,7 @@ bundle, random or trained, gets a face-like input), after a warm-up run, and rep
 p50/p90/p99, candidates/s (λ / median scorer time per generation), the search overhead (ask/tell and
 objective in numpy) as a fraction of a generation, and the scorer's batching efficiency at λ=1 vs λ.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,18 @@ from ..timing import percentiles
 log = logging.getLogger("beautyrt")
 
 
-def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, repeats: int = 3,
-              device: str = "auto", threads: Optional[int] = None, space: str = "w", backend: str = "auto",
-              batch_sizes: tuple[int, ...] = (1, 4, 16)) -> dict:
+def run_bench(
+    bundle: str | Path,
+    *,
+    popsize: int = 16,
+    generations: int = 10,
+    repeats: int = 3,
+    device: str = "auto",
+    threads: Optional[int] = None,
+    space: str = "w",
+    backend: str = "auto",
+    batch_sizes: tuple[int, ...] = (1, 4, 16),
+) -> dict:
     load_before = _loadavg()
     with Beautifier(bundle, device=device, threads=threads, backend=backend) as b:
         w_avg = np.broadcast_to(b.w_avg, (1, b.num_ws, b.w_dim)).astype(np.float32)
@@ -61,13 +71,23 @@ def run_bench(bundle: str | Path, *, popsize: int = 16, generations: int = 10, r
             per_cand[lam] = float(np.median(ts)) / lam
         eval_med = float(np.median(eval_s))
         res = {
-            "bundle": str(b.manifest.root), "bundle_hash": b.bundle_hash, "source": b.manifest.data.get("source"),
-            "resolution": b.resolution, "score_resolution": b.manifest.data["generator"].get("score_resolution"),
+            "bundle": str(b.manifest.root),
+            "bundle_hash": b.bundle_hash,
+            "source": b.manifest.data.get("source"),
+            "resolution": b.resolution,
+            "score_resolution": b.manifest.data["generator"].get("score_resolution"),
             "providers": getattr(b.engines["scorer"], "providers", None),
-            "machine": {"cpus": os.cpu_count(), "platform": f"{platform.system()} {platform.machine()}",
-                        "processor": platform.processor(), "loadavg_before": load_before,
-                        "loadavg_after": _loadavg()},
-            "popsize": popsize, "generations": generations, "repeats": repeats, "space": space,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": f"{platform.system()} {platform.machine()}",
+                "processor": platform.processor(),
+                "loadavg_before": load_before,
+                "loadavg_after": _loadavg(),
+            },
+            "popsize": popsize,
+            "generations": generations,
+            "repeats": repeats,
+            "space": space,
             "stages": {
                 "generation": percentiles(gen_s),
                 "scorer_call": percentiles(eval_s),
@@ -92,14 +112,20 @@ def _loadavg() -> Optional[list[float]]:
 
 
 def format_table(res: dict) -> str:
-    lines = [f"bundle {res['bundle']} ({res['resolution']} px, scored at {res['score_resolution']} px) on "
-             f"{res['providers'][0] if res['providers'] else '?'}, λ={res['popsize']}, {res['generations']} gens x {res['repeats']}",
-             f"{'stage':<18}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"]
+    lines = [
+        f"bundle {res['bundle']} ({res['resolution']} px, scored at {res['score_resolution']} px) on "
+        f"{res['providers'][0] if res['providers'] else '?'}, λ={res['popsize']}, "
+        f"{res['generations']} gens x {res['repeats']}",
+        f"{'stage':<18}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}",
+    ]
     for k, v in res["stages"].items():
         lines.append(f"{k:<18}{v['p50'] * 1e3:>10.2f}{v['p90'] * 1e3:>10.2f}{v['p99'] * 1e3:>10.2f}")
     lines.append(f"candidates/s: {res['candidates_per_s']:.2f}")
     lines.append(f"search overhead: {100 * res['search_overhead_fraction']:.1f}% of a generation")
-    lines.append(f"scorer batching: {res['batching_speedup']:.2f}x per-candidate speed-up at λ={res['popsize']} vs λ=1 ("
-                 + ", ".join(f"λ={k}: {v:.2f}x" for k, v in res["batching_speedup_by_lambda"].items()) + ")")
+    lines.append(
+        f"scorer batching: {res['batching_speedup']:.2f}x per-candidate speed-up at λ={res['popsize']} vs λ=1 ("
+        + ", ".join(f"λ={k}: {v:.2f}x" for k, v in res["batching_speedup_by_lambda"].items())
+        + ")"
+    )
     lines.append(f"load average before/after: {res['machine']['loadavg_before']} / {res['machine']['loadavg_after']}")
     return "\n".join(lines)

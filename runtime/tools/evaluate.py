@@ -15,6 +15,7 @@ For every photo (torch-free; the bundle's engines only):
 The report: per-photo rows, and mean/median gains, identities, failures (no face, errors) and seconds
 per photo; optionally a contact sheet image: one row per photo, columns before | search | linear.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,9 @@ log = logging.getLogger("beautyrt")
 EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def list_images(images: str | Path, csv_path: Optional[str | Path] = None, limit: Optional[int] = None,
-                seed: int = 0) -> list[Path]:
+def list_images(
+    images: str | Path, csv_path: Optional[str | Path] = None, limit: Optional[int] = None, seed: int = 0
+) -> list[Path]:
     """Photos under ``images`` (recursive, sorted); only those named in ``csv_path``'s ``image`` column
     (resolved against the csv's folder) when given; a seeded sample of ``limit`` of them."""
     root = Path(images)
@@ -81,11 +83,24 @@ class Evaluator:
         out = compose.compose_photo(photo, [(fe.aligned, fe.edit)], s.strength)
         secs = time.perf_counter() - t0
         o, crop = fe.outcome, fe.aligned.crop
-        row = {"image": str(path), "score_before": o.score_before, "score_after": o.score_after, "gain": o.gain,
-               "identity": o.identity, "seconds": secs, "generations": o.generations, "evaluations": o.evaluations}
+        row = {
+            "image": str(path),
+            "score_before": o.score_before,
+            "score_after": o.score_after,
+            "gain": o.gain,
+            "identity": o.identity,
+            "seconds": secs,
+            "generations": o.generations,
+            "evaluations": o.evaluations,
+        }
         delta = edit_in_grey_levels(fe.inversion.g_start, fe.edit.g_best, s.transfer)
-        vis = {"rgb": photo.rgb, "landmarks": fe.aligned.face.landmarks if fe.aligned.face else None,
-               "out": out, "aligned": crop, "delta_search": delta}
+        vis = {
+            "rgb": photo.rgb,
+            "landmarks": fe.aligned.face.landmarks if fe.aligned.face else None,
+            "out": out,
+            "aligned": crop,
+            "delta_search": delta,
+        }
         crops = [crop, add_edit(crop, delta)]
         if self.has_direction:
             lin = search.search(bf.models, fe.aligned, fe.inversion, self.linear_s)
@@ -111,10 +126,21 @@ def _stats(rows: list[dict], key: str) -> Optional[dict]:
     return {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
 
 
-def evaluate(images: str | Path, bundle: str | Path, *, settings: Optional[Settings] = None, limit: Optional[int] = None,
-             csv_path: Optional[str | Path] = None, sheet: Optional[str | Path] = None, sheet_rows: int = 16,
-             seed: int = 0, threads: Optional[int] = None, device: str = "auto", backend: str = "auto",
-             progress: Optional[Callable[[int, int], None]] = None) -> dict:
+def evaluate(
+    images: str | Path,
+    bundle: str | Path,
+    *,
+    settings: Optional[Settings] = None,
+    limit: Optional[int] = None,
+    csv_path: Optional[str | Path] = None,
+    sheet: Optional[str | Path] = None,
+    sheet_rows: int = 16,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    device: str = "auto",
+    backend: str = "auto",
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> dict:
     s = (settings or Settings()).validate()
     files = list_images(images, csv_path, limit, seed)
     rows: list[dict] = []
@@ -139,19 +165,32 @@ def evaluate(images: str | Path, bundle: str | Path, *, settings: Optional[Setti
         total = time.perf_counter() - t0
         floor = ev.s.weights.identity_floor
         rep: dict[str, Any] = {
-            "bundle": str(Path(bundle)), "bundle_hash": bf.bundle_hash, "photos": len(files), "ok": len(rows),
-            "failures": fails, "settings": ev.s.to_dict(), "identity_floor": floor,
-            "gain": _stats(rows, "gain"), "identity": _stats(rows, "identity"), "seconds": _stats(rows, "seconds"),
-            "gain_output": _stats(rows, "gain_output"), "identity_output": _stats(rows, "identity_output"),
-            "linear_gain": _stats(rows, "linear_gain"), "linear_identity": _stats(rows, "linear_identity"),
+            "bundle": str(Path(bundle)),
+            "bundle_hash": bf.bundle_hash,
+            "photos": len(files),
+            "ok": len(rows),
+            "failures": fails,
+            "settings": ev.s.to_dict(),
+            "identity_floor": floor,
+            "gain": _stats(rows, "gain"),
+            "identity": _stats(rows, "identity"),
+            "seconds": _stats(rows, "seconds"),
+            "gain_output": _stats(rows, "gain_output"),
+            "identity_output": _stats(rows, "identity_output"),
+            "linear_gain": _stats(rows, "linear_gain"),
+            "linear_identity": _stats(rows, "linear_identity"),
             "linear_gain_output": _stats(rows, "linear_gain_output"),
             "linear_identity_output": _stats(rows, "linear_identity_output"),
-            "total_seconds": total, "rows": rows,
+            "total_seconds": total,
+            "rows": rows,
         }
         if rep["gain"] and rep["linear_gain"]:
             wins = sum(r["gain"] > r["linear_gain"] for r in rows if "linear_gain" in r)
-            rep["search_beats_linear"] = {"mean_gain_difference": rep["gain"]["mean"] - rep["linear_gain"]["mean"],
-                                          "photos_where_search_wins": int(wins), "photos": len(rows)}
+            rep["search_beats_linear"] = {
+                "mean_gain_difference": rep["gain"]["mean"] - rep["linear_gain"]["mean"],
+                "photos_where_search_wins": int(wins),
+                "photos": len(rows),
+            }
         if sheet is not None and visuals:
             write_sheet(visuals, sheet)
             rep["sheet"] = str(sheet)
@@ -179,14 +218,22 @@ def write_sheet(visuals: list, path: str | Path, size: int = 160) -> Path:
     for i, (row, v) in enumerate(visuals):
         y = label_h + pad + i * (size + label_h + pad)
         before = _face_crop(v["rgb"], v["landmarks"], size)
-        after = _face_crop(v["out"], v["landmarks"], size) if v["landmarks"] is not None else \
-            np.asarray(Image.fromarray(v["out"]).resize((size, size)))
+        after = (
+            _face_crop(v["out"], v["landmarks"], size)
+            if v["landmarks"] is not None
+            else np.asarray(Image.fromarray(v["out"]).resize((size, size)))
+        )
         cols = [before, after]
         labels = ["", f"+{row['gain']:.2f} id {row['identity']:.2f}"]
         if ncol == 3:
             d = v.get("delta_linear")
-            lin = before if d is None else np.clip(np.rint(before.astype(np.float32) + resize_float(
-                d.astype(np.float32), size, size)), 0, 255).astype(np.uint8)
+            lin = (
+                before
+                if d is None
+                else np.clip(
+                    np.rint(before.astype(np.float32) + resize_float(d.astype(np.float32), size, size)), 0, 255
+                ).astype(np.uint8)
+            )
             cols.append(lin)
             labels.append(f"+{row.get('linear_gain', math.nan):.2f} id {row.get('linear_identity', math.nan):.2f}")
         labels[0] = Path(row["image"]).name[:24]
@@ -204,15 +251,20 @@ def format_summary(rep: dict) -> str:
     def f(k):
         s = rep.get(k)
         return "n/a" if not s else f"mean {s['mean']:+.3f} median {s['median']:+.3f}"
-    lines = [f"photos: {rep['photos']} ok: {rep['ok']} failures: {len(rep['failures'])}",
-             f"search  gain {f('gain')}; identity {f('identity')}",
-             f"search  output gain {f('gain_output')}; output identity {f('identity_output')}",
-             f"linear  gain {f('linear_gain')}; identity {f('linear_identity')} (floor {rep['identity_floor']})",
-             f"seconds/photo {f('seconds')}"]
+
+    lines = [
+        f"photos: {rep['photos']} ok: {rep['ok']} failures: {len(rep['failures'])}",
+        f"search  gain {f('gain')}; identity {f('identity')}",
+        f"search  output gain {f('gain_output')}; output identity {f('identity_output')}",
+        f"linear  gain {f('linear_gain')}; identity {f('linear_identity')} (floor {rep['identity_floor']})",
+        f"seconds/photo {f('seconds')}",
+    ]
     if "search_beats_linear" in rep:
         b = rep["search_beats_linear"]
-        lines.append(f"search - linear mean gain: {b['mean_gain_difference']:+.3f} "
-                     f"(search better on {b['photos_where_search_wins']}/{b['photos']})")
+        lines.append(
+            f"search - linear mean gain: {b['mean_gain_difference']:+.3f} "
+            f"(search better on {b['photos_where_search_wins']}/{b['photos']})"
+        )
     if rep.get("sheet"):
         lines.append(f"contact sheet: {rep['sheet']}")
     return "\n".join(lines)

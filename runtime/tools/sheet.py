@@ -3,6 +3,7 @@ written on it, and a per-generation plot of beauty score and identity.
 
 Both return uint8 RGB arrays; writing them (atomically, with provenance) is the caller's business.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
@@ -13,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 BG = (255, 255, 255)
 INK = (20, 20, 20)
 GREY = (150, 150, 150)
-SCORE_COLOURS = ((200, 40, 40), (240, 160, 160))      # best so far, generation mean
+SCORE_COLOURS = ((200, 40, 40), (240, 160, 160))  # best so far, generation mean
 IDENTITY_COLOURS = ((30, 90, 200), (150, 180, 240))
 FLOOR_COLOUR = (230, 140, 0)
 
@@ -48,15 +49,30 @@ def side_by_side(before: np.ndarray, after: np.ndarray, report: Mapping, height:
     y = h + 2 * pad
     d.text((pad, y), f"before: beauty {s0:.3f}", fill=INK, font=font)
     d.text((2 * pad + a.width, y), f"after: beauty {s1:.3f} ({s1 - s0:+.3f})", fill=INK, font=font)
-    d.text((2 * pad + a.width, y + font_px + pad), f"identity (cosine to before): {float(report['identity']):.3f}",
-           fill=INK, font=font)
-    d.text((pad, y + 2 * (font_px + pad)), "AI-edited by beautyrt (scores are the bundle's own regressor)",
-           fill=GREY, font=font)
+    d.text(
+        (2 * pad + a.width, y + font_px + pad),
+        f"identity (cosine to before): {float(report['identity']):.3f}",
+        fill=INK,
+        font=font,
+    )
+    d.text(
+        (pad, y + 2 * (font_px + pad)),
+        "AI-edited by beautyrt (scores are the bundle's own regressor)",
+        fill=GREY,
+        font=font,
+    )
     return np.asarray(sheet)
 
 
-def _panel(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], gens: Sequence[int],
-           series: Sequence[tuple[str, Sequence[float], tuple]], title: str, font, hline: Optional[float] = None) -> None:
+def _panel(
+    d: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    gens: Sequence[int],
+    series: Sequence[tuple[str, Sequence[float], tuple]],
+    title: str,
+    font,
+    hline: Optional[float] = None,
+) -> None:
     x0, y0, x1, y1 = box
     vals = [v for _, ys, _ in series for v in ys] + ([hline] if hline is not None else [])
     lo, hi = min(vals), max(vals)
@@ -84,8 +100,9 @@ def _panel(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], gens: Sequenc
         lx -= int(d.textlength(name, font=font)) + 12
 
 
-def history_plot(history: Sequence[Mapping], identity_floor: Optional[float] = None, width: int = 720,
-                 height: int = 480) -> np.ndarray:
+def history_plot(
+    history: Sequence[Mapping], identity_floor: Optional[float] = None, width: int = 720, height: int = 480
+) -> np.ndarray:
     """Two panels over generations: beauty score (best so far, generation mean) and identity (identity of the
     best so far, generation mean; the floor as a line)."""
     if not history:
@@ -96,16 +113,36 @@ def history_plot(history: Sequence[Mapping], identity_floor: Optional[float] = N
     font = _font(13)
     left, right, top, gap, bottom = 70, 16, 28, 44, 36
     ph = (height - top - gap - bottom) // 2
-    _panel(d, (left, top, width - right, top + ph), gens,
-           [("best so far", [h["best_score"] for h in history], SCORE_COLOURS[0]),
-            ("generation mean", [h["gen_mean_score"] for h in history], SCORE_COLOURS[1])], "beauty score", font)
+    _panel(
+        d,
+        (left, top, width - right, top + ph),
+        gens,
+        [
+            ("best so far", [h["best_score"] for h in history], SCORE_COLOURS[0]),
+            ("generation mean", [h["gen_mean_score"] for h in history], SCORE_COLOURS[1]),
+        ],
+        "beauty score",
+        font,
+    )
     y2 = top + ph + gap
-    _panel(d, (left, y2, width - right, y2 + ph), gens,
-           [("identity of best", [h["best_identity"] for h in history], IDENTITY_COLOURS[0]),
-            ("generation mean", [h["gen_mean_identity"] for h in history], IDENTITY_COLOURS[1])],
-           "identity (cosine to the start)" + (f"; orange line: floor {identity_floor:g}"
-                                               if identity_floor is not None else ""), font,
-           hline=identity_floor)
-    d.text(((left + width - right) // 2, height - 8), f"generation ({gens[0]}..{gens[-1]})", fill=INK, font=font,
-           anchor="md")
+    _panel(
+        d,
+        (left, y2, width - right, y2 + ph),
+        gens,
+        [
+            ("identity of best", [h["best_identity"] for h in history], IDENTITY_COLOURS[0]),
+            ("generation mean", [h["gen_mean_identity"] for h in history], IDENTITY_COLOURS[1]),
+        ],
+        "identity (cosine to the start)"
+        + (f"; orange line: floor {identity_floor:g}" if identity_floor is not None else ""),
+        font,
+        hline=identity_floor,
+    )
+    d.text(
+        ((left + width - right) // 2, height - 8),
+        f"generation ({gens[0]}..{gens[-1]})",
+        fill=INK,
+        font=font,
+        anchor="md",
+    )
     return np.asarray(im)

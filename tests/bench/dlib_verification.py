@@ -16,6 +16,7 @@ nose tip 30, mouth corners 48/54) and the chip is cut with DLIB_CHIP_TEMPLATE_5P
 is to dlib's get_face_chip (chip-corner displacement in pixels, descriptor distance). Without dlib it falls back
 to centre crops (the upper-middle square of each photo) and says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def centre_chip(img: np.ndarray, size: int = 150) -> np.ndarray:
     s = int(0.6 * min(h, w))
     y0 = max(0, int(0.42 * h) - s // 2)
     x0 = (w - s) // 2
-    crop = Image.fromarray(img[y0:y0 + s, x0:x0 + s])
+    crop = Image.fromarray(img[y0 : y0 + s, x0 : x0 + s])
     return np.asarray(crop.resize((size, size), Image.BILINEAR), dtype=np.float32)
 
 
@@ -91,7 +92,7 @@ def describe(model, chips) -> np.ndarray:
     out = []
     with torch.no_grad():
         for i in range(0, len(x), 32):
-            out.append(model(x[i:i + 32]).numpy())
+            out.append(model(x[i : i + 32]).numpy())
     return np.concatenate(out).astype(np.float64)
 
 
@@ -120,8 +121,10 @@ def best_threshold(same: np.ndarray, diff: np.ndarray):
 
 def describe_dist(name: str, a: np.ndarray) -> str:
     p = np.percentile(a, [5, 25, 50, 75, 95])
-    return (f"  {name:9s} n={len(a):4d} mean={a.mean():.4f} std={a.std():.4f} "
-            f"p5={p[0]:.4f} p25={p[1]:.4f} p50={p[2]:.4f} p75={p[3]:.4f} p95={p[4]:.4f}")
+    return (
+        f"  {name:9s} n={len(a):4d} mean={a.mean():.4f} std={a.std():.4f} "
+        f"p5={p[0]:.4f} p25={p[1]:.4f} p50={p[2]:.4f} p75={p[3]:.4f} p95={p[4]:.4f}"
+    )
 
 
 def main(argv=None) -> int:
@@ -134,9 +137,16 @@ def main(argv=None) -> int:
         print(f"no photos at {IMAGES}; nothing to measure")
         return 0
 
-    from beautyrt.export.dlib_dat import (DLIB_CHIP_TEMPLATE_5PT, _DLIB_5PT_UNIT, CHIP_PADDING, CHIP_SIZE,
-                                          extract_face_chip, load_dlib_resnet, packaged_models_dir,
-                                          similarity_from_points)
+    from beautyrt.export.dlib_dat import (
+        _DLIB_5PT_UNIT,
+        CHIP_PADDING,
+        CHIP_SIZE,
+        DLIB_CHIP_TEMPLATE_5PT,
+        extract_face_chip,
+        load_dlib_resnet,
+        packaged_models_dir,
+        similarity_from_points,
+    )
     from beautyrt.export.nets.dlib_resnet import build_dlib_resnet
 
     model = build_dlib_resnet(load_dlib_resnet())
@@ -148,19 +158,23 @@ def main(argv=None) -> int:
     if args.dlib_python:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "ref.npz"
-            subprocess.run([args.dlib_python, str(HELPER), "detect", str(packaged_models_dir()), str(out),
-                            *map(str, paths)], check=True)
+            subprocess.run(
+                [args.dlib_python, str(HELPER), "detect", str(packaged_models_dir()), str(out), *map(str, paths)],
+                check=True,
+            )
             ref = dict(np.load(out))
         print(f"face finding: dlib {ref['dlib_version']} HOG detector + shape predictors (via {args.dlib_python})")
-        ok = np.flatnonzero(ref["found"])[:args.n]
+        ok = np.flatnonzero(ref["found"])[: args.n]
         print(f"faces found in {ref['found'].sum()}/{len(paths)} candidate photos; using {len(ok)}")
 
         # (a) same chips in, ours vs dlib out
         ours_on_dlib_chips = describe(model, ref["chips"][ok])
         d_chip = np.abs(ours_on_dlib_chips - ref["desc"][ok]).max()
         d_img = np.abs(ours_on_dlib_chips - ref["desc_img"][ok]).max()
-        print(f"(a) ours vs dlib.compute_face_descriptor on dlib's own chips: max abs diff {d_chip:.3g} "
-              f"(vs the descriptor dlib computes from image+shape: {d_img:.3g})")
+        print(
+            f"(a) ours vs dlib.compute_face_descriptor on dlib's own chips: max abs diff {d_chip:.3g} "
+            f"(vs the descriptor dlib computes from image+shape: {d_img:.3g})"
+        )
 
         # (b) our 5-point template vs dlib's own 5-point chip
         tmpl_dlib = (CHIP_PADDING + _DLIB_5PT_UNIT) / (1 + 2 * CHIP_PADDING) * CHIP_SIZE
@@ -182,19 +196,26 @@ def main(argv=None) -> int:
         ours_tmpl_desc = describe(model, chips)
         e = np.linalg.norm(ours_tmpl_desc - ref["desc"][ok], axis=1)
         disp = np.array(disp)
-        print(f"(b) template chip vs dlib.get_face_chip: corner displacement mean {disp.mean():.2f} px "
-              f"(median {np.median(disp):.2f}, max {disp.max():.2f}) of 150; descriptor distance ours-chip vs "
-              f"dlib-chip mean {e.mean():.4f} max {e.max():.4f} (Euclidean; same-person threshold 0.6)")
+        print(
+            f"(b) template chip vs dlib.get_face_chip: corner displacement mean {disp.mean():.2f} px "
+            f"(median {np.median(disp):.2f}, max {disp.max():.2f}) of 150; descriptor distance ours-chip vs "
+            f"dlib-chip mean {e.mean():.4f} max {e.max():.4f} (Euclidean; same-person threshold 0.6)"
+        )
         mapped = np.array(mapped)
         dev = np.linalg.norm(mapped.mean(0) - DLIB_CHIP_TEMPLATE_5PT, axis=1)
-        print("    our 5 points inside dlib's chip, mean over faces (x, y) vs DLIB_CHIP_TEMPLATE_5PT: "
-              + "; ".join(f"{m[0]:.1f},{m[1]:.1f} vs {t[0]:.1f},{t[1]:.1f}"
-                          for m, t in zip(mapped.mean(0), DLIB_CHIP_TEMPLATE_5PT))
-              + f"; max deviation {dev.max():.2f} px; per-face spread (std) "
-              + ", ".join(f"{v:.1f}" for v in np.linalg.norm(mapped.std(0), axis=1)) + " px")
+        print(
+            "    our 5 points inside dlib's chip, mean over faces (x, y) vs DLIB_CHIP_TEMPLATE_5PT: "
+            + "; ".join(
+                f"{m[0]:.1f},{m[1]:.1f} vs {t[0]:.1f},{t[1]:.1f}"
+                for m, t in zip(mapped.mean(0), DLIB_CHIP_TEMPLATE_5PT)
+            )
+            + f"; max deviation {dev.max():.2f} px; per-face spread (std) "
+            + ", ".join(f"{v:.1f}" for v in np.linalg.norm(mapped.std(0), axis=1))
+            + " px"
+        )
     else:
         print("face finding: NO detector available -> centre crops (upper-middle 60 % square of each photo)")
-        for p in paths[:args.n]:
+        for p in paths[: args.n]:
             chips.append(centre_chip(load_rgb(p)))
             names.append(p.name)
 
@@ -202,8 +223,10 @@ def main(argv=None) -> int:
     views = np.asarray([augment(c, rng) for c in chips], np.float32)  # (P, 4, 150, 150, 3)
     emb = describe(model, chips)
     vemb = describe(model, views.reshape(-1, *views.shape[2:])).reshape(len(chips), views.shape[1], -1)
-    print(f"\n{len(chips)} photos x {views.shape[1]} augmented views (flip, 2 crops 88-95 %, colour jitter); "
-          f"descriptor norms mean {np.linalg.norm(emb, axis=1).mean():.3f}")
+    print(
+        f"\n{len(chips)} photos x {views.shape[1]} augmented views (flip, 2 crops 88-95 %, colour jitter); "
+        f"descriptor norms mean {np.linalg.norm(emb, axis=1).mean():.3f}"
+    )
     for metric, (same, diff) in pair_distances(emb, vemb).items():
         bal, thr, acc = best_threshold(same, diff)
         print(f"{metric} distance:")
@@ -211,7 +234,10 @@ def main(argv=None) -> int:
         print(describe_dist("different", diff))
         print(f"  best threshold {thr:.4f}: balanced accuracy {bal:.4f}, accuracy {acc:.4f}")
         if metric == "euclidean":
-            print(f"  at dlib's 0.6: same accepted {(same < 0.6).mean():.4f}, different rejected {(diff >= 0.6).mean():.4f}")
+            print(
+                f"  at dlib's 0.6: same accepted {(same < 0.6).mean():.4f}, "
+                f"different rejected {(diff >= 0.6).mean():.4f}"
+            )
     print(f"\ntime {time.time() - t0:.1f} s")
     return 0
 

@@ -10,6 +10,7 @@ to the start (what the objective uses), the mean cosine between the embeddings, 
 sets (the CMA-ES recombination parents, μ = λ/2), and the torch time per candidate. With ``--onnx`` each
 scorer is exported (dynamo, as the bundle does) and timed in onnxruntime at ``--batch``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,15 +65,22 @@ def main(argv=None):
         w0 = G.mapping(torch.randn(1, G.z_dim, generator=g))
         x = torch.randn(a.n, 1, G.w_dim, generator=g) * a.sigma
         ws = w0 + x * torch.from_numpy(ms.w_std)
-    out = {"preset": a.preset, "n": a.n, "sigma": a.sigma, "full_resolution": full, "cpus": os.cpu_count(),
-           "loadavg": list(os.getloadavg()), "by_resolution": {}}
+    out = {
+        "preset": a.preset,
+        "n": a.n,
+        "sigma": a.sigma,
+        "full_resolution": full,
+        "cpus": os.cpu_count(),
+        "loadavg": list(os.getloadavg()),
+        "by_resolution": {},
+    }
     ref = None
     for res in [full] + [r for r in a.res if r < full]:
         sc = Scorer(G.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm, res).eval()
         with torch.no_grad():
             s0, e0 = sc(w0)
             t0 = time.perf_counter()
-            chunks = [sc(ws[i:i + a.batch]) for i in range(0, a.n, a.batch)]
+            chunks = [sc(ws[i : i + a.batch]) for i in range(0, a.n, a.batch)]
             dt = (time.perf_counter() - t0) / a.n
         score = torch.cat([c[0] for c in chunks]).numpy().astype(np.float64)
         emb = torch.cat([c[1] for c in chunks]).numpy().astype(np.float64)
@@ -82,13 +90,20 @@ def main(argv=None):
             ref = (score, emb, cos)
         else:
             mu = a.n // 2
-            row.update({
-                "score_pearson": pearson(ref[0], score), "score_spearman": spearman(ref[0], score),
-                "identity_cos_pearson": pearson(ref[2], cos), "identity_cos_spearman": spearman(ref[2], cos),
-                "embedding_cosine_mean": float(np.mean(np.sum(ref[1] * emb, 1) /
-                                                       (np.linalg.norm(ref[1], axis=1) * np.linalg.norm(emb, axis=1)))),
-                "top_half_overlap": len(set(np.argsort(-ref[0])[:mu]) & set(np.argsort(-score)[:mu])) / mu,
-            })
+            row.update(
+                {
+                    "score_pearson": pearson(ref[0], score),
+                    "score_spearman": spearman(ref[0], score),
+                    "identity_cos_pearson": pearson(ref[2], cos),
+                    "identity_cos_spearman": spearman(ref[2], cos),
+                    "embedding_cosine_mean": float(
+                        np.mean(
+                            np.sum(ref[1] * emb, 1) / (np.linalg.norm(ref[1], axis=1) * np.linalg.norm(emb, axis=1))
+                        )
+                    ),
+                    "top_half_overlap": len(set(np.argsort(-ref[0])[:mu]) & set(np.argsort(-score)[:mu])) / mu,
+                }
+            )
         if a.onnx:
             import onnxruntime as ort
 
@@ -102,7 +117,7 @@ def main(argv=None):
                 so = ort.SessionOptions()
                 so.intra_op_num_threads = os.cpu_count()
                 sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-                feed = {"ws": ws[:a.batch].numpy()}
+                feed = {"ws": ws[: a.batch].numpy()}
                 sess.run(None, feed)
                 ts = []
                 for _ in range(3):

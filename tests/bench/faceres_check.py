@@ -9,6 +9,7 @@ TF.js graphs (onnxruntime, CPU). Also: ms per image at batch 16 (onnxruntime and
 Usage:
     python tests/bench/faceres_check.py [--data ../shared/data] [--limit N] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,44 +51,62 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    z = load_aligned(prepare(a.data, sizes=(256,), include_omi=False)) if not a.cost_only else \
-        {"images_256": np.zeros((0, 256, 256, 3), np.uint8), "names": np.array([], str), "missed": np.array([])}
+    z = (
+        load_aligned(prepare(a.data, sizes=(256,), include_omi=False))
+        if not a.cost_only
+        else {"images_256": np.zeros((0, 256, 256, 3), np.uint8), "names": np.array([], str), "missed": np.array([])}
+    )
     images, names = z["images_256"], [str(n) for n in z["names"]]
     if a.limit:
         images, names = images[: a.limit], names[: a.limit]
     male = np.array(["/male/" in n for n in names], dtype=bool)
     eth = np.array([n.split("/")[3] for n in names])
-    print(f"faces: {len(names)} aligned ({int(male.sum())} male, {int((~male).sum())} female), "
-          f"missed by the detector: {len(z['missed'])}", flush=True)
+    print(
+        f"faces: {len(names)} aligned ({int(male.sum())} male, {int((~male).sum())} female), "
+        f"missed by the detector: {len(z['missed'])}",
+        flush=True,
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="beautyrt-faceres-"))
     nets, sess = {}, {}
     for m in MODELS:
         nets[m] = load_faceres(m)
-        export_onnx(nets[m], (torch.rand(2, 3, 224, 224) * 255,), tmp / f"{m}.onnx", ["image"], ["feature", "gender", "age"])
+        export_onnx(
+            nets[m], (torch.rand(2, 3, 224, 224) * 255,), tmp / f"{m}.onnx", ["image"], ["feature", "gender", "age"]
+        )
         sess[m] = session(tmp / f"{m}.onnx", a.threads)
 
     results = []
     t0 = time.time()
-    for crop in ([] if a.cost_only else CROPS):
+    for crop in [] if a.cost_only else CROPS:
         for spec in PREPROCESSING:
             p = {m: [] for m in MODELS}
             for i in range(0, len(images), 64):
-                x = preprocess(images[i:i + 64], crop=crop, preprocessing=spec)
+                x = preprocess(images[i : i + 64], crop=crop, preprocessing=spec)
                 for m in MODELS:
                     p[m].append(sess[m].run(["gender"], {"image": x})[0][:, 0])
             for m in MODELS:
                 g = np.concatenate(p[m])
                 pred = g > 0.5
-                row = {"model": m, "crop": crop, "preprocessing": spec, "n": len(g),
-                       "accuracy": float(np.mean(pred == male)), "accuracy_t0.6": float(np.mean((g >= 0.6) == male)),
-                       "auc": auc(g, male), "female_acc": float(np.mean(~pred[~male])),
-                       "male_acc": float(np.mean(pred[male])),
-                       "by_ethnicity": {e: float(np.mean(pred[eth == e] == male[eth == e])) for e in sorted(set(eth))}}
+                row = {
+                    "model": m,
+                    "crop": crop,
+                    "preprocessing": spec,
+                    "n": len(g),
+                    "accuracy": float(np.mean(pred == male)),
+                    "accuracy_t0.6": float(np.mean((g >= 0.6) == male)),
+                    "auc": auc(g, male),
+                    "female_acc": float(np.mean(~pred[~male])),
+                    "male_acc": float(np.mean(pred[male])),
+                    "by_ethnicity": {e: float(np.mean(pred[eth == e] == male[eth == e])) for e in sorted(set(eth))},
+                }
                 se = np.sqrt(row["accuracy"] * (1 - row["accuracy"]) / len(g))
-                print(f"{m:13s} crop={crop:6s} input={spec:6s} acc {row['accuracy']:.4f} (±{1.96 * se:.4f}) "
-                      f"auc {row['auc']:.4f} female {row['female_acc']:.3f} male {row['male_acc']:.3f} "
-                      f"acc@0.6 {row['accuracy_t0.6']:.4f}", flush=True)
+                print(
+                    f"{m:13s} crop={crop:6s} input={spec:6s} acc {row['accuracy']:.4f} (±{1.96 * se:.4f}) "
+                    f"auc {row['auc']:.4f} female {row['female_acc']:.3f} male {row['male_acc']:.3f} "
+                    f"acc@0.6 {row['accuracy_t0.6']:.4f}",
+                    flush=True,
+                )
                 results.append(row)
     print(f"gender grid: {time.time() - t0:.0f} s", flush=True)
 
@@ -116,11 +135,14 @@ def main() -> int:
             fc = FlopCounterMode(display=False)
             with fc:
                 nets[m](xt[:1])
-        cost[m] = {"onnxruntime_ms_per_image_b16": 1000 * float(np.median(ort_t)) / 16,
-                   "torch_eager_ms_per_image_b16": 1000 * float(np.median(tt)) / 16,
-                   "gflops_per_image": fc.get_total_flops() / 1e9, "threads": a.threads,
-                   "onnx_mb": (tmp / f"{m}.onnx").stat().st_size / 1e6,
-                   "parameters": int(sum(b.numel() for b in nets[m].buffers() if b.is_floating_point()))}
+        cost[m] = {
+            "onnxruntime_ms_per_image_b16": 1000 * float(np.median(ort_t)) / 16,
+            "torch_eager_ms_per_image_b16": 1000 * float(np.median(tt)) / 16,
+            "gflops_per_image": fc.get_total_flops() / 1e9,
+            "threads": a.threads,
+            "onnx_mb": (tmp / f"{m}.onnx").stat().st_size / 1e6,
+            "parameters": int(sum(b.numel() for b in nets[m].buffers() if b.is_floating_point())),
+        }
         print(m, json.dumps(cost[m]), flush=True)
     if results:
         best = max(results, key=lambda r: (r["accuracy"], r["auc"]))

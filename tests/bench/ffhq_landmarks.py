@@ -4,6 +4,7 @@ The mean positions (in units of the crop side) define the fixed affine that take
 to another model's template crop (e.g. dlib's 150 px chip) inside the fused scorer. Usage:
     python tests/bench/ffhq_landmarks.py --bundle BUNDLE_WITH_DETECTOR [--data ../shared/data] [--limit 224]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ import numpy as np
 
 from beautyrt.engines import load_manifest, open_engine
 from beautyrt.runtime.ops.geometry import ffhq_alignment
-from beautyrt.runtime.ops.mtcnn import MTCNNDetector
 from beautyrt.runtime.ops.imageio import load_image
+from beautyrt.runtime.ops.mtcnn import MTCNNDetector
 
 
 def main() -> int:

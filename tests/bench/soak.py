@@ -7,6 +7,7 @@ mismatch (the count is printed, and the exit status is 1). RSS (psutil) is print
 sequential reference runs (warm), during the soak (peak, sampled every 50 ms) and after it. Without
 ``--bundle`` a tiny bundle is exported to a temporary directory first (needs the export extra).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,12 @@ def main() -> int:
     ap.add_argument("-p", "--popsize", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=10, help="distinct seeds (x 2 inputs) in the job mix")
     ap.add_argument("--photo", action="store_true", help="whole photo (detector) instead of aligned crops")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="repeat the whole soak; RSS after each round shows one-time growth vs a leak")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="repeat the whole soak; RSS after each round shows one-time growth vs a leak",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -60,8 +65,13 @@ def main() -> int:
     settings = {s: Settings(generations=a.generations, popsize=a.popsize, seed=s) for s in range(a.seeds)}
     proc = psutil.Process()
     mib = lambda: proc.memory_info().rss / 2**20  # noqa: E731
-    out: dict = {"threads": a.threads, "runs_per_thread": a.runs, "generations": a.generations,
-                 "popsize": a.popsize, "mode": "photo" if a.photo else "aligned"}
+    out: dict = {
+        "threads": a.threads,
+        "runs_per_thread": a.runs,
+        "generations": a.generations,
+        "popsize": a.popsize,
+        "mode": "photo" if a.photo else "aligned",
+    }
     out["rss_start_mib"] = mib()
     with Beautifier(bundle, device="cpu") as b:
         out["rss_loaded_mib"] = mib()
@@ -106,23 +116,38 @@ def main() -> int:
         stop.set()
         out["rss_after_mib"] = mib()
         out["rss_peak_mib"] = peak[0]
-    out.update({"runs_done": done[0], "runs_per_s": done[0] / out["soak_s"], "mismatches": len(mismatches),
-                "errors": len(errors), "error_examples": errors[:3],
-                "rss_growth_mib": out["rss_after_mib"] - out["rss_before_mib"]})
+    out.update(
+        {
+            "runs_done": done[0],
+            "runs_per_s": done[0] / out["soak_s"],
+            "mismatches": len(mismatches),
+            "errors": len(errors),
+            "error_examples": errors[:3],
+            "rss_growth_mib": out["rss_after_mib"] - out["rss_before_mib"],
+        }
+    )
     if tmp is not None:
         tmp.cleanup()
     if a.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{a.rounds} round(s) of {a.threads} threads x {a.runs} runs ({out['mode']}, -g {a.generations} "
-              f"-p {a.popsize}) on one Beautifier")
-        print(f"  time: {out['soak_s']:.1f} s for {done[0]} runs ({out['runs_per_s']:.1f} runs/s; "
-              f"sequential {out['sequential_s_per_run'] * 1000:.0f} ms/run)")
-        print(f"  RSS: start {out['rss_start_mib']:.1f}, loaded {out['rss_loaded_mib']:.1f}, before soak "
-              f"{out['rss_before_mib']:.1f}, peak {out['rss_peak_mib']:.1f}, after {out['rss_after_mib']:.1f} MiB "
-              f"(growth {out['rss_growth_mib']:+.1f} MiB)")
-        print(f"  per round: {', '.join(f'{s:.1f} s' for s in out['round_s'])}; RSS after each round: "
-              f"{', '.join(f'{r:.1f}' for r in out['rss_after_round_mib'])} MiB")
+        print(
+            f"{a.rounds} round(s) of {a.threads} threads x {a.runs} runs ({out['mode']}, -g {a.generations} "
+            f"-p {a.popsize}) on one Beautifier"
+        )
+        print(
+            f"  time: {out['soak_s']:.1f} s for {done[0]} runs ({out['runs_per_s']:.1f} runs/s; "
+            f"sequential {out['sequential_s_per_run'] * 1000:.0f} ms/run)"
+        )
+        print(
+            f"  RSS: start {out['rss_start_mib']:.1f}, loaded {out['rss_loaded_mib']:.1f}, before soak "
+            f"{out['rss_before_mib']:.1f}, peak {out['rss_peak_mib']:.1f}, after {out['rss_after_mib']:.1f} MiB "
+            f"(growth {out['rss_growth_mib']:+.1f} MiB)"
+        )
+        print(
+            f"  per round: {', '.join(f'{s:.1f} s' for s in out['round_s'])}; RSS after each round: "
+            f"{', '.join(f'{r:.1f}' for r in out['rss_after_round_mib'])} MiB"
+        )
         print(f"  mismatches vs sequential: {len(mismatches)}, errors: {len(errors)} {errors[:3]}")
     return 1 if mismatches or errors else 0
 

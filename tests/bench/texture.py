@@ -8,6 +8,7 @@ the Laplacian) inside the face mask after / before, whether every pixel outside 
 compose stage's time, and -- for comparison -- what resampling the face through a 512 px work crop and pasting
 it back (beautyrt <= 0.1's compose) does to the same texture. ``--out``: 100 % crops before | after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,19 @@ def measure(b: Beautifier, photo: np.ndarray, out_dir, tag: str) -> dict:
     a512 = ffhq_alignment(fe.aligned.face.landmarks, 512)
     old = paste_back(photo, add_edit(warp(photo, a512.matrix, 512), fe.edit.delta), a512)
     old_ratio = laplacian_energy(old, inside) / laplacian_energy(photo, inside)
-    res = {"photo": f"{photo.shape[1]}x{photo.shape[0]}", "face_pixels_in_mask": int(inside.sum()),
-           "hf_energy_before": laplacian_energy(photo, inside), "hf_ratio_after_before": ratio,
-           "hf_ratio_outside": laplacian_energy(r.image, outside) / laplacian_energy(photo, outside),
-           "outside_bit_identical": bool(np.array_equal(r.image[outside], photo[outside])),
-           "hf_ratio_work_crop_paste": old_ratio, "compose_s": r.timings["compose"], "total_s": r.timings["total"],
-           "gain": r.score_after - r.score_before, "identity": r.identity}
+    res = {
+        "photo": f"{photo.shape[1]}x{photo.shape[0]}",
+        "face_pixels_in_mask": int(inside.sum()),
+        "hf_energy_before": laplacian_energy(photo, inside),
+        "hf_ratio_after_before": ratio,
+        "hf_ratio_outside": laplacian_energy(r.image, outside) / laplacian_energy(photo, outside),
+        "outside_bit_identical": bool(np.array_equal(r.image[outside], photo[outside])),
+        "hf_ratio_work_crop_paste": old_ratio,
+        "compose_s": r.timings["compose"],
+        "total_s": r.timings["total"],
+        "gain": r.score_after - r.score_before,
+        "identity": r.identity,
+    }
     if out_dir:
         ys, xs = np.nonzero(inside)
         cy, cx = int(ys.mean()), int(xs.mean())
@@ -61,7 +69,7 @@ def main() -> None:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     big = textured_photo(scale=4)
     canvas = np.full((3000, 4000, 3), 127, np.uint8)
-    canvas[476:476 + 2048, 976:976 + 2048] = big
+    canvas[476 : 476 + 2048, 976 : 976 + 2048] = big
     with Beautifier(args.bundle) as b:
         rows = {"2048": measure(b, big, args.out, "2048"), "12MP": measure(b, canvas, args.out, "12mp")}
     print(json.dumps(rows, indent=1))

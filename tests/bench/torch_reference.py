@@ -11,6 +11,7 @@ torch here), alignment and paste-back are shared numpy code: they cost the same 
 
 Bench-only (imports torch); never imported by ``beautyrt.runtime``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 from beautyrt.export.bundle import build_preset
 from beautyrt.export.nets.scorer import Scorer
 from beautyrt.export.presets import get_preset
-from beautyrt.runtime.objective import INFEASIBLE, LatentSpace
-from beautyrt.runtime.strategies.cma import DIAGONAL_ABOVE
 from beautyrt.runtime.api import Settings
-from beautyrt.runtime.ops.imaging import DETAIL_SIGMA, LUMA, blur_matrix as _blur_matrix, crop_to_unit, edit_delta, model_input, resize_u8
+from beautyrt.runtime.objective import INFEASIBLE, LatentSpace
+from beautyrt.runtime.ops.imaging import DETAIL_SIGMA, LUMA, crop_to_unit, edit_delta, model_input, resize_u8
+from beautyrt.runtime.ops.imaging import blur_matrix as _blur_matrix
+from beautyrt.runtime.strategies.cma import DIAGONAL_ABOVE
 from beautyrt.runtime.timing import StageTimer
 
 
@@ -67,21 +69,31 @@ class TorchReference:
 
             ms = build_demo_modelset()
         else:
-            raise SystemExit(f"torch reference: bundle source {src} is neither a preset nor the demo pack; "
-                             f"cannot rebuild its networks")
+            raise SystemExit(
+                f"torch reference: bundle source {src} is neither a preset nor the demo pack; "
+                f"cannot rebuild its networks"
+            )
         gen = m["generator"]
         if not np.allclose(ms.w_avg, np.asarray(gen["w_avg"], np.float32), atol=1e-5):
             raise SystemExit("torch reference: rebuilt w_avg differs from the manifest's; not the same weights")
         self.G, self.encoder = ms.generator, ms.encoder
-        self.score_resolution = int(score_resolution or m["models"]["scorer"].get("score_resolution")
-                                    or gen["resolution"])
-        self.scorer = Scorer(ms.generator.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm,
-                             self.score_resolution).eval()
+        self.score_resolution = int(
+            score_resolution or m["models"]["scorer"].get("score_resolution") or gen["resolution"]
+        )
+        self.scorer = Scorer(
+            ms.generator.synthesis, ms.beauty, ms.beauty_norm, ms.identity, ms.identity_norm, self.score_resolution
+        ).eval()
         self.beauty, self.identity = ms.beauty.eval(), ms.identity.eval()
         # as runtime.bundle.Models._image_model_norms: score_on="output" needs both models to take the generator's crop
         norms = {r: m["models"].get(r, {}).get("normalisation") or {} for r in ("beauty", "identity")}
-        self.image_norms = norms if all(n and n.get("crop_from_generator") is None and
-                                        int(n["size"]) == int(gen["resolution"]) for n in norms.values()) else {}
+        self.image_norms = (
+            norms
+            if all(
+                n and n.get("crop_from_generator") is None and int(n["size"]) == int(gen["resolution"])
+                for n in norms.values()
+            )
+            else {}
+        )
         self.has_crop_scorer = "crop_scorer" in m["models"]
         self.resolution, self.num_ws, self.w_dim = int(gen["resolution"]), int(gen["num_ws"]), int(gen["w_dim"])
         self.w_std = np.asarray(gen["w_std"], np.float32)
@@ -94,15 +106,19 @@ class TorchReference:
             from beautyrt.export.mtcnn_weights import load_mtcnn_nets
 
             n = load_mtcnn_nets(download=False)
-            self.nets = (_TorchNet(n["pnet"], ("reg", "prob")), _TorchNet(n["rnet"], ("reg", "prob")),
-                         _TorchNet(n["onet"], ("reg", "landmarks", "prob")))
+            self.nets = (
+                _TorchNet(n["pnet"], ("reg", "prob")),
+                _TorchNet(n["rnet"], ("reg", "prob")),
+                _TorchNet(n["onet"], ("reg", "landmarks", "prob")),
+            )
         self.objective_defaults = m.get("objective_defaults")
         self.sigma0_default = float((m.get("search_defaults") or {}).get("sigma0", 0.5))
         self.generations_default = int((m.get("search_defaults") or {}).get("generations", 20))
         self.load_seconds = time.perf_counter() - t0
 
     def _output_scorer(self, w_start: torch.Tensor, crop: np.ndarray, transfer: str):
-        """Plain torch version of runtime.stages.search.scorer (score_on=output): photo crop + the candidate's edit -> score, embedding."""
+        """Plain torch version of runtime.stages.search.scorer (score_on=output): photo crop + the candidate's
+        edit -> score, embedding."""
         base = torch.from_numpy(crop_to_unit(crop, self.resolution))
         g0 = self.G.synthesis(w_start)
         luma = torch.from_numpy(LUMA).reshape(1, 3, 1, 1)
@@ -127,8 +143,11 @@ class TorchReference:
                 x = torch.clamp(base + d, -1.0, 1.0)
             if self.has_crop_scorer:  # the crop_scorer role's module
                 return self.scorer.crop_scorer(x)
-            return (self.beauty(norm(x, self.image_norms["beauty"])),
-                    self.identity(norm(x, self.image_norms["identity"])))
+            return (
+                self.beauty(norm(x, self.image_norms["beauty"])),
+                self.identity(norm(x, self.image_norms["identity"])),
+            )
+
         return run
 
     @torch.no_grad()
@@ -163,10 +182,14 @@ class TorchReference:
         t_search = time.perf_counter()
         score_on = s.score_on
         if score_on == "auto":  # as Beautifier.resolve
-            score_on = "output" if (self.has_crop_scorer or self.image_norms) and s.output_mode == "transfer" else "generated"
+            score_on = (
+                "output" if (self.has_crop_scorer or self.image_norms) and s.output_mode == "transfer" else "generated"
+            )
         if score_on == "output":
             if not (self.has_crop_scorer or self.image_norms):
-                raise SystemExit("torch reference: score_on=output needs beauty/identity models at the generator's size")
+                raise SystemExit(
+                    "torch reference: score_on=output needs beauty/identity models at the generator's size"
+                )
             score_fn = self._output_scorer(w_start, crop, s.transfer)
             with timer("score_start"):
                 score0, e_ref = score_fn(None)
@@ -177,9 +200,21 @@ class TorchReference:
         space = LatentSpace(s.space, self.num_ws, self.w_dim, self.w_std, self.groups)
         rows = torch.from_numpy(space.rows)
         rng = np.random.default_rng(s.seed)
-        opts = {"randn": lambda *shape: rng.standard_normal(shape), "seed": np.nan, "verbose": -9, "verb_log": 0,
-                "verb_disp": 0, "verb_filenameprefix": "", "CMA_diagonal": space.dim > DIAGONAL_ABOVE, "maxiter": s.generations,
-                "tolfun": 0, "tolfunhist": 0, "tolflatfitness": 10**9, "tolstagnation": 10**9, "popsize": s.popsize}
+        opts = {
+            "randn": lambda *shape: rng.standard_normal(shape),
+            "seed": np.nan,
+            "verbose": -9,
+            "verb_log": 0,
+            "verb_disp": 0,
+            "verb_filenameprefix": "",
+            "CMA_diagonal": space.dim > DIAGONAL_ABOVE,
+            "maxiter": s.generations,
+            "tolfun": 0,
+            "tolfunhist": 0,
+            "tolflatfitness": 10**9,
+            "tolstagnation": 10**9,
+            "popsize": s.popsize,
+        }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sigma0 = s.sigma0 if s.sigma0 is not None else self.sigma0_default  # as Beautifier.resolve
@@ -204,7 +239,7 @@ class TorchReference:
             if feasible.any():
                 i = int(torch.where(feasible, score, torch.full_like(score, -float("inf"))).argmax())
                 if float(score[i]) > best_score:
-                    best_score, best_ws, best_cos = float(score[i]), ws[i:i + 1].clone(), float(cos[i])
+                    best_score, best_ws, best_cos = float(score[i]), ws[i : i + 1].clone(), float(cos[i])
         search_total = time.perf_counter() - t_search - timer.summary()["score_start"]
         timer.add("search", search_total)
         timer.add("search_eval", eval_t)
@@ -222,6 +257,12 @@ class TorchReference:
                 from beautyrt.runtime.ops.blend import add_edits
 
                 out = add_edits(rgb, [(a_gen, delta)])
-        return {"image": out, "w_best": best_ws.numpy()[0], "score_before": float(score0[0]),
-                "score_after": best_score, "identity": best_cos, "timings": timer.summary(),
-                "generations_run": s.generations}
+        return {
+            "image": out,
+            "w_best": best_ws.numpy()[0],
+            "score_before": float(score0[0]),
+            "score_after": best_score,
+            "identity": best_cos,
+            "timings": timer.summary(),
+            "generations_run": s.generations,
+        }

@@ -12,6 +12,7 @@ warm-up run of each. Reported: per-stage medians (detect, align, encode, search 
 synthesis, paste-back/compose, total), candidates/s of the scorer, the search overhead fraction, and
 ``speedup`` = torch median total / beautyrt median total (plus per-stage ratios).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,19 @@ def _load_avg() -> Optional[list[float]]:
         return None
 
 
-def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, popsize: int = 16, generations: int = 10,
-                 repeats: int = 3, threads: Optional[int] = None, space: str = "w", device: str = "cpu",
-                 torch_score_resolution: Optional[int] = None, torch_threads: Optional[int] = None) -> dict:
+def run_vs_torch(
+    bundle: str | Path,
+    *,
+    image: Optional[str | Path] = None,
+    popsize: int = 16,
+    generations: int = 10,
+    repeats: int = 3,
+    threads: Optional[int] = None,
+    space: str = "w",
+    device: str = "cpu",
+    torch_score_resolution: Optional[int] = None,
+    torch_threads: Optional[int] = None,
+) -> dict:
     import torch
 
     load_before = _load_avg()
@@ -58,6 +69,7 @@ def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, pops
             inp = to_uint8(b.engines["synthesis"].run({"ws": w_avg})["image"][0])
         else:
             from beautyrt.runtime.ops.imageio import load_image
+
             inp = load_image(image)
         s = Settings(generations=generations, popsize=popsize, space=space)
         warm = Settings(generations=1, popsize=popsize, space=space)
@@ -85,21 +97,41 @@ def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, pops
                         t[side][k].append(tm[k] / n if k == "search" else tm[k])
                 cands[side].append(popsize * n / tm["search_eval"])
                 overhead[side].append(tm["search_overhead"] / tm["search"])
-            agree.append({"score_after": [outs["beautyrt"][0], outs["torch"][0]],
-                          "w_best_max_abs_diff": float(np.max(np.abs(outs["beautyrt"][1] - outs["torch"][1])))})
+            agree.append(
+                {
+                    "score_after": [outs["beautyrt"][0], outs["torch"][0]],
+                    "w_best_max_abs_diff": float(np.max(np.abs(outs["beautyrt"][1] - outs["torch"][1]))),
+                }
+            )
         med = {side: {k: float(np.median(v)) for k, v in st.items() if v} for side, st in t.items()}
-        ratio = {k: med["torch"][k] / med["beautyrt"][k] for k in med["beautyrt"]
-                 if k in med["torch"] and med["beautyrt"][k] > 0}
+        ratio = {
+            k: med["torch"][k] / med["beautyrt"][k]
+            for k in med["beautyrt"]
+            if k in med["torch"] and med["beautyrt"][k] > 0
+        }
         return {
-            "bundle": str(b.manifest.root), "source": b.manifest.data.get("source"),
-            "resolution": b.resolution, "score_resolution": b.manifest.data["generator"].get("score_resolution"),
-            "torch_score_resolution": ref.score_resolution, "input": "generated aligned crop" if aligned else str(image),
-            "providers": b.engines["scorer"].providers, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "ort_threads": threads or os.cpu_count(),
-            "machine": {"cpus": os.cpu_count(), "platform": f"{platform.system()} {platform.machine()}",
-                        "loadavg_before": load_before, "loadavg_after": _load_avg()},
-            "popsize": popsize, "generations": generations, "repeats": repeats, "space": space,
-            "stages_median_s": med, "stage_speedup": ratio,
+            "bundle": str(b.manifest.root),
+            "source": b.manifest.data.get("source"),
+            "resolution": b.resolution,
+            "score_resolution": b.manifest.data["generator"].get("score_resolution"),
+            "torch_score_resolution": ref.score_resolution,
+            "input": "generated aligned crop" if aligned else str(image),
+            "providers": b.engines["scorer"].providers,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "ort_threads": threads or os.cpu_count(),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": f"{platform.system()} {platform.machine()}",
+                "loadavg_before": load_before,
+                "loadavg_after": _load_avg(),
+            },
+            "popsize": popsize,
+            "generations": generations,
+            "repeats": repeats,
+            "space": space,
+            "stages_median_s": med,
+            "stage_speedup": ratio,
             "candidates_per_s": {k: float(np.median(v)) for k, v in cands.items()},
             "search_overhead_fraction": {k: float(np.median(v)) for k, v in overhead.items()},
             "speedup": ratio.get("total"),
@@ -113,18 +145,23 @@ def run_vs_torch(bundle: str | Path, *, image: Optional[str | Path] = None, pops
 
 def format_vs(res: dict) -> str:
     m = res["stages_median_s"]
-    lines = [f"{res['bundle']} ({res['resolution']} px, scored at {res['score_resolution']} px; torch at "
-             f"{res.get('torch_score_resolution')} px), input: {res['input']}",
-             f"λ={res['popsize']}, {res['generations']} gens x {res['repeats']} repeats (alternating), "
-             f"{res['machine']['cpus']} cpus, load {res['machine']['loadavg_before']} -> {res['machine']['loadavg_after']}",
-             f"{'stage (median)':<22}{'beautyrt ms':>12}{'torch ms':>12}{'speed-up':>10}"]
+    lines = [
+        f"{res['bundle']} ({res['resolution']} px, scored at {res['score_resolution']} px; torch at "
+        f"{res.get('torch_score_resolution')} px), input: {res['input']}",
+        f"λ={res['popsize']}, {res['generations']} gens x {res['repeats']} repeats (alternating), "
+        f"{res['machine']['cpus']} cpus, load {res['machine']['loadavg_before']} -> {res['machine']['loadavg_after']}",
+        f"{'stage (median)':<22}{'beautyrt ms':>12}{'torch ms':>12}{'speed-up':>10}",
+    ]
     for k in STAGES:
         if k in m["beautyrt"] and k in m["torch"]:
             name = "search / generation" if k == "search" else k
-            lines.append(f"{name:<22}{m['beautyrt'][k] * 1e3:>12.2f}{m['torch'][k] * 1e3:>12.2f}"
-                         f"{res['stage_speedup'][k]:>9.2f}x")
+            lines.append(
+                f"{name:<22}{m['beautyrt'][k] * 1e3:>12.2f}{m['torch'][k] * 1e3:>12.2f}{res['stage_speedup'][k]:>9.2f}x"
+            )
     c = res["candidates_per_s"]
-    lines.append(f"candidates/s: beautyrt {c['beautyrt']:.1f}, torch {c['torch']:.1f} ({res['candidates_speedup']:.2f}x)")
+    lines.append(
+        f"candidates/s: beautyrt {c['beautyrt']:.1f}, torch {c['torch']:.1f} ({res['candidates_speedup']:.2f}x)"
+    )
     o = res["search_overhead_fraction"]
     lines.append(f"search overhead: beautyrt {100 * o['beautyrt']:.1f}%, torch {100 * o['torch']:.1f}% of a generation")
     lines.append(f"speedup (torch total / beautyrt total): {res['speedup']:.2f}x")
@@ -144,9 +181,17 @@ def main(argv=None) -> None:
     ap.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the reference (default: --threads)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    res = run_vs_torch(a.bundle, image=a.image, popsize=a.popsize, generations=a.generations, repeats=a.repeats,
-                       threads=a.threads, space=a.space, torch_score_resolution=a.torch_score_resolution,
-                       torch_threads=a.torch_threads)
+    res = run_vs_torch(
+        a.bundle,
+        image=a.image,
+        popsize=a.popsize,
+        generations=a.generations,
+        repeats=a.repeats,
+        threads=a.threads,
+        space=a.space,
+        torch_score_resolution=a.torch_score_resolution,
+        torch_threads=a.torch_threads,
+    )
     print(json.dumps(res, indent=1) if a.json else format_vs(res))
 
 

@@ -1,4 +1,5 @@
 """The command line, in subprocesses, as a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from PIL import Image
 
 from beautyrt.engines.errors import BundleIntegrityError, BundleNotFoundError
 from beautyrt.runtime.errors import ImageDecodeError, ImageNotFoundError, OutputError
+
 
 @pytest.fixture()
 def crop_file(tmp_path, face_crop):
@@ -32,8 +34,25 @@ def test_help_is_instant_and_lists_commands(cli):
 
 def test_optimize_without_torch_writes_image_and_report(cli, tiny_bundle, crop_file, tmp_path):
     out, rep = tmp_path / "out.jpg", tmp_path / "rep.json"
-    r = cli("optimize", str(crop_file), "--aligned", "-o", str(out), "--bundle", str(tiny_bundle), "--generations", "8",
-            "--popsize", "8", "--seed", "2", "--json", "--report", str(rep), block_torch=True)
+    r = cli(
+        "optimize",
+        str(crop_file),
+        "--aligned",
+        "-o",
+        str(out),
+        "--bundle",
+        str(tiny_bundle),
+        "--generations",
+        "8",
+        "--popsize",
+        "8",
+        "--seed",
+        "2",
+        "--json",
+        "--report",
+        str(rep),
+        block_torch=True,
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert json.loads(rep.read_text())["score_after"] == report["score_after"]
@@ -49,21 +68,48 @@ def test_optimize_without_torch_writes_image_and_report(cli, tiny_bundle, crop_f
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp files left behind"
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorrt") is not None,
-                    reason="TensorRT is installed: the missing-TensorRT path cannot be exercised")
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("tensorrt") is not None,
+    reason="TensorRT is installed: the missing-TensorRT path cannot be exercised",
+)
 def test_backend_tensorrt_without_tensorrt_and_ort_same_bytes_as_default(cli, tiny_bundle, crop_file, tmp_path):
     from beautyrt.engines.errors import MissingDependencyError
 
-    r = cli("optimize", str(crop_file), "--aligned", "-o", str(tmp_path / "t.png"), "--bundle", str(tiny_bundle),
-            "--backend", "tensorrt", block_torch=True)
+    r = cli(
+        "optimize",
+        str(crop_file),
+        "--aligned",
+        "-o",
+        str(tmp_path / "t.png"),
+        "--bundle",
+        str(tiny_bundle),
+        "--backend",
+        "tensorrt",
+        block_torch=True,
+    )
     assert r.returncode == MissingDependencyError.exit_code == 23
     _one_line_error(r)
     assert "pip install 'beautyrt[trt]'" in r.stderr and not (tmp_path / "t.png").exists()
     outs = {}
     for backend in ("auto", "ort"):
         o = tmp_path / f"{backend}.png"
-        r = cli("optimize", str(crop_file), "--aligned", "-o", str(o), "--bundle", str(tiny_bundle), "-g", "3", "-p", "4",
-                "-q", "--backend", backend, block_torch=True)
+        r = cli(
+            "optimize",
+            str(crop_file),
+            "--aligned",
+            "-o",
+            str(o),
+            "--bundle",
+            str(tiny_bundle),
+            "-g",
+            "3",
+            "-p",
+            "4",
+            "-q",
+            "--backend",
+            backend,
+            block_torch=True,
+        )
         assert r.returncode == 0, r.stderr
         outs[backend] = o.read_bytes()
     assert outs["auto"] == outs["ort"]
@@ -75,7 +121,20 @@ def test_optimize_is_deterministic(cli, tiny_bundle, crop_file, tmp_path):
     outs = []
     for i in range(2):
         o = tmp_path / f"o{i}.png"
-        r = cli("optimize", str(crop_file), "--aligned", "-o", str(o), "--bundle", str(tiny_bundle), "-g", "3", "-p", "4", "-q")
+        r = cli(
+            "optimize",
+            str(crop_file),
+            "--aligned",
+            "-o",
+            str(o),
+            "--bundle",
+            str(tiny_bundle),
+            "-g",
+            "3",
+            "-p",
+            "4",
+            "-q",
+        )
         assert r.returncode == 0, r.stderr
         outs.append(o.read_bytes())
     assert outs[0] == outs[1]
@@ -97,20 +156,34 @@ def test_not_an_image(cli, tiny_bundle, tmp_path):
 
 
 def test_missing_bundle(cli, crop_file, tmp_path):
-    r = cli("optimize", str(crop_file), "--aligned", "--bundle", str(tmp_path / "nobundle"), "-o", str(tmp_path / "o.png"))
+    r = cli(
+        "optimize", str(crop_file), "--aligned", "--bundle", str(tmp_path / "nobundle"), "-o", str(tmp_path / "o.png")
+    )
     assert r.returncode == BundleNotFoundError.exit_code
     _one_line_error(r)
     assert "beautyrt export" in r.stderr
 
 
 def test_default_bundle_from_env(cli, tiny_bundle, crop_file, tmp_path):
-    r = cli("optimize", str(crop_file), "--aligned", "-g", "1", "-p", "4", "-q", "-o", str(tmp_path / "o.png"),
-            env={"BEAUTYRT_BUNDLE": str(tiny_bundle)})
+    r = cli(
+        "optimize",
+        str(crop_file),
+        "--aligned",
+        "-g",
+        "1",
+        "-p",
+        "4",
+        "-q",
+        "-o",
+        str(tmp_path / "o.png"),
+        env={"BEAUTYRT_BUNDLE": str(tiny_bundle)},
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_tampered_bundle(cli, tiny_bundle, crop_file, tmp_path):
     import shutil
+
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
     (b / "scorer.onnx").write_bytes(b"garbage")
@@ -128,7 +201,17 @@ def test_unwritable_output(cli, tiny_bundle, crop_file, tmp_path):
 
 
 def test_bad_option_value(cli, tiny_bundle, crop_file, tmp_path):
-    r = cli("optimize", str(crop_file), "--aligned", "--bundle", str(tiny_bundle), "--space", "zz", "-o", str(tmp_path / "o.png"))
+    r = cli(
+        "optimize",
+        str(crop_file),
+        "--aligned",
+        "--bundle",
+        str(tiny_bundle),
+        "--space",
+        "zz",
+        "-o",
+        str(tmp_path / "o.png"),
+    )
     assert r.returncode == 2
     _one_line_error(r)
 

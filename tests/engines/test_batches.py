@@ -1,4 +1,5 @@
 """run_in_batches: what a fixed-batch engine (a static TensorRT profile) sees, and what the caller gets back."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,11 +15,21 @@ def _engine(min_b, max_b, seen):
         assert feeds["y"].shape[0] == b
         seen.append(b)
         return {"sum": feeds["x"].sum(axis=(1, 2)) + feeds["y"][:, 0], "row": feeds["x"][:, 0, :] * 2}
+
     return run
 
 
-@pytest.mark.parametrize("b,min_b,max_b,calls", [(16, 16, 16, [16]), (1, 16, 16, [16]), (33, 16, 16, [16, 16, 16]),
-                                                 (5, 1, 8, [5]), (20, 1, 8, [8, 8, 4]), (9, 4, 8, [8, 4])])
+@pytest.mark.parametrize(
+    "b,min_b,max_b,calls",
+    [
+        (16, 16, 16, [16]),
+        (1, 16, 16, [16]),
+        (33, 16, 16, [16, 16, 16]),
+        (5, 1, 8, [5]),
+        (20, 1, 8, [8, 8, 4]),
+        (9, 4, 8, [8, 4]),
+    ],
+)
 def test_padding_and_chunking_give_the_unbatched_result(b, min_b, max_b, calls):
     rng = np.random.default_rng(b)
     feeds = {"x": rng.normal(size=(b, 3, 4)).astype(np.float32), "y": rng.normal(size=(b, 2)).astype(np.float32)}

@@ -1,4 +1,5 @@
 """Bundle validation happens before any model is loaded, and every refusal is a clear typed error."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,13 @@ import numpy as np
 import pytest
 
 from beautyrt.engines import load_manifest, open_engine
-from beautyrt.engines.errors import (BundleIntegrityError, BundleNotFoundError, BundleSchemaError, BundleVersionError,
-                                     EngineInputError)
+from beautyrt.engines.errors import (
+    BundleIntegrityError,
+    BundleNotFoundError,
+    BundleSchemaError,
+    BundleVersionError,
+    EngineInputError,
+)
 from tests.conftest import edit_manifest
 
 
@@ -45,6 +51,7 @@ def test_truncated_onnx_refused(bundle_copy):
         load_manifest(bundle_copy)
     # and if the hash is updated to match, onnxruntime's refusal is still a typed error
     from beautyrt.engines.manifest import sha256_file
+
     edit_manifest(bundle_copy, lambda m: m["models"]["encoder"].update(sha256=sha256_file(p)))
     m = load_manifest(bundle_copy)
     with pytest.raises(BundleIntegrityError, match="onnxruntime cannot load"):

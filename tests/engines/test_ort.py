@@ -1,4 +1,5 @@
 """Provider selection from what really loads (this CI machine has no GPU)."""
+
 from __future__ import annotations
 
 import pytest

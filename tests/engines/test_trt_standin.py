@@ -2,6 +2,7 @@
 chunking to the plans' profiles, device buffers and copies -- against ``trt_standin`` (a STAND-IN for TensorRT
 and cuda-python that runs the ONNX model on the CPU; see its docstring). This checks beautyrt's logic, not
 TensorRT: the real-GPU tests are tests/export/test_trt.py's ``trt``/``gpu`` ones, which run where TensorRT exists."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,15 @@ def trt_bundle(tiny_bundle_with_detector, tmp_path, standin):
 def test_roles_without_a_plan_run_on_onnxruntime(trt_bundle, standin):
     m = load_manifest(trt_bundle)
     plan = plan_backends(m, sorted(m.models), "tensorrt")
-    assert {r for r, b in plan.items() if b == "tensorrt"} == {"scorer", "crop_scorer", "synthesis", "encoder",
-                                                               "mapping", "beauty", "identity"}
+    assert {r for r, b in plan.items() if b == "tensorrt"} == {
+        "scorer",
+        "crop_scorer",
+        "synthesis",
+        "encoder",
+        "mapping",
+        "beauty",
+        "identity",
+    }
     assert all(plan[r] == "ort" for r in ("detector_pnet", "detector_rnet", "detector_onet"))
     assert plan_backends(m, sorted(m.models), "auto") == plan  # auto: TensorRT where a plan exists
     assert set(plan_backends(m, sorted(m.models), "ort").values()) == {"ort"}

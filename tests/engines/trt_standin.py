@@ -10,6 +10,7 @@ the ONNX model; "executing" it runs that model with onnxruntime on the CPU.
 
 Install with :func:`install` (a pytest ``monkeypatch``); nothing here is used outside the tests.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -105,8 +106,15 @@ def make_cudart(mem: _Memory) -> types.ModuleType:
         ctypes.memmove(dst, src, n)
         return (ok,)
 
-    for f in (cudaSetDevice, cudaStreamCreate, cudaStreamDestroy, cudaStreamSynchronize, cudaMalloc, cudaFree,
-              cudaMemcpyAsync):
+    for f in (
+        cudaSetDevice,
+        cudaStreamCreate,
+        cudaStreamDestroy,
+        cudaStreamSynchronize,
+        cudaMalloc,
+        cudaFree,
+        cudaMemcpyAsync,
+    ):
         setattr(cu, f.__name__, f)
     cu.cudaMemcpyKind = cudaMemcpyKind
     return cu
@@ -215,8 +223,11 @@ def make_tensorrt(mem: _Memory, built: list) -> types.ModuleType:
             if network.onnx is None or len(config.profiles) != 1:
                 return None
             model = onnx.load_from_string(network.onnx)
-            io = {"inputs": [i.name for i in model.graph.input], "outputs": [o.name for o in model.graph.output],
-                  "profile": config.profiles[0].shapes}
+            io = {
+                "inputs": [i.name for i in model.graph.input],
+                "outputs": [o.name for o in model.graph.output],
+                "profile": config.profiles[0].shapes,
+            }
             header = json.dumps(io).encode()
             built.append(io)
             return MAGIC + len(header).to_bytes(8, "little") + header + network.onnx
@@ -228,7 +239,9 @@ def make_tensorrt(mem: _Memory, built: list) -> types.ModuleType:
         def set_input_shape(self, name, shape):
             prof = self.engine.io["profile"][name]
             shape = list(shape)
-            if len(shape) != len(prof["min"]) or any(not lo <= s <= hi for s, lo, hi in zip(shape, prof["min"], prof["max"])):
+            if len(shape) != len(prof["min"]) or any(
+                not lo <= s <= hi for s, lo, hi in zip(shape, prof["min"], prof["max"])
+            ):
                 return False
             self.shapes[name] = shape
             return True
@@ -278,11 +291,13 @@ def make_tensorrt(mem: _Memory, built: list) -> types.ModuleType:
         def __init__(self, plan: bytes):
             import onnxruntime
 
-            n = int.from_bytes(plan[len(MAGIC):len(MAGIC) + 8], "little")
-            self.io = json.loads(plan[len(MAGIC) + 8:len(MAGIC) + 8 + n])
+            n = int.from_bytes(plan[len(MAGIC) : len(MAGIC) + 8], "little")
+            self.io = json.loads(plan[len(MAGIC) + 8 : len(MAGIC) + 8 + n])
             so = onnxruntime.SessionOptions()
             so.intra_op_num_threads = 1
-            self.session = onnxruntime.InferenceSession(plan[len(MAGIC) + 8 + n:], so, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(
+                plan[len(MAGIC) + 8 + n :], so, providers=["CPUExecutionProvider"]
+            )
             self.names = self.io["inputs"] + self.io["outputs"]
 
         @property
@@ -307,13 +322,16 @@ def make_tensorrt(mem: _Memory, built: list) -> types.ModuleType:
             pass
 
         def deserialize_cuda_engine(self, plan):
-            if not bytes(plan[:len(MAGIC)]) == MAGIC:
+            if not bytes(plan[: len(MAGIC)]) == MAGIC:
                 return None
             return _Engine(bytes(plan))
 
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
-    trt.NetworkDefinitionCreationFlag, trt.MemoryPoolType, trt.BuilderFlag = (NetworkDefinitionCreationFlag,
-                                                                              MemoryPoolType, BuilderFlag)
+    trt.NetworkDefinitionCreationFlag, trt.MemoryPoolType, trt.BuilderFlag = (
+        NetworkDefinitionCreationFlag,
+        MemoryPoolType,
+        BuilderFlag,
+    )
     trt.nptype = lambda dt: np.dtype(dt).type
     return trt
 
@@ -332,7 +350,12 @@ def install(monkeypatch) -> types.SimpleNamespace:
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = cudart
     cuda.bindings = bindings
-    for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", cudart)):
+    for name, mod in (
+        ("tensorrt", trt),
+        ("cuda", cuda),
+        ("cuda.bindings", bindings),
+        ("cuda.bindings.runtime", cudart),
+    ):
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(T, "installed_tensorrt_version", lambda: VERSION)
     monkeypatch.setattr(T, "gpu_info", lambda device_id=0: dict(GPU))

@@ -5,6 +5,7 @@ itself runs when ``import dlib`` works here or BEAUTYRT_DLIB_PYTHON names an int
 (``pip install dlib-bin`` in a throwaway venv; dlib is never a beautyrt dependency). The photo test needs
 ../shared/data (skips without it).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,7 +29,8 @@ HELPER = REPO / "tests" / "bench" / "dlib_ref_helper.py"
 _MODELS = dlib_dat.packaged_models_dir()
 needs_model = pytest.mark.skipif(
     _MODELS is None or not (_MODELS / dlib_dat.DLIB_RESNET_FILE).is_file(),
-    reason="face-recognition-models==0.3.0 is not installed (pip install face-recognition-models==0.3.0)")
+    reason="face-recognition-models==0.3.0 is not installed (pip install face-recognition-models==0.3.0)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,7 @@ def test_extract_face_chip_puts_landmarks_on_template():
     rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
     pts = dlib_dat.DLIB_CHIP_TEMPLATE_5PT @ (s * rot).T + t
     for x, y in pts:
-        img[int(round(y)) - 2:int(round(y)) + 3, int(round(x)) - 2:int(round(x)) + 3] = 255
+        img[int(round(y)) - 2 : int(round(y)) + 3, int(round(x)) - 2 : int(round(x)) + 3] = 255
     chip = dlib_dat.extract_face_chip(img, pts + rng.normal(0, 0.05, pts.shape))
     assert chip.shape == (150, 150, 3)
     for x, y in dlib_dat.DLIB_CHIP_TEMPLATE_5PT:
@@ -145,7 +147,7 @@ def _np_reference(net, image: np.ndarray) -> np.ndarray:
             for ci in range(c):
                 for i in range(kh):
                     for j in range(kw):
-                        cols[row] = xp[ci, i:i + sy * (oh - 1) + 1:sy, j:j + sx * (ow - 1) + 1:sx].ravel()
+                        cols[row] = xp[ci, i : i + sy * (oh - 1) + 1 : sy, j : j + sx * (ow - 1) + 1 : sx].ravel()
                         row += 1
             x = (w["weight"].reshape(len(w["weight"]), -1).astype(np.float64) @ cols).reshape(-1, oh, ow)
             x += w["bias"][:, None, None]
@@ -162,7 +164,7 @@ def _np_reference(net, image: np.ndarray) -> np.ndarray:
             out = np.empty((x.shape[0], oh, ow))
             for r in range(oh):
                 for q in range(ow):
-                    win = x[:, r * sy:r * sy + kh, q * sx:q * sx + kw]
+                    win = x[:, r * sy : r * sy + kh, q * sx : q * sx + kw]
                     out[:, r, q] = win.max(axis=(1, 2)) if k == "max_pool" else win.mean(axis=(1, 2))
             x = out
         elif k == "tag":
@@ -173,8 +175,8 @@ def _np_reference(net, image: np.ndarray) -> np.ndarray:
             y = tags[a["tag"]]
             shape = tuple(max(p, q) for p, q in zip(x.shape, y.shape))
             out = np.zeros(shape)
-            out[:x.shape[0], :x.shape[1], :x.shape[2]] += x
-            out[:y.shape[0], :y.shape[1], :y.shape[2]] += y
+            out[: x.shape[0], : x.shape[1], : x.shape[2]] += x
+            out[: y.shape[0], : y.shape[1], : y.shape[2]] += y
             x = out
         elif k == "fc":
             x = x.ravel() @ w["weight"].astype(np.float64)
@@ -242,13 +244,16 @@ def _photos(n):
     groups = []
     for f in folders:
         files = sorted(p for p in f.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        groups.append(files[::max(1, len(files) // per)][:per])
+        groups.append(files[:: max(1, len(files) // per)][:per])
     return [g[i] for i in range(per) for g in groups if i < len(g)][:n]
 
 
 @needs_model
-@pytest.mark.skipif(_dlib_python() is None, reason="dlib not importable and BEAUTYRT_DLIB_PYTHON not set "
-                    "(pip install dlib-bin into a throwaway venv and point BEAUTYRT_DLIB_PYTHON at its python)")
+@pytest.mark.skipif(
+    _dlib_python() is None,
+    reason="dlib not importable and BEAUTYRT_DLIB_PYTHON not set "
+    "(pip install dlib-bin into a throwaway venv and point BEAUTYRT_DLIB_PYTHON at its python)",
+)
 def test_matches_dlib_itself(model, tmp_path):
     py = _dlib_python()
     chips = [np.random.default_rng(7).integers(0, 256, (150, 150, 3), dtype=np.uint8)]
@@ -260,8 +265,9 @@ def test_matches_dlib_itself(model, tmp_path):
         chips += list(ref["chips"][ref["found"]])
     chips = np.asarray(chips, np.uint8)
     np.save(tmp_path / "chips.npy", chips)
-    subprocess.run([py, str(HELPER), "describe", str(_MODELS), str(tmp_path / "chips.npy"),
-                    str(tmp_path / "desc.npy")], check=True)
+    subprocess.run(
+        [py, str(HELPER), "describe", str(_MODELS), str(tmp_path / "chips.npy"), str(tmp_path / "desc.npy")], check=True
+    )
     want = np.load(tmp_path / "desc.npy")
     with torch.no_grad():
         got = model(torch.from_numpy(chips).permute(0, 3, 1, 2).float()).numpy()
@@ -292,9 +298,13 @@ def test_same_photo_views_closer_than_other_photos(model):
         c = int(150 * rng.uniform(0.88, 0.95))
         ox, oy = rng.integers(0, 150 - c + 1, size=2)
         jit = ImageEnhance.Contrast(ImageEnhance.Brightness(chip).enhance(rng.uniform(0.85, 1.15)))
-        views.append([np.asarray(chip.transpose(Image.FLIP_LEFT_RIGHT)),
-                      np.asarray(chip.crop((ox, oy, ox + c, oy + c)).resize((150, 150), Image.BILINEAR)),
-                      np.asarray(jit.enhance(rng.uniform(0.85, 1.15)))])
+        views.append(
+            [
+                np.asarray(chip.transpose(Image.FLIP_LEFT_RIGHT)),
+                np.asarray(chip.crop((ox, oy, ox + c, oy + c)).resize((150, 150), Image.BILINEAR)),
+                np.asarray(jit.enhance(rng.uniform(0.85, 1.15))),
+            ]
+        )
     x = torch.from_numpy(np.asarray(chips)).permute(0, 3, 1, 2).float()
     v = torch.from_numpy(np.asarray(views).reshape(-1, 150, 150, 3)).permute(0, 3, 1, 2).float()
     with torch.no_grad():

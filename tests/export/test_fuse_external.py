@@ -6,6 +6,7 @@ at opset 12, and graphs whose fixed batch cannot be made symbolic. The reference
 computed independently: the bundle's synthesis in onnxruntime, the crop / channel order / mean-std in numpy,
 the ORIGINAL external file in onnxruntime.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,18 @@ def beauty_helper_model(path: Path, size: int = 32, fixed_batch=None) -> None:
     n = fixed_batch or "n"
     w = numpy_helper.from_array(np.array([[1.5], [-2.0], [0.7]], np.float32), "w")
     b = numpy_helper.from_array(np.array([5.0], np.float32), "b")
-    nodes = [helper.make_node("ReduceMean", ["data"], ["m"], axes=[2, 3], keepdims=0),
-             helper.make_node("MatMul", ["m", "w"], ["mw"]), helper.make_node("Add", ["mw", "b"], ["rating"])]
-    g = helper.make_graph(nodes, "beauty", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [n, 3, size, size])],
-                          [helper.make_tensor_value_info("rating", TensorProto.FLOAT, [n, 1])], initializer=[w, b])
+    nodes = [
+        helper.make_node("ReduceMean", ["data"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["mw"]),
+        helper.make_node("Add", ["mw", "b"], ["rating"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "beauty",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [n, 3, size, size])],
+        [helper.make_tensor_value_info("rating", TensorProto.FLOAT, [n, 1])],
+        initializer=[w, b],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 12)])
     m.ir_version = 7
     onnx.checker.check_model(m)
@@ -77,19 +86,29 @@ def ext(tmp_path_factory):
     # fixed batch 1 with the batch built into a Reshape: cannot become symbolic
     wt = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3 * 16 * 16, 12)).astype(np.float32), "wt")
     shp = numpy_helper.from_array(np.array([1, -1], np.int64), "shp")
-    g = helper.make_graph([helper.make_node("Reshape", ["x", "shp"], ["flat"]), helper.make_node("MatMul", ["flat", "wt"], ["e"])],
-                          "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                          [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 12])], initializer=[wt, shp])
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shp"], ["flat"]), helper.make_node("MatMul", ["flat", "wt"], ["e"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 12])],
+        initializer=[wt, shp],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 7
     onnx.save(m, str(d / "emb_reshape_b1.onnx"))
     # fixed batch 1 whose output mixes images of a batch (x - batch mean): runs at batch 3, but wrongly
-    g = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["bm"], axes=[0], keepdims=1),
-                           helper.make_node("Sub", ["x", "bm"], ["c"]), helper.make_node("Add", ["c", "x"], ["y"]),
-                           helper.make_node("ReduceMean", ["y"], ["e"], axes=[3], keepdims=0),
-                           helper.make_node("Flatten", ["e"], ["f"], axis=1)],
-                          "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                          [helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, 48])])
+    g = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["bm"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "bm"], ["c"]),
+            helper.make_node("Add", ["c", "x"], ["y"]),
+            helper.make_node("ReduceMean", ["y"], ["e"], axes=[3], keepdims=0),
+            helper.make_node("Flatten", ["e"], ["f"], axis=1),
+        ],
+        "mix",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, 48])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 7
     onnx.save(m, str(d / "emb_mix_b1.onnx"))
@@ -114,8 +133,12 @@ def _warp(img: np.ndarray, theta, size: int) -> np.ndarray:
     x0, y0 = np.floor(ix).astype(int), np.floor(iy).astype(int)
     x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
     wx, wy = ix - x0, iy - y0
-    return (img[:, :, y0, x0] * (1 - wx) * (1 - wy) + img[:, :, y0, x1] * wx * (1 - wy)
-            + img[:, :, y1, x0] * (1 - wx) * wy + img[:, :, y1, x1] * wx * wy)
+    return (
+        img[:, :, y0, x0] * (1 - wx) * (1 - wy)
+        + img[:, :, y0, x1] * wx * (1 - wy)
+        + img[:, :, y1, x0] * (1 - wx) * wy
+        + img[:, :, y1, x1] * wx * wy
+    )
 
 
 def _model_in(img: np.ndarray, size: int, order: str, mean, std, theta=None) -> np.ndarray:
@@ -129,7 +152,9 @@ def _model_in(img: np.ndarray, size: int, order: str, mean, std, theta=None) -> 
     x = np.clip(x, -1, 1) * 0.5 + 0.5
     if order == "BGR":
         x = x[:, ::-1]
-    return ((x - np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, np.float32).reshape(1, 3, 1, 1)).astype(np.float32)
+    return (
+        (x - np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    ).astype(np.float32)
 
 
 def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, ext, ros32, cli, face_crop):
@@ -138,9 +163,24 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
     from beautyrt.runtime.api import Beautifier, Settings
 
     out = tmp_path / "bundle"
-    r = cli("export", "--stylegan", ros32, "--identity", ext / "emb.onnx", "--identity-spec", ID_SPEC + ",crop=arcface",
-            "--beauty", ext / "beauty.onnx", "--beauty-spec", ext / "beauty.json", "--preset", "tiny", "--no-detector",
-            "--out", out)
+    r = cli(
+        "export",
+        "--stylegan",
+        ros32,
+        "--identity",
+        ext / "emb.onnx",
+        "--identity-spec",
+        ID_SPEC + ",crop=arcface",
+        "--beauty",
+        ext / "beauty.onnx",
+        "--beauty-spec",
+        ext / "beauty.json",
+        "--preset",
+        "tiny",
+        "--no-detector",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     man = json.loads((out / "manifest.json").read_text())
     gen = man["generator"]
@@ -149,7 +189,10 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
     for m in (sc, cs):
         assert [o["name"] for o in m["outputs"]] == ["score", "embedding"] and m["outputs"][1]["shape"] == ["batch", 12]
         assert set(m["fused_external"]) == {"beauty", "identity"}
-        assert m["fused_external"]["identity"]["opset"] == "13 -> 18" and m["fused_external"]["beauty"]["opset"] == "12 -> 18"
+        assert (
+            m["fused_external"]["identity"]["opset"] == "13 -> 18"
+            and m["fused_external"]["beauty"]["opset"] == "12 -> 18"
+        )
         assert m["parity"]["batches"] == [1, 3] and 0 <= m["parity"]["max_rel"] < 1e-4, m["parity"]
         assert "external ONNX" in m["parity"]["reference"]
     assert "synthesis" in sc["parity"]["reference"] and "synthesis" not in cs["parity"]["reference"]
@@ -160,7 +203,9 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
 
     def want(img):  # the ORIGINAL external files on the generator crops, crop / normalise in numpy
         x_id = _model_in(img, 16, "BGR", [0.5] * 3, [0.5] * 3, theta)
-        e = np.concatenate([_sess(ext / "emb.onnx").run(None, {"input.1": x_id[i:i + 1]})[0] for i in range(len(img))])
+        e = np.concatenate(
+            [_sess(ext / "emb.onnx").run(None, {"input.1": x_id[i : i + 1]})[0] for i in range(len(img))]
+        )
         x_b = _model_in(img, 32, "RGB", BEAUTY_SPEC["mean"], [0.25] * 3)
         return _sess(ext / "beauty.onnx").run(None, {"data": x_b})[0][:, 0], e
 
@@ -171,7 +216,9 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
 
     # the scorer's outputs on the generated crops, and the crop_scorer's on those crops, == computed independently
     rng = np.random.default_rng(3)
-    ws = (np.asarray(gen["w_avg"]) + np.asarray(gen["w_std"]) * rng.standard_normal((5, gen["num_ws"], gen["w_dim"]))).astype(np.float32)
+    ws = (
+        np.asarray(gen["w_avg"]) + np.asarray(gen["w_std"]) * rng.standard_normal((5, gen["num_ws"], gen["w_dim"]))
+    ).astype(np.float32)
     img = _sess(out / "synthesis.onnx").run(None, {"ws": ws})[0]
     score, emb = _sess(out / "scorer.onnx").run(["score", "embedding"], {"ws": ws})
     ref = want(img)
@@ -191,8 +238,9 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
     assert ident["inputs"][0]["name"] == "image" and ident["normalisation"]["color_order"] == "RGB"
     xr = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
     got = _sess(out / "identity.onnx").run(["embedding"], {"image": xr})[0]
-    want_id = np.concatenate([_sess(ext / "emb.onnx").run(None, {"input.1": np.ascontiguousarray(xr[i:i + 1, ::-1])})[0]
-                              for i in range(3)])
+    want_id = np.concatenate(
+        [_sess(ext / "emb.onnx").run(None, {"input.1": np.ascontiguousarray(xr[i : i + 1, ::-1])})[0] for i in range(3)]
+    )
     np.testing.assert_allclose(got, want_id, rtol=1e-4, atol=1e-5)
 
     # the runtime scores the output through the crop_scorer (the standalone identity needs its own alignment
@@ -205,8 +253,24 @@ def test_cli_export_fused_external_identity_and_beauty_then_optimize(tmp_path, e
         bf.close()
     face = tmp_path / "face.png"
     Image.fromarray(face_crop).resize((64, 64)).save(face)
-    r = cli("optimize", face, "--aligned", "--bundle", out, "-g", "2", "-p", "4", "-o", tmp_path / "o.png", "--json",
-            "-q", "--device", "cpu", block_torch=True)
+    r = cli(
+        "optimize",
+        face,
+        "--aligned",
+        "--bundle",
+        out,
+        "-g",
+        "2",
+        "-p",
+        "4",
+        "-o",
+        tmp_path / "o.png",
+        "--json",
+        "-q",
+        "--device",
+        "cpu",
+        block_torch=True,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["settings"]["score_on"] == "output"
@@ -225,15 +289,16 @@ def test_fixed_batch_one_made_symbolic_identity_only(tmp_path, ext):
     def make(b, g):
         return (torch.randn(b, G.num_ws, G.w_dim, generator=g),)
 
-    path, info = write_fused_scorer(tmp_path, G.synthesis, 32, {"beauty": (ms.beauty, ms.beauty_norm)}, ms.external,
-                                    make, 1e-3, (1, 3))
+    path, info = write_fused_scorer(
+        tmp_path, G.synthesis, 32, {"beauty": (ms.beauty, ms.beauty_norm)}, ms.external, make, 1e-3, (1, 3)
+    )
     rec = info["fused_external"]["identity"]
     assert rec["batch"] == 1 and "made symbolic" in rec["batch_handling"] and info["parity"]["max_rel"] < 1e-4
     # the fused scorer runs any batch; each row is what it gives for that candidate alone
     ws = np.random.default_rng(0).standard_normal((5, G.num_ws, G.w_dim)).astype(np.float32)
     s = _sess(path)
     both = s.run(["embedding"], {"ws": ws})[0]
-    one = np.concatenate([s.run(["embedding"], {"ws": ws[i:i + 1]})[0] for i in range(5)])
+    one = np.concatenate([s.run(["embedding"], {"ws": ws[i : i + 1]})[0] for i in range(5)])
     assert both.shape == (5, 12)
     np.testing.assert_allclose(both, one, rtol=1e-5, atol=1e-6)
 
@@ -244,9 +309,12 @@ def test_fixed_batch_one_made_symbolic_identity_only(tmp_path, ext):
     def crops(b, g):
         return (torch.rand(b, 3, R, R, generator=g) * 2 - 1,)
 
-    cpath, cinfo = write_fused_crop_scorer(tmp_path, {"beauty": (ms.beauty, ms.beauty_norm)}, ms.external, crops,
-                                           1e-3, (1, 3))
-    assert cpath.name == "crop_scorer.onnx" and cinfo["parity"]["batches"] == [1, 3] and cinfo["parity"]["max_rel"] < 1e-4
+    cpath, cinfo = write_fused_crop_scorer(
+        tmp_path, {"beauty": (ms.beauty, ms.beauty_norm)}, ms.external, crops, 1e-3, (1, 3)
+    )
+    assert (
+        cpath.name == "crop_scorer.onnx" and cinfo["parity"]["batches"] == [1, 3] and cinfo["parity"]["max_rel"] < 1e-4
+    )
     assert "made symbolic" in cinfo["fused_external"]["identity"]["batch_handling"]
     front = CropFront({"beauty": (ms.beauty, ms.beauty_norm)}, ms.external).eval()
     with pytest.raises(ParityError, match="crop_scorer.onnx"):
@@ -260,8 +328,10 @@ def test_fixed_batch_one_made_symbolic_identity_only(tmp_path, ext):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
 
 
-@pytest.mark.parametrize("model, why", [("emb_reshape_b1.onnx", "making it symbolic fails"),
-                                        ("emb_mix_b1.onnx", "different results per image")])
+@pytest.mark.parametrize(
+    "model, why",
+    [("emb_reshape_b1.onnx", "making it symbolic fails"), ("emb_mix_b1.onnx", "different results per image")],
+)
 def test_fixed_batch_that_cannot_be_symbolic_is_refused(ext, model, why):
     from beautyrt.export.api import build_from_checkpoints
 
@@ -271,8 +341,10 @@ def test_fixed_batch_that_cannot_be_symbolic_is_refused(ext, model, why):
 
 
 def test_cli_refusals_are_one_line_and_write_nothing(tmp_path, ext, cli):
-    cases = [(["--identity", ext / "emb.onnx", "--identity-spec", "size=24,color=BGR"], "spec declares size 24"),
-             (["--identity", ext / "emb_reshape_b1.onnx", "--identity-spec", ID_SPEC], "batch is fixed to 1")]
+    cases = [
+        (["--identity", ext / "emb.onnx", "--identity-spec", "size=24,color=BGR"], "spec declares size 24"),
+        (["--identity", ext / "emb_reshape_b1.onnx", "--identity-spec", ID_SPEC], "batch is fixed to 1"),
+    ]
     for args, msg in cases:
         out = tmp_path / "b"
         r = cli("export", "--preset", "tiny", *map(str, args), "--no-detector", "--out", out)
@@ -294,14 +366,17 @@ def test_beauty_only_fused_scorer_and_parity_threshold(tmp_path, ext):
     G = Generator(z_dim=16, w_dim=16, img_resolution=32, channel_base=512, channel_max=16, mapping_layers=1).eval()
     ident = IResNet(resolution=16, layers=(1,), widths=(8,), embedding_dim=8).eval()
     id_norm = {"size": 16, "mean": [0.5] * 3, "std": [0.5] * 3}
-    prep = prepare_external(load_checkpoint(ext / "beauty.onnx", input_spec=ext / "beauty.json").external_onnx, "beauty")
+    prep = prepare_external(
+        load_checkpoint(ext / "beauty.onnx", input_spec=ext / "beauty.json").external_onnx, "beauty"
+    )
     assert prep.out_dim == 1 and prep.batch_note == "dynamic"
 
     def make(b, g):
         return (torch.randn(b, G.num_ws, G.w_dim, generator=g),)
 
-    path, info = write_fused_scorer(tmp_path, G.synthesis, 32, {"identity": (ident, id_norm)}, {"beauty": prep}, make,
-                                    1e-3, (1, 3))
+    path, info = write_fused_scorer(
+        tmp_path, G.synthesis, 32, {"identity": (ident, id_norm)}, {"beauty": prep}, make, 1e-3, (1, 3)
+    )
     assert set(info["fused_external"]) == {"beauty"} and info["parity"]["max_rel"] < 1e-4
     assert [p.name for p in tmp_path.iterdir()] == ["scorer.onnx"]  # the front half is not left behind
     ws = make(4, torch.Generator().manual_seed(5))[0]
@@ -309,7 +384,9 @@ def test_beauty_only_fused_scorer_and_parity_threshold(tmp_path, ext):
     with torch.no_grad():
         img = G.synthesis(ws)
         want_emb = ident((F.avg_pool2d(img, 2).clamp(-1, 1) * 0.5 + 0.5 - 0.5) / 0.5)  # resize, clamp, normalise
-    want_score = _sess(ext / "beauty.onnx").run(None, {"data": _model_in(img.numpy(), 32, "RGB", BEAUTY_SPEC["mean"], [0.25] * 3)})[0]
+    want_score = _sess(ext / "beauty.onnx").run(
+        None, {"data": _model_in(img.numpy(), 32, "RGB", BEAUTY_SPEC["mean"], [0.25] * 3)}
+    )[0]
     np.testing.assert_allclose(score, want_score[:, 0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(emb, want_emb.numpy(), rtol=1e-3, atol=1e-4)
     front = FrontHalf(G.synthesis, 32, {"identity": (ident, id_norm)}, {"beauty": prep}).eval()
@@ -327,8 +404,11 @@ def test_spec_output_crop_and_beauty_shape(tmp_path, ext):
     assert sp.output == "fc1" and sp.template[0] == pytest.approx((38.2946, 51.6963))
     assert parse_input_spec("size=56,crop=arcface").template[0] == pytest.approx((38.2946 / 2, 51.6963 / 2))
     assert parse_input_spec({"size": 8, "template": [[1, 2]] * 5}).template == ((1.0, 2.0),) * 5
-    for bad, msg in (("size=16,crop=square", "crop must be"), ({"size": 8, "template": [[1, 2]]}, "five"),
-                     ("size=x", "integer")):
+    for bad, msg in (
+        ("size=16,crop=square", "crop must be"),
+        ({"size": 8, "template": [[1, 2]]}, "five"),
+        ("size=x", "integer"),
+    ):
         with pytest.raises(CheckpointError, match=msg):
             parse_input_spec(bad)
     with pytest.raises(CheckpointError, match="outputs are fc1"):

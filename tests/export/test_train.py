@@ -1,4 +1,5 @@
 """Demo-pack training: data prep with beautyrt's aligner, generator/encoder steps, beauty head, the pack."""
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,25 @@ pytestmark = needs_torch
 def _tiny_cfg(**kw):
     from beautyrt.export.train.generator import GenConfig
 
-    base = dict(resolution=32, z_dim=16, w_dim=16, channel_base=256, channel_max=16, mapping_layers=1,
-                enc_channels=(8, 8, 16, 16), batch=4, lr=2e-3, warmup=5, max_steps=30, minutes=5,
-                val_every=10, log_every=5, ckpt_every_s=1e9, threads=1, latent_noise=0.3)
+    base = dict(
+        resolution=32,
+        z_dim=16,
+        w_dim=16,
+        channel_base=256,
+        channel_max=16,
+        mapping_layers=1,
+        enc_channels=(8, 8, 16, 16),
+        batch=4,
+        lr=2e-3,
+        warmup=5,
+        max_steps=30,
+        minutes=5,
+        val_every=10,
+        log_every=5,
+        ckpt_every_s=1e9,
+        threads=1,
+        latent_noise=0.3,
+    )
     base.update(kw)
     return GenConfig(**base)
 
@@ -33,8 +50,11 @@ def _synthetic_faces(n=8, res=32, seed=0) -> dict:
         col = rng.uniform(60, 220, 3)
         m = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.1 * r))
         imgs.append((m[..., None] * col + (1 - m[..., None]) * 40).astype(np.uint8))
-    return {f"images_{res}": np.stack(imgs), "split": np.array([0] * (n - 2) + [1, 1], np.int8),
-            "score": rng.uniform(2, 8, n).astype(np.float32)}
+    return {
+        f"images_{res}": np.stack(imgs),
+        "split": np.array([0] * (n - 2) + [1, 1], np.int8),
+        "score": rng.uniform(2, 8, n).astype(np.float32),
+    }
 
 
 def test_generator_training_losses_fall_and_are_seeded(tmp_path):
@@ -51,8 +71,10 @@ def test_generator_training_losses_fall_and_are_seeded(tmp_path):
     r2 = train_generator(data, tmp_path / "b", _tiny_cfg())
     G1, E1, _ = load_checkpoint(tmp_path / "a" / "generator.pt")
     G2, E2, _ = load_checkpoint(tmp_path / "b" / "generator.pt")
-    for a, b in zip(list(G1.state_dict().values()) + list(E1.state_dict().values()),
-                    list(G2.state_dict().values()) + list(E2.state_dict().values())):
+    for a, b in zip(
+        list(G1.state_dict().values()) + list(E1.state_dict().values()),
+        list(G2.state_dict().values()) + list(E2.state_dict().values()),
+    ):
         assert torch.equal(a, b)
     assert r1["val_l1"] == r2["val_l1"]
 
@@ -176,16 +198,18 @@ def test_ridge_beauty_recovers_a_planted_score_and_round_trips(tmp_path):
     from PIL import Image, ImageEnhance, ImageFilter
 
     from beautyrt.export.demo_pack import beauty_module
+    from beautyrt.export.nets.demo import BlockFeatureBeauty
     from beautyrt.export.train.beauty import build_identity, train_beauty_ridge
     from beautyrt.export.train.common import to_tensor
-    from beautyrt.export.nets.demo import BlockFeatureBeauty
 
     rng = np.random.default_rng(0)
     base = Image.open(EXAMPLE).convert("RGB").crop((150, 40, 300, 190))
     imgs = []
     for i in range(48):  # varied views of one face: brightness, contrast, blur, shifts
         im = ImageEnhance.Brightness(base).enhance(rng.uniform(0.6, 1.4))
-        im = ImageEnhance.Contrast(im).enhance(rng.uniform(0.6, 1.4)).filter(ImageFilter.GaussianBlur(rng.uniform(0, 2)))
+        im = (
+            ImageEnhance.Contrast(im).enhance(rng.uniform(0.6, 1.4)).filter(ImageFilter.GaussianBlur(rng.uniform(0, 2)))
+        )
         dx, dy = rng.integers(-8, 9, size=2)
         imgs.append(np.asarray(im.crop((8 + dx, 8 + dy, 142 + dx, 142 + dy)).resize((64, 64), Image.BICUBIC)))
     lm = np.tile(np.array([[22, 28], [42, 28], [32, 38], [24, 48], [40, 48]], np.float32), (48, 1, 1))
@@ -205,8 +229,12 @@ def test_ridge_beauty_recovers_a_planted_score_and_round_trips(tmp_path):
     bst = torch.load(tmp_path / "beauty.pt", weights_only=True)
     assert bst["kind"] == "ridge_blocks"
     ident = build_identity(lm, 64)
-    m = beauty_module(ident, {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])},
-                      bst, bst["head"])
+    m = beauty_module(
+        ident,
+        {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])},
+        bst,
+        bst["head"],
+    )
     with torch.no_grad():
         pred = m((to_tensor(data["images_64"][-10:]) + 1) * 127.5).numpy()
     r = np.corrcoef(pred, data["score"][-10:])[0, 1]
@@ -268,15 +296,31 @@ def test_trainer_outputs_export_and_optimize(tmp_path, cli, face_crop):
     pack = build_pack_from_training(run / "generator.pt", run / "beauty.pt", npz, out=tmp_path / "pack")
     crop = tmp_path / "face.png"
     Image.fromarray(face_crop).save(crop)
-    for name, args in (("ckpt", ["--stylegan", run / "generator.pt", "--beauty", run / "beauty.pt", "--identity", "dlib"]),
-                       ("pack", ["--pack", pack])):
+    for name, args in (
+        ("ckpt", ["--stylegan", run / "generator.pt", "--beauty", run / "beauty.pt", "--identity", "dlib"]),
+        ("pack", ["--pack", pack]),
+    ):
         out = tmp_path / f"bundle_{name}"
         r = cli("export", *map(str, args), "--no-detector", "--out", str(out), timeout=900)
         assert r.returncode == 0, r.stderr
         m = __import__("json").loads((out / "manifest.json").read_text())
         assert m["generator"]["resolution"] == 32
-        r = cli("optimize", str(crop), "--aligned", "--bundle", str(out), "-g", "2", "-p", "4", "-o",
-                str(tmp_path / f"{name}.png"), "--json", "-q", block_torch=True)
+        r = cli(
+            "optimize",
+            str(crop),
+            "--aligned",
+            "--bundle",
+            str(out),
+            "-g",
+            "2",
+            "-p",
+            "4",
+            "-o",
+            str(tmp_path / f"{name}.png"),
+            "--json",
+            "-q",
+            block_torch=True,
+        )
         assert r.returncode == 0, r.stderr
         assert __import__("json").loads(r.stdout)["generations_run"] == 2
     roles = m["source"]

@@ -1,5 +1,6 @@
 """TensorRT: what can be checked without TensorRT (profiles, refusal of foreign plans before any
 deserialisation, the missing-extra message), and a GPU build/run test that skips when TensorRT is absent."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,21 +33,33 @@ def write_fake_bundle(d: Path) -> Path:
     d.mkdir(parents=True)
     nw, wd, r = 8, 32, 32
     img = lambda n: [_spec("image", ["batch", 3, n, n])]  # noqa: E731
-    roles = {"synthesis": ([_spec("ws", ["batch", nw, wd])], [_spec("image", ["batch", 3, r, r])]),
-             "mapping": ([_spec("z", ["batch", 32])], [_spec("ws", ["batch", nw, wd])]),
-             "encoder": (img(32), [_spec("ws", ["batch", nw, wd])]),
-             "beauty": (img(32), [_spec("score", ["batch"])]),
-             "identity": (img(32), [_spec("embedding", ["batch", 32])]),
-             "scorer": ([_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", 32])]),
-             "crop_scorer": (img(r), [_spec("score", ["batch"]), _spec("embedding", ["batch", 32])])}
+    roles = {
+        "synthesis": ([_spec("ws", ["batch", nw, wd])], [_spec("image", ["batch", 3, r, r])]),
+        "mapping": ([_spec("z", ["batch", 32])], [_spec("ws", ["batch", nw, wd])]),
+        "encoder": (img(32), [_spec("ws", ["batch", nw, wd])]),
+        "beauty": (img(32), [_spec("score", ["batch"])]),
+        "identity": (img(32), [_spec("embedding", ["batch", 32])]),
+        "scorer": ([_spec("ws", ["batch", nw, wd])], [_spec("score", ["batch"]), _spec("embedding", ["batch", 32])]),
+        "crop_scorer": (img(r), [_spec("score", ["batch"]), _spec("embedding", ["batch", 32])]),
+    }
     models = {}
     for role, (ins, outs) in roles.items():
         f = d / f"{role}.onnx"
         f.write_bytes(f"placeholder {role}".encode())
         models[role] = {"file": f.name, "sha256": sha256_file(f), "inputs": ins, "outputs": outs}
-    man = {"format": FORMAT, "format_version": FORMAT_VERSION, "generator": {
-        "resolution": r, "num_ws": nw, "w_dim": wd, "w_avg": [0.0] * wd, "w_std": [1.0] * wd, "groups": {}},
-        "models": models}
+    man = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "generator": {
+            "resolution": r,
+            "num_ws": nw,
+            "w_dim": wd,
+            "w_avg": [0.0] * wd,
+            "w_std": [1.0] * wd,
+            "groups": {},
+        },
+        "models": models,
+    }
     (d / MANIFEST_NAME).write_text(json.dumps(man))
     return d
 
@@ -80,8 +93,15 @@ def _fake_plan(bundle_dir: Path, role: str, trt_version: str, gpu="NVIDIA H100 8
     plan = bundle_dir / f"{role}.plan"
     plan.write_bytes(b"not a real plan: must never be deserialised")
     data = json.loads((bundle_dir / MANIFEST_NAME).read_text())
-    data["models"][role]["trt"] = {"file": plan.name, "sha256": sha256_file(plan), "tensorrt": trt_version,
-                                   "gpu": gpu, "compute_capability": cc, "profile": {}, "fp16": False}
+    data["models"][role]["trt"] = {
+        "file": plan.name,
+        "sha256": sha256_file(plan),
+        "tensorrt": trt_version,
+        "gpu": gpu,
+        "compute_capability": cc,
+        "profile": {},
+        "fp16": False,
+    }
     (bundle_dir / MANIFEST_NAME).write_text(json.dumps(data))
 
 

@@ -1,4 +1,5 @@
 """`beautyrt audit`: per-group statistics over a labelled folder (groups = relative sub-directories)."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,20 @@ def test_audit_api_groups_and_failures(tiny_bundle_with_detector, labelled):
 
 
 def test_audit_cli_json_and_limit(cli, tiny_bundle_with_detector, labelled):
-    r = cli("audit", "--images", str(labelled), "--bundle", str(tiny_bundle_with_detector), "--limit", "1",
-            "-g", "1", "-p", "4", "--json")
+    r = cli(
+        "audit",
+        "--images",
+        str(labelled),
+        "--bundle",
+        str(tiny_bundle_with_detector),
+        "--limit",
+        "1",
+        "-g",
+        "1",
+        "-p",
+        "4",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert {k: v["count"] for k, v in res["groups"].items()} == {"female/asian": 1, "male/black": 1}
@@ -70,7 +83,8 @@ def test_audit_on_mebeauty_sample(tiny_bundle_with_detector):
     from beautyrt.runtime.api import Settings
     from beautyrt.runtime.tools.audit import run_audit
 
-    res = run_audit(MEBEAUTY, tiny_bundle_with_detector, settings=Settings(generations=1, popsize=4), limit=1,
-                    device="cpu")
+    res = run_audit(
+        MEBEAUTY, tiny_bundle_with_detector, settings=Settings(generations=1, popsize=4), limit=1, device="cpu"
+    )
     assert len(res["groups"]) >= 4 and all("/" in g for g in res["groups"])
     assert res["overall"]["ok"] >= 1

@@ -11,6 +11,7 @@ Output failures are provoked with paths that no user can write: under a director
 a regular FILE standing where the directory should be, onto an existing directory, and with an unknown
 extension; plus a report path that is a directory (the image must then not be written either).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beautyrt.engines.errors import (BundleIntegrityError, BundleNotFoundError, BundleSchemaError,
-                                     BundleVersionError)
-from beautyrt.runtime.errors import (ImageDecodeError, ImageNotFoundError, ImageTooLargeError, ImageTooSmallError,
-                                     NoFaceError, OutputError)
-
+from beautyrt.engines.errors import BundleIntegrityError, BundleNotFoundError, BundleSchemaError, BundleVersionError
+from beautyrt.runtime.errors import (
+    ImageDecodeError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    NoFaceError,
+    OutputError,
+)
 from tests.conftest import edit_manifest
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "astronaut.jpg"
@@ -46,8 +51,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG whose IHDR claims w x h pixels, followed by a few bytes of image data (no real pixels)."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _png16_rgb(rgb8: np.ndarray) -> bytes:
@@ -56,14 +65,24 @@ def _png16_rgb(rgb8: np.ndarray) -> bytes:
     h = a16.shape[0]
     raw = b"".join(b"\0" + a16[y].tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", a16.shape[1], h, 16, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _gif_bomb(w: int, h: int) -> bytes:
     """GIF89a whose screen and frame claim w x h, with one code of LZW data."""
-    return (b"GIF89a" + struct.pack("<HHBBB", w, h, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
-            + b"," + struct.pack("<HHHHB", 0, 0, w, h, 0) + b"\x02\x02\x44\x01\x00;")
+    return (
+        b"GIF89a"
+        + struct.pack("<HHBBB", w, h, 0x80, 0, 0)
+        + b"\0\0\0\xff\xff\xff"
+        + b","
+        + struct.pack("<HHHHB", 0, 0, w, h, 0)
+        + b"\x02\x02\x44\x01\x00;"
+    )
 
 
 def b_zero_byte(d):
@@ -134,7 +153,7 @@ def b_alpha_png(d):
     p = d / "alpha.png"
     im = _photo().convert("RGBA")
     a = np.full(im.size[::-1], 255, np.uint8)
-    a[:40, :] = 0      # transparent band at the top, half-transparent at the bottom
+    a[:40, :] = 0  # transparent band at the top, half-transparent at the bottom
     a[-40:, :] = 128
     im.putalpha(Image.fromarray(a))
     im.save(p)
@@ -253,6 +272,7 @@ def f_bundle_wrong_shapes(src, d):
 
     def bad(m):
         m["models"]["scorer"]["inputs"][0]["shape"] = ["batch", m["generator"]["num_ws"], 2 * m["generator"]["w_dim"]]
+
     edit_manifest(b, bad)
     return b
 
@@ -322,7 +342,12 @@ OUTPUT_CASES = {
 BUNDLE_CASES = {
     "bundle_absent": (f_bundle_absent, 11, BundleNotFoundError, r"no bundle at .*beautyrt export"),
     "bundle_file_missing": (f_bundle_file_missing, 11, BundleNotFoundError, r"scorer.onnx .* is missing"),
-    "bundle_truncated_onnx": (f_bundle_truncated_onnx, 12, BundleIntegrityError, r"synthesis.onnx: onnxruntime cannot load"),
+    "bundle_truncated_onnx": (
+        f_bundle_truncated_onnx,
+        12,
+        BundleIntegrityError,
+        r"synthesis.onnx: onnxruntime cannot load",
+    ),
     "bundle_tampered_file": (f_bundle_tampered, 12, BundleIntegrityError, r"encoder.onnx .* does not match its sha256"),
     "bundle_newer_version": (f_bundle_newer, 13, BundleVersionError, r"newer beautyrt"),
     "bundle_wrong_role_shapes": (f_bundle_wrong_shapes, 14, BundleSchemaError, r"scorer.*ws.*generator"),
@@ -393,8 +418,18 @@ def test_image_case_cli(case, cli, tiny_bundle_with_detector, tmp_path):
     image = build(inp)
     before_in = _files(inp)
     o, rep = out / "o.png", out / "rep.json"
-    r = cli("optimize", str(image), "-o", str(o), "--report", str(rep), "--bundle", str(tiny_bundle_with_detector),
-            *FAST, "-q")
+    r = cli(
+        "optimize",
+        str(image),
+        "-o",
+        str(o),
+        "--report",
+        str(rep),
+        "--bundle",
+        str(tiny_bundle_with_detector),
+        *FAST,
+        "-q",
+    )
     if code == 0:
         assert r.returncode == 0, r.stderr
         assert _files(out) == ["o.png", "rep.json"]
@@ -452,8 +487,9 @@ def test_image_cases_api(beautifier, tiny_bundle_with_detector, tmp_path):
         if code == 0:
             r = beautifier.optimize(image, s)
             assert r.image.dtype == np.uint8 and r.faces_found >= 1, case
-            rep = optimize_file(image, out / "o.jpg", bundle=tiny_bundle_with_detector, settings=s,
-                                report_path=out / "r.json")
+            rep = optimize_file(
+                image, out / "o.jpg", bundle=tiny_bundle_with_detector, settings=s, report_path=out / "r.json"
+            )
             assert _files(out) == ["o.jpg", "r.json"], case
             _check_success_output(image, out / "o.jpg", rep)
             continue
@@ -461,7 +497,9 @@ def test_image_cases_api(beautifier, tiny_bundle_with_detector, tmp_path):
             beautifier.optimize(image, s)
         assert type(ei.value) is exc and ei.value.exit_code == code and "\n" not in str(ei.value), case
         with pytest.raises(exc, match=pattern):
-            optimize_file(image, out / "o.jpg", bundle=tiny_bundle_with_detector, settings=s, report_path=out / "r.json")
+            optimize_file(
+                image, out / "o.jpg", bundle=tiny_bundle_with_detector, settings=s, report_path=out / "r.json"
+            )
         assert _files(out) == [], case
 
 
@@ -475,8 +513,13 @@ def test_output_cases_api(tiny_bundle_with_detector, tmp_path):
         argv = _rebuild(build, d)
         before = _files(out)
         with pytest.raises(exc, match=pattern) as ei:
-            optimize_file(image, argv["out"], bundle=tiny_bundle_with_detector, settings=Settings(generations=1, popsize=4),
-                          report_path=argv.get("report"))
+            optimize_file(
+                image,
+                argv["out"],
+                bundle=tiny_bundle_with_detector,
+                settings=Settings(generations=1, popsize=4),
+                report_path=argv.get("report"),
+            )
         assert type(ei.value) is exc and ei.value.exit_code == code, case
         assert _files(out) == before, case
 

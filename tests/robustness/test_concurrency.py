@@ -1,5 +1,6 @@
 """One Beautifier shared by 8 threads: no crash, results identical to sequential runs with the same seeds,
 memory bounded. (The full 8 x 50 soak with printed numbers is tests/bench/soak.py.)"""
+
 from __future__ import annotations
 
 import gc
@@ -16,8 +17,16 @@ THREADS, RUNS = 8, 5
 def fingerprint(r) -> tuple:
     """Everything a run produces except wall-clock timings."""
     hist = tuple(tuple(sorted((k, v) for k, v in h.items() if k != "seconds")) for h in r.history)
-    return (r.image.tobytes(), r.w_best.tobytes(), r.score_before, r.score_after, r.identity, hist,
-            r.generations_run, r.stop_reason)
+    return (
+        r.image.tobytes(),
+        r.w_best.tobytes(),
+        r.score_before,
+        r.score_after,
+        r.identity,
+        hist,
+        r.generations_run,
+        r.stop_reason,
+    )
 
 
 def test_shared_beautifier_threads_match_sequential(tiny_bundle, face_crop):
@@ -60,8 +69,10 @@ def test_shared_beautifier_threads_match_sequential(tiny_bundle, face_crop):
     mismatches = [(t, key) for t, out in results.items() for key, fp in out if fp != ref[key]]
     assert not mismatches, f"{len(mismatches)} threaded results differ from sequential ones: {mismatches[:5]}"
     growth = (rss1 - rss0) / 2**20
-    print(f"RSS before {rss0 / 2**20:.1f} MiB, after {THREADS}x{RUNS} threaded runs {rss1 / 2**20:.1f} MiB "
-          f"(+{growth:.1f} MiB)")
+    print(
+        f"RSS before {rss0 / 2**20:.1f} MiB, after {THREADS}x{RUNS} threaded runs {rss1 / 2**20:.1f} MiB "
+        f"(+{growth:.1f} MiB)"
+    )
     assert growth < 64, f"RSS grew by {growth:.1f} MiB over {THREADS * RUNS} threaded runs"
 
 
@@ -69,9 +80,11 @@ def test_threads_with_different_settings_do_not_leak_state(tiny_bundle, face_cro
     """Different settings in different threads at once: each result equals its own sequential run."""
     from beautyrt.runtime.api import Beautifier, Settings
 
-    variants = [Settings(generations=3, popsize=4, seed=1, space="w"),
-                Settings(generations=3, popsize=6, seed=2, space="groups"),
-                Settings(generations=2, popsize=4, seed=3, space="wplus", output_mode="generated")]
+    variants = [
+        Settings(generations=3, popsize=4, seed=1, space="w"),
+        Settings(generations=3, popsize=6, seed=2, space="groups"),
+        Settings(generations=2, popsize=4, seed=3, space="wplus", output_mode="generated"),
+    ]
     with Beautifier(tiny_bundle, device="cpu") as b:
         ref = [fingerprint(b.optimize(face_crop, s, aligned=True)) for s in variants]
         got: list = [None] * len(variants)

@@ -6,6 +6,7 @@ measurements and are the ONLY fields allowed to differ; reports are compared thr
 history values, face box/landmarks, settings, hashes, sizes) must be equal, and the image files (including
 their provenance metadata, which holds no timestamp) must be byte-identical.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,11 @@ from PIL import Image
 def test_without_timings_drops_only_clock_fields():
     from beautyrt.runtime.api import without_timings
 
-    rep = {"score_after": 1.0, "timings": {"total": 1.2}, "history": [{"generation": 1, "seconds": 0.1, "best_score": 2}]}
+    rep = {
+        "score_after": 1.0,
+        "timings": {"total": 1.2},
+        "history": [{"generation": 1, "seconds": 0.1, "best_score": 2}],
+    }
     assert without_timings(rep) == {"score_after": 1.0, "history": [{"generation": 1, "best_score": 2}]}
     assert rep["timings"] == {"total": 1.2} and "seconds" in rep["history"][0]  # input untouched
 
@@ -32,8 +37,15 @@ def test_api_repeat_is_byte_identical(tiny_bundle, face_crop, tmp_path, ext):
     out, rep_path = tmp_path / f"out{ext}", tmp_path / "rep.json"
     runs = []
     for _ in range(2):
-        rep = optimize_file(src, out, bundle=tiny_bundle, settings=Settings(generations=5, popsize=6, seed=7),
-                            aligned=True, report_path=rep_path, device="cpu")
+        rep = optimize_file(
+            src,
+            out,
+            bundle=tiny_bundle,
+            settings=Settings(generations=5, popsize=6, seed=7),
+            aligned=True,
+            report_path=rep_path,
+            device="cpu",
+        )
         runs.append((out.read_bytes(), json.loads(rep_path.read_text()), rep))
     (img_a, file_a, rep_a), (img_b, file_b, rep_b) = runs
     assert img_a == img_b
@@ -58,8 +70,25 @@ def test_cli_photo_mode_repeat_is_identical(cli, tiny_bundle_with_detector, exam
     out, rep = tmp_path / "out.jpg", tmp_path / "rep.json"
     got = []
     for _ in range(2):
-        r = cli("optimize", str(example_photo), "-o", str(out), "--report", str(rep), "--bundle",
-                str(tiny_bundle_with_detector), "-g", "3", "-p", "6", "--seed", "5", "-q", "--device", "cpu")
+        r = cli(
+            "optimize",
+            str(example_photo),
+            "-o",
+            str(out),
+            "--report",
+            str(rep),
+            "--bundle",
+            str(tiny_bundle_with_detector),
+            "-g",
+            "3",
+            "-p",
+            "6",
+            "--seed",
+            "5",
+            "-q",
+            "--device",
+            "cpu",
+        )
         assert r.returncode == 0, r.stderr
         got.append((out.read_bytes(), without_timings(json.loads(rep.read_text()))))
     assert got[0][0] == got[1][0]

@@ -4,6 +4,7 @@ Reading it by hand:
     python -c "from PIL import Image; im = Image.open('out.jpg'); print(im.getexif()[0x0131], im.info['xmp'])"
 (PNG: ``Image.open('out.png').info['beautyrt']`` holds the JSON record, ``info['XML:com.adobe.xmp']`` the XMP.)
 """
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,26 @@ def outputs(tiny_bundle, tmp_path_factory):
     from beautyrt.runtime.api import Settings, optimize_file
 
     d = tmp_path_factory.mktemp("prov")
-    crop = np.asarray(_I.open(pathlib.Path(__file__).parents[2] / "examples" / "astronaut.jpg").convert("RGB")
-                      .crop((150, 40, 300, 190)))
+    crop = np.asarray(
+        _I.open(pathlib.Path(__file__).parents[2] / "examples" / "astronaut.jpg")
+        .convert("RGB")
+        .crop((150, 40, 300, 190))
+    )
     src = d / "face.png"
     _I.fromarray(crop).save(src)
     reps = {}
     for ext in (".jpg", ".png", ".webp"):
-        reps[ext] = optimize_file(src, d / f"out{ext}", bundle=tiny_bundle, aligned=True, device="cpu",
-                                  settings=Settings(generations=4, popsize=6, seed=1), report_path=d / f"rep{ext}.json",
-                                  side_by_side_path=d / f"sbs{ext}", plot_path=d / f"plot{ext}.png")
+        reps[ext] = optimize_file(
+            src,
+            d / f"out{ext}",
+            bundle=tiny_bundle,
+            aligned=True,
+            device="cpu",
+            settings=Settings(generations=4, popsize=6, seed=1),
+            report_path=d / f"rep{ext}.json",
+            side_by_side_path=d / f"sbs{ext}",
+            plot_path=d / f"plot{ext}.png",
+        )
     return d, reps
 
 
@@ -60,7 +72,7 @@ def test_output_carries_provenance(outputs, ext):
         assert im.info["Description"].startswith("AI-edited by beautyrt")
     else:
         exif = im.getexif()
-        assert exif[0x0131].startswith("beautyrt")           # Software
+        assert exif[0x0131].startswith("beautyrt")  # Software
         assert exif[0x010E].startswith("AI-edited by beautyrt")  # ImageDescription
 
 
@@ -89,8 +101,16 @@ def test_sheet_functions_directly():
     after = np.full((40, 30, 3), 200, np.uint8)
     s = side_by_side(before, after, {"score_before": 1.0, "score_after": 1.5, "identity": 0.9})
     assert s.dtype == np.uint8 and s.shape[0] > 256 and s.shape[1] > 2 * 30 * 256 / 40
-    h = [{"generation": g, "best_score": g * 0.1, "gen_mean_score": g * 0.05, "best_identity": 1 - g * 0.01,
-          "gen_mean_identity": 0.9} for g in range(1, 6)]
+    h = [
+        {
+            "generation": g,
+            "best_score": g * 0.1,
+            "gen_mean_score": g * 0.05,
+            "best_identity": 1 - g * 0.01,
+            "gen_mean_identity": 0.9,
+        }
+        for g in range(1, 6)
+    ]
     assert history_plot(h, identity_floor=0.6).shape == (480, 720, 3)
     assert history_plot(h[:1]).shape == (480, 720, 3)  # one generation: a point, no crash
     with pytest.raises(ValueError):
@@ -98,17 +118,50 @@ def test_sheet_functions_directly():
 
 
 def test_cli_side_by_side_and_plot(cli, tiny_bundle, tmp_path):
-    crop = np.asarray(Image.open(pathlib.Path(__file__).parents[2] / "examples" / "astronaut.jpg").convert("RGB")
-                      .crop((150, 40, 300, 190)))
+    crop = np.asarray(
+        Image.open(pathlib.Path(__file__).parents[2] / "examples" / "astronaut.jpg")
+        .convert("RGB")
+        .crop((150, 40, 300, 190))
+    )
     src = tmp_path / "face.png"
     Image.fromarray(crop).save(src)
-    r = cli("optimize", str(src), "--aligned", "-o", str(tmp_path / "o.jpg"), "--bundle", str(tiny_bundle), "-g", "3",
-            "-p", "4", "-q", "--side-by-side", str(tmp_path / "sbs.jpg"), "--plot", str(tmp_path / "plot.png"))
+    r = cli(
+        "optimize",
+        str(src),
+        "--aligned",
+        "-o",
+        str(tmp_path / "o.jpg"),
+        "--bundle",
+        str(tiny_bundle),
+        "-g",
+        "3",
+        "-p",
+        "4",
+        "-q",
+        "--side-by-side",
+        str(tmp_path / "sbs.jpg"),
+        "--plot",
+        str(tmp_path / "plot.png"),
+    )
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "sbs.jpg").width > Image.open(tmp_path / "sbs.jpg").height
     assert Image.open(tmp_path / "plot.png").size == (720, 480)
     # a bad --plot location fails before any work and leaves nothing
-    r = cli("optimize", str(src), "--aligned", "-o", str(tmp_path / "o2.jpg"), "--bundle", str(tiny_bundle), "-g", "1",
-            "-p", "4", "-q", "--plot", str(tmp_path / "missing" / "plot.png"))
+    r = cli(
+        "optimize",
+        str(src),
+        "--aligned",
+        "-o",
+        str(tmp_path / "o2.jpg"),
+        "--bundle",
+        str(tiny_bundle),
+        "-g",
+        "1",
+        "-p",
+        "4",
+        "-q",
+        "--plot",
+        str(tmp_path / "missing" / "plot.png"),
+    )
     assert r.returncode == 40 and "does not exist" in r.stderr
     assert not (tmp_path / "o2.jpg").exists()

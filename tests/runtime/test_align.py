@@ -1,4 +1,5 @@
 """Alignment, warp and paste-back on synthetic data (numpy + Pillow only; no torch here)."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from beautyrt.runtime.ops.geometry import (Alignment, apply_affine, ffhq_alignment, ffhq_quad, invert_affine,
-                                    similarity_to_square, template_transform, umeyama, warp)
 from beautyrt.runtime.errors import UsageError
 from beautyrt.runtime.ops.blend import crop_mask, image_mask, paste_back
+from beautyrt.runtime.ops.geometry import (
+    Alignment,
+    apply_affine,
+    ffhq_alignment,
+    ffhq_quad,
+    invert_affine,
+    similarity_to_square,
+    template_transform,
+    umeyama,
+    warp,
+)
 
 # an upright face: image-left eye, image-right eye, nose, mouth corners
 CANON = np.array([[40.0, 50.0], [60.0, 50.0], [50.0, 60.0], [42.0, 70.0], [58.0, 70.0]])

@@ -1,5 +1,6 @@
 """Beautifier end to end on the tiny bundle (aligned crops; photos need the detector bundle). Margins were
 measured on this bundle at these seeds (gain 0.024-0.053 at 12 x 8) and are stated with room below them."""
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,9 @@ def test_same_seed_same_result_other_seed_differs(beautifier, face_crop):
 
 def test_identity_floor_is_respected(beautifier, face_crop):
     # the tiny identity net is insensitive (mean cosine ~0.99 at sigma 3): a floor of 0.992 binds
-    s = Settings(generations=6, popsize=8, sigma0=3.0, weights=ObjectiveWeights(identity_floor=0.992, identity_target=0.999))
+    s = Settings(
+        generations=6, popsize=8, sigma0=3.0, weights=ObjectiveWeights(identity_floor=0.992, identity_target=0.999)
+    )
     r = beautifier.optimize(face_crop, s, aligned=True)
     assert r.identity >= 0.992
     assert all(h["best_identity"] >= 0.992 for h in r.history)
@@ -91,6 +94,7 @@ def test_strength_recomposes_without_searching(beautifier, face_crop, monkeypatc
 
     def no_search(*a, **k):
         raise AssertionError("compose must not search again")
+
     monkeypatch.setattr(search_stage, "search", no_search)
     zero, one, two = (beautifier.compose(r, s) for s in (0.0, 1.0, 2.0))
     assert np.array_equal(zero.image, face_crop)
@@ -128,6 +132,7 @@ def test_cancel_stops_the_search(beautifier, face_crop):
     def cancel():
         calls.append(1)
         return len(calls) > 3
+
     with pytest.raises(Cancelled, match="generation 3"):
         beautifier.optimize(face_crop, Settings(generations=50, popsize=4), aligned=True, cancel=cancel)
 
@@ -154,8 +159,12 @@ def test_linear_strategy_walks_the_bundle_direction(tiny_bundle, tmp_path, face_
         shutil.copytree(b, d)
         np.save(d / "beauty_direction.npy", (sign * grad / np.linalg.norm(grad)).astype(np.float32))
         mm = json.loads(json.dumps(m))
-        mm["models"]["beauty_direction"] = {"file": "beauty_direction.npy", "sha256": sha256_file(d / "beauty_direction.npy"),
-                                            "inputs": [], "outputs": []}
+        mm["models"]["beauty_direction"] = {
+            "file": "beauty_direction.npy",
+            "sha256": sha256_file(d / "beauty_direction.npy"),
+            "inputs": [],
+            "outputs": [],
+        }
         (d / "manifest.json").write_text(json.dumps(mm))
         with Beautifier(d, device="cpu") as bf:
             r = bf.optimize(face_crop, Settings(strategy="linear", generations=20), aligned=True)
@@ -223,9 +232,13 @@ def test_all_faces_edits_each_face(tiny_bundle_with_detector, example_photo):
     changed = np.abs(allf.image.astype(int) - tiled.astype(int)).sum(axis=2) > 0
     for q in rep["faces"]:  # every face's box region was edited
         x0, y0, x1, y1 = (int(v) for v in q["box"])
-        assert changed[max(y0, 0):y1, max(x0, 0):x1].mean() > 0.2, q
+        assert changed[max(y0, 0) : y1, max(x0, 0) : x1].mean() > 0.2, q
     # the single-face run changes only one of the four quadrants
     one_changed = np.abs(one.image.astype(int) - tiled.astype(int)).sum(axis=2) > 0
-    quads = [one_changed[:256, :256].any(), one_changed[:256, 256:].any(), one_changed[256:, :256].any(),
-             one_changed[256:, 256:].any()]
+    quads = [
+        one_changed[:256, :256].any(),
+        one_changed[:256, 256:].any(),
+        one_changed[256:, :256].any(),
+        one_changed[256:, 256:].any(),
+    ]
     assert sum(quads) == 1

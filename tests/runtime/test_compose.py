@@ -1,6 +1,7 @@
 """Compose at the photo's own resolution (issue 18): the edit is warped once and added; the photo's pixels are
 never resampled, so fine texture inside the face survives, everything outside the mask is bit-identical, and a
 zero edit (or strength 0) gives the decoded photo back exactly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -78,8 +79,13 @@ def test_edit_resolution_does_not_matter_for_a_smooth_edit():
     photo = textured_photo(scale=2)
     face = face_at(2)
     e64 = smooth_edit()
-    e256 = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(e64[..., c]), "F").resize((256, 256), Image.BICUBIC))
-                     for c in range(3)], axis=-1)
+    e256 = np.stack(
+        [
+            np.asarray(Image.fromarray(np.ascontiguousarray(e64[..., c]), "F").resize((256, 256), Image.BICUBIC))
+            for c in range(3)
+        ],
+        axis=-1,
+    )
     g = np.zeros((3, 64, 64), np.float32)
     a = compose_photo(Photo(photo), [(face, Edit("transfer", g, delta=e64))], 1.0).astype(int)
     b = compose_photo(Photo(photo), [(face, Edit("transfer", g, delta=e256))], 1.0).astype(int)

@@ -1,4 +1,5 @@
 """beautyrt evaluate: the loop over a folder, the linear baseline and the contact sheet (tiny bundle)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,14 @@ def bundle_with_direction(tiny_bundle_with_detector, tmp_path) -> Path:
     m = json.loads((b / "manifest.json").read_text())
     d = np.random.default_rng(0).standard_normal(m["generator"]["w_dim"]).astype(np.float32)
     np.save(b / "beauty_direction.npy", d / np.linalg.norm(d))
-    m["models"]["beauty_direction"] = {"file": "beauty_direction.npy", "sha256": sha256_file(b / "beauty_direction.npy"),
-                                       "inputs": [], "outputs": [], "kind": "latent_direction", "space": "w"}
+    m["models"]["beauty_direction"] = {
+        "file": "beauty_direction.npy",
+        "sha256": sha256_file(b / "beauty_direction.npy"),
+        "inputs": [],
+        "outputs": [],
+        "kind": "latent_direction",
+        "space": "w",
+    }
     (b / "manifest.json").write_text(json.dumps(m))
     return b
 
@@ -46,11 +53,12 @@ def test_list_images(photos):
 
 
 def test_evaluate_without_direction(tiny_bundle_with_detector, photos, tmp_path):
-    from beautyrt.runtime.tools.evaluate import evaluate
     from beautyrt.runtime.api import Settings
+    from beautyrt.runtime.tools.evaluate import evaluate
 
-    rep = evaluate(photos, tiny_bundle_with_detector, settings=Settings(generations=3, popsize=4),
-                   sheet=tmp_path / "sheet.png")
+    rep = evaluate(
+        photos, tiny_bundle_with_detector, settings=Settings(generations=3, popsize=4), sheet=tmp_path / "sheet.png"
+    )
     assert rep["photos"] == 2 and rep["ok"] == 2 and rep["failures"] == []
     assert rep["gain"]["mean"] >= 0.0 and rep["linear_gain"] is None
     # the search scored the photo crop + edit (score_on=output): the output-side re-measurement through the
@@ -69,8 +77,8 @@ def test_evaluate_without_direction(tiny_bundle_with_detector, photos, tmp_path)
 def test_evaluate_with_linear_baseline_and_failure(bundle_with_direction, photos, tmp_path):
     from PIL import Image
 
-    from beautyrt.runtime.tools.evaluate import evaluate
     from beautyrt.runtime.api import Settings
+    from beautyrt.runtime.tools.evaluate import evaluate
 
     Image.new("RGB", (120, 90), (200, 200, 200)).save(photos / "blank.png")  # no face -> a reported failure
     rep = evaluate(photos, bundle_with_direction, settings=Settings(generations=3, popsize=4), sheet=tmp_path / "s.png")
@@ -86,8 +94,21 @@ def test_evaluate_with_linear_baseline_and_failure(bundle_with_direction, photos
 
 
 def test_evaluate_cli(bundle_with_direction, photos, tmp_path):
-    r = run_cli("evaluate", "--images", str(photos), "--bundle", str(bundle_with_direction), "--limit", "1",
-                "-g", "2", "-p", "4", "--json", block_torch=True)
+    r = run_cli(
+        "evaluate",
+        "--images",
+        str(photos),
+        "--bundle",
+        str(bundle_with_direction),
+        "--limit",
+        "1",
+        "-g",
+        "2",
+        "-p",
+        "4",
+        "--json",
+        block_torch=True,
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["photos"] == 1 and rep["ok"] == 1

@@ -1,4 +1,5 @@
 """The search scores what the user gets (photo crop + edit), and the luma transfer keeps the photo's colours."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,10 @@ def bf(tiny_bundle):
 def _image_scores(bf, crops):
     """Beauty scores and embeddings of uint8 crops through the bundle's standalone models (independent path)."""
     nb, ni = bf.manifest.model("beauty").normalisation, bf.manifest.model("identity").normalisation
-    beauty, identity = open_engine(bf.manifest, "beauty", device="cpu"), open_engine(bf.manifest, "identity", device="cpu")
+    beauty, identity = (
+        open_engine(bf.manifest, "beauty", device="cpu"),
+        open_engine(bf.manifest, "identity", device="cpu"),
+    )
     sc = beauty.run({"image": np.concatenate([model_input(c, nb) for c in crops])})["score"]
     emb = identity.run({"image": np.concatenate([model_input(c, ni) for c in crops])})["embedding"]
     return sc.astype(np.float64), emb.astype(np.float64)
@@ -68,8 +72,15 @@ def test_detail_transfer_drops_the_broad_part():
 def test_reported_scores_are_the_scores_of_the_output(bf, face_crop, transfer):
     """score_before is the photo crop's own score; score_after and identity are those of crop + edit, recomputed
     here from the result's generated images through the standalone models."""
-    s = Settings(generations=6, popsize=8, seed=2, sigma0=1.0, score_on="output", transfer=transfer,
-                 weights=ObjectiveWeights(identity_floor=0.5))
+    s = Settings(
+        generations=6,
+        popsize=8,
+        seed=2,
+        sigma0=1.0,
+        score_on="output",
+        transfer=transfer,
+        weights=ObjectiveWeights(identity_floor=0.5),
+    )
     r = bf.optimize(face_crop, s, aligned=True)
     R = bf.resolution
     crop = r.aligned
@@ -89,7 +100,9 @@ def test_reported_scores_are_the_scores_of_the_output(bf, face_crop, transfer):
 
 
 def test_luma_transfer_changes_every_channel_alike(bf, face_crop):
-    s = Settings(generations=4, popsize=8, seed=1, sigma0=1.5, transfer="luma", weights=ObjectiveWeights(identity_floor=0.3))
+    s = Settings(
+        generations=4, popsize=8, seed=1, sigma0=1.5, transfer="luma", weights=ObjectiveWeights(identity_floor=0.3)
+    )
     r = bf.optimize(face_crop, s, aligned=True)
     diff = r.image.astype(np.int16) - face_crop.astype(np.int16)
     assert np.abs(diff).max() > 2, "the search found no edit; the check below would be vacuous"

@@ -1,6 +1,6 @@
 """The CMA-ES adapter: converges on known functions, is seeded, silent and writes nothing."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ def _minimise(f, dim, gens, seed=1, x0=1.5, **kw):
 
 
 def sphere(x):
-    return float(np.sum(x ** 2))
+    return float(np.sum(x**2))
 
 
 def rosenbrock(x):
