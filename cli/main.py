@@ -23,12 +23,16 @@ from beautyrt.engines.backends import DEFAULT_BACKEND
 from beautyrt.engines.errors import BeautyrtError
 from beautyrt.runtime.objective import DEFAULT_WEIGHTS, SPACES
 from beautyrt.runtime.settings import (
+    COVARIANCES,
+    DEFAULT_COVARIANCE,
     DEFAULT_GENERATIONS,
     DEFAULT_POPSIZE,
     DEFAULT_SIGMA0,
+    DEFAULT_START,
     DEFAULT_STRATEGY,
     OUTPUT_MODES,
     SCORE_ON,
+    STARTS,
     STRENGTH_RANGE,
     Settings,
 )
@@ -141,8 +145,11 @@ def optimize(
         "-g",
         help=f"Search generations (default: the bundle's recommendation, else {DEFAULT_GENERATIONS}).",
     ),
-    popsize: int = typer.Option(
-        DEFAULT_POPSIZE, "--popsize", "-p", help="Candidates per generation (scored in one engine call)."
+    popsize: Optional[int] = typer.Option(
+        None,
+        "--popsize",
+        "-p",
+        help=f"Candidates per generation, scored in one engine call (default: the bundle's recommendation, else {DEFAULT_POPSIZE}).",
     ),
     seed: int = typer.Option(
         _D.seed, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."
@@ -182,6 +189,21 @@ def optimize(
         DEFAULT_STRATEGY,
         "--strategy",
         help=f"Search strategy: {' | '.join(STRATEGIES)} (linear: walk the bundle's beauty direction).",
+    ),
+    start: Optional[str] = typer.Option(
+        None,
+        "--start",
+        help=f"{' | '.join(STARTS)}: where CMA-ES starts (prior: the encoder's latent plus the bundle's search prior); default: the bundle's, else {DEFAULT_START}.",
+    ),
+    mirrored: Optional[bool] = typer.Option(
+        None,
+        "--mirrored/--no-mirrored",
+        help="Mirrored sampling (half of each population mirrors the other); default: the bundle's, else off.",
+    ),
+    covariance: Optional[str] = typer.Option(
+        None,
+        "--covariance",
+        help=f"{' | '.join(COVARIANCES)}: CMA-ES covariance (auto: diagonal above 256 dimensions); default: the bundle's, else {DEFAULT_COVARIANCE}.",
     ),
     aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
@@ -240,6 +262,9 @@ def optimize(
         transfer=transfer,
         strength=strength,
         strategy=strategy,
+        start=start,
+        mirrored=mirrored,
+        covariance=covariance,
     ).validate()
     out = out or image.with_name(f"{image.stem}.beautified{image.suffix.lower() if image.suffix else '.png'}")
     prog = _Progress("search", enabled=not (quiet or as_json))
@@ -494,7 +519,9 @@ def audit(
     generations: Optional[int] = typer.Option(
         None, "--generations", "-g", help=f"Default: the bundle's recommendation, else {DEFAULT_GENERATIONS}."
     ),
-    popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p"),
+    popsize: Optional[int] = typer.Option(
+        None, "--popsize", "-p", help=f"Default: the bundle's, else {DEFAULT_POPSIZE}."
+    ),
     seed: int = typer.Option(_D.seed, "--seed"),
     aligned: bool = typer.Option(False, "--aligned", help="The photos are aligned square face crops."),
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
@@ -615,7 +642,9 @@ def evaluate(
     generations: Optional[int] = typer.Option(
         None, "--generations", "-g", help="Default: the bundle's recommendation, else 20."
     ),
-    popsize: int = typer.Option(DEFAULT_POPSIZE, "--popsize", "-p"),
+    popsize: Optional[int] = typer.Option(
+        None, "--popsize", "-p", help=f"Default: the bundle's recommendation, else {DEFAULT_POPSIZE}."
+    ),
     identity_floor: Optional[float] = typer.Option(
         None,
         "--identity-floor",
@@ -633,6 +662,21 @@ def evaluate(
     score_on: str = typer.Option(_D.score_on, "--score-on", help=f"{' | '.join(SCORE_ON)} (as optimize)."),
     transfer: str = typer.Option(_D.transfer, "--transfer", help="detail | luma | rgb (as optimize)."),
     strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", help=f"{' | '.join(STRATEGIES)} (as optimize)."),
+    start: Optional[str] = typer.Option(
+        None,
+        "--start",
+        help=f"{' | '.join(STARTS)}: where CMA-ES starts (prior: the encoder's latent plus the bundle's search prior); default: the bundle's, else {DEFAULT_START}.",
+    ),
+    mirrored: Optional[bool] = typer.Option(
+        None,
+        "--mirrored/--no-mirrored",
+        help="Mirrored sampling (half of each population mirrors the other); default: the bundle's, else off.",
+    ),
+    covariance: Optional[str] = typer.Option(
+        None,
+        "--covariance",
+        help=f"{' | '.join(COVARIANCES)}: CMA-ES covariance (auto: diagonal above 256 dimensions); default: the bundle's, else {DEFAULT_COVARIANCE}.",
+    ),
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
     sheet: Optional[Path] = typer.Option(
         None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."
@@ -656,6 +700,9 @@ def evaluate(
         score_on=score_on,
         transfer=transfer,
         strategy=strategy,
+        start=start,
+        mirrored=mirrored,
+        covariance=covariance,
     ).validate()
     prog = _Progress("evaluate", enabled=not as_json)
     rep = run_eval(

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from beautyrt.engines.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from beautyrt.runtime.settings import SEARCH_DEFAULT_KEYS
 
 from .errors import ExportError
 from .nets.beauty import BeautyRegressor
@@ -337,7 +338,7 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         },
         "crop": ms.crop,
         "objective_defaults": dict(ms.objective_defaults),
-        "search_defaults": {k: v for k, v in ms.search_defaults.items() if k in ("sigma0", "generations")},
+        "search_defaults": {k: v for k, v in ms.search_defaults.items() if k in SEARCH_DEFAULT_KEYS},
         "models": models,
     }
 

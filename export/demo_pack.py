@@ -24,6 +24,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from beautyrt.runtime.settings import SEARCH_DEFAULT_KEYS
+
 from .bundle import ModelSet
 from .errors import CheckpointError
 from .presets import HALF
@@ -118,21 +120,24 @@ def beauty_module(ident, bcfg: dict, bst: dict, head: dict):
     return m.eval()
 
 
-def _direction_entry(direction: np.ndarray, info: dict):
+def _w_vector_entry(role: str, kind: str, vector: np.ndarray, info: dict):
+    """A bundle role holding one vector in W (units of w_std) as a plain .npy: the linear baseline's beauty
+    direction, or the search prior (where ``--start prior`` begins)."""
+
     def fn(d: Path) -> dict:
         from beautyrt.engines.manifest import sha256_file
 
-        p = d / "beauty_direction.npy"
-        np.save(p, np.asarray(direction, np.float32))
+        p = d / f"{role}.npy"
+        np.save(p, np.asarray(vector, np.float32))
         return {
             "file": p.name,
             "sha256": sha256_file(p),
             "inputs": [],
             "outputs": [],
-            "kind": "latent_direction",
+            "kind": kind,
             "space": "w",
             "units": "w_std",
-            "shape": [int(len(direction))],
+            "shape": [int(len(vector))],
             **info,
         }
 
@@ -170,11 +175,15 @@ def build_demo_modelset(pack: str | Path = PACK_DIR) -> ModelSet:
         parity_batches=(1, 3),
         tolerance=2e-3,
         objective_defaults=dict(cfg.get("recommended_objective", {})),
-        search_defaults={k: v for k, v in cfg.get("recommended_search", {}).items() if k in ("sigma0", "generations")},
+        search_defaults={k: v for k, v in cfg.get("recommended_search", {}).items() if k in SEARCH_DEFAULT_KEYS},
     ).eval()
     if cfg.get("direction") is not None:
-        ms.extra_models["beauty_direction"] = _direction_entry(
-            np.asarray(cfg["direction"]), cfg.get("direction_info", {})
+        ms.extra_models["beauty_direction"] = _w_vector_entry(
+            "beauty_direction", "latent_direction", np.asarray(cfg["direction"]), cfg.get("direction_info", {})
+        )
+    if cfg.get("search_prior") is not None:
+        ms.extra_models["search_prior"] = _w_vector_entry(
+            "search_prior", "latent_offset", np.asarray(cfg["search_prior"]), cfg.get("search_prior_info", {})
         )
     return ms
 

@@ -95,6 +95,7 @@ class Beautifier:
             search_defaults=self.models.search_defaults,
             objective_defaults=self.models.objective_defaults,
             can_score_output=self.models.can_score_crops,
+            has_prior=self.models.prior is not None,
         )
 
     def detect(self, rgb, min_face: float = 40.0) -> list[Face]:

@@ -29,6 +29,7 @@ log = logging.getLogger("beautyrt")
 REQUIRED_ROLES = ("encoder", "scorer", "synthesis")
 DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
 DIRECTION_ROLE = "beauty_direction"
+PRIOR_ROLE = "search_prior"  # the mean successful edit in W (units of w_std): where --start prior begins
 REBUILD = "rebuild it with `beautyrt export --out DIR`"
 
 
@@ -146,7 +147,8 @@ class Models:
         self.encoder_norm = m.model("encoder").normalisation
         if not self.encoder_norm:
             raise BundleSchemaError(f"manifest: encoder has no normalisation; {REBUILD}")
-        self.direction = self._direction() if m.has(DIRECTION_ROLE) else None
+        self.direction = self._w_vector(DIRECTION_ROLE, unit=True) if m.has(DIRECTION_ROLE) else None
+        self.prior = self._w_vector(PRIOR_ROLE, unit=False) if m.has(PRIOR_ROLE) else None
         self.engines: dict[str, Engine] = open_engines(
             m, roles, backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir
         )
@@ -183,11 +185,12 @@ class Models:
             norms[role] = n
         return norms
 
-    def _direction(self) -> np.ndarray:
-        """The bundle's unit beauty direction in W (units of w_std), read without pickle."""
+    def _w_vector(self, role: str, unit: bool) -> np.ndarray:
+        """A vector in W (units of w_std) stored as a plain .npy (read without pickle): the beauty direction
+        (made unit length) or the search prior."""
         from beautyrt.engines.errors import BundleIntegrityError
 
-        path = self.manifest.path(DIRECTION_ROLE)
+        path = self.manifest.path(role)
         try:
             d = np.load(path, allow_pickle=False).astype(np.float32)
         except (ValueError, OSError) as e:
@@ -196,10 +199,10 @@ class Models:
             ) from e
         if d.shape != (self.generator.w_dim,) or not np.all(np.isfinite(d)) or not np.any(d):
             raise BundleSchemaError(
-                f"bundle {self.manifest.root}: beauty_direction has shape {list(d.shape)}, expected "
+                f"bundle {self.manifest.root}: {role} has shape {list(d.shape)}, expected "
                 f"[{self.generator.w_dim}] finite and non-zero; {REBUILD}"
             )
-        return d / float(np.linalg.norm(d))
+        return d / float(np.linalg.norm(d)) if unit else d
 
     # ------------------------------------------------------------------------------------------------
     @property

@@ -25,6 +25,11 @@ DEFAULT_SIGMA0 = 0.5  # when neither the caller nor the bundle says
 DEFAULT_GENERATIONS = 20  # likewise
 DEFAULT_POPSIZE = 16
 DEFAULT_STRATEGY = "cma"
+STARTS = ("origin", "prior")  # where CMA-ES starts: the encoder's latent, or it plus the bundle's search prior
+COVARIANCES = ("auto", "full", "diagonal")  # auto: diagonal above 256 dimensions
+DEFAULT_START, DEFAULT_MIRRORED, DEFAULT_COVARIANCE = "origin", False, "auto"  # when the bundle says nothing
+# what a bundle may recommend (manifest search_defaults; other keys are ignored)
+SEARCH_DEFAULT_KEYS = ("sigma0", "generations", "popsize", "start", "mirrored", "covariance")
 STRENGTH_RANGE = (0.0, 2.0)
 LIMITS = {"generations": (1, 10000), "popsize": (2, 1024), "seed": (0, 2**32 - 1), "face": (0, 1000)}
 MIN_FACE_RANGE = (12.0, 4096.0)
@@ -61,7 +66,7 @@ class Settings:
     """Everything that decides the result besides the input and the bundle."""
 
     generations: Optional[int] = None  # CMA-ES generations; None: the bundle's recommendation, else 20
-    popsize: int = DEFAULT_POPSIZE  # candidates per generation, scored in one engine call
+    popsize: Optional[int] = None  # candidates per generation, one engine call; None: the bundle's, else 16
     sigma0: Optional[float] = None  # initial step in units of W's std; None: the bundle's, else 0.5
     seed: int = 0  # same input, bundle, seed and backend give the same output
     space: str = "w"  # w | groups | wplus (see objective.LatentSpace)
@@ -76,13 +81,17 @@ class Settings:
     # brightness change; rgb: colours too
     strength: float = 1.0  # the edit's scale when composed onto the photo (0: the photo unchanged)
     strategy: str = DEFAULT_STRATEGY  # search strategy (runtime.strategies.STRATEGIES)
+    start: Optional[str] = None  # origin | prior (w_start + the bundle's search prior); None: the bundle's, else origin
+    mirrored: Optional[bool] = None  # mirrored sampling (half the population); None: the bundle's, else off
+    covariance: Optional[str] = None  # auto | full | diagonal; None: the bundle's, else auto
 
     def validate(self) -> "Settings":
         from .strategies import STRATEGIES
 
         if self.generations is not None:
             _check_int("generations", self.generations, *LIMITS["generations"])
-        _check_int("popsize", self.popsize, *LIMITS["popsize"])
+        if self.popsize is not None:
+            _check_int("popsize", self.popsize, *LIMITS["popsize"])
         if self.sigma0 is not None:
             check_float("sigma", self.sigma0, 0.0, 10.0, lo_open=True)
         _check_int("seed", self.seed, *LIMITS["seed"])
@@ -101,6 +110,12 @@ class Settings:
         _check_choice("transfer", self.transfer, TRANSFERS)
         check_float("strength", self.strength, *STRENGTH_RANGE)
         _check_choice("strategy", self.strategy, tuple(STRATEGIES))
+        if self.start is not None:
+            _check_choice("start", self.start, STARTS)
+        if self.mirrored is not None and not isinstance(self.mirrored, bool):
+            raise UsageError(f"mirrored must be true or false, got {self.mirrored!r}")
+        if self.covariance is not None:
+            _check_choice("covariance", self.covariance, COVARIANCES)
         self.weights.validate()
         return self
 
@@ -134,13 +149,30 @@ def resolve(
     search_defaults: Optional[Mapping] = None,
     objective_defaults: Optional[Mapping] = None,
     can_score_output: bool = True,
+    has_prior: bool = False,
 ) -> Settings:
     """Settings with every ``None`` filled in from the bundle's recommendations (else the defaults above) and
     ``score_on="auto"`` decided. Refuses combinations the bundle cannot honour."""
     s = s.validate()
-    rec = search_defaults or {}
-    sigma0 = s.sigma0 if s.sigma0 is not None else float(rec.get("sigma0", DEFAULT_SIGMA0))
-    generations = s.generations if s.generations is not None else int(rec.get("generations", DEFAULT_GENERATIONS))
+    rec = {k: v for k, v in (search_defaults or {}).items() if k in SEARCH_DEFAULT_KEYS}
+    try:  # the bundle's recommendations are checked like the caller's settings
+        Settings(**rec).validate()
+    except (UsageError, TypeError) as e:
+        from beautyrt.engines.errors import BundleSchemaError
+
+        raise BundleSchemaError(f"manifest: search_defaults: {e}; rebuild it with `beautyrt export --out DIR`") from e
+
+    def pick(value, key, default):
+        return value if value is not None else rec.get(key, default)
+
+    sigma0 = pick(s.sigma0, "sigma0", DEFAULT_SIGMA0)
+    generations = pick(s.generations, "generations", DEFAULT_GENERATIONS)
+    popsize = pick(s.popsize, "popsize", DEFAULT_POPSIZE)
+    start = pick(s.start, "start", DEFAULT_START)
+    mirrored = pick(s.mirrored, "mirrored", DEFAULT_MIRRORED)
+    covariance = pick(s.covariance, "covariance", DEFAULT_COVARIANCE)
+    if start == "prior" and not has_prior:
+        raise UsageError("--start prior needs a bundle with a search prior (search_prior.npy; the demo pack has one)")
     score_on = s.score_on
     if score_on == "auto":
         score_on = "output" if can_score_output and s.output_mode == "transfer" else "generated"
@@ -152,5 +184,13 @@ def resolve(
     elif score_on == "output" and s.output_mode != "transfer":
         raise UsageError("--score-on output scores the photo plus the edit; it needs --mode transfer")
     return replace(
-        s, sigma0=sigma0, generations=generations, score_on=score_on, weights=s.weights.resolved(objective_defaults)
+        s,
+        sigma0=sigma0,
+        generations=generations,
+        popsize=popsize,
+        start=start,
+        mirrored=mirrored,
+        covariance=covariance,
+        score_on=score_on,
+        weights=s.weights.resolved(objective_defaults),
     ).validate()

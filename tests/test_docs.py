@@ -54,8 +54,12 @@ def test_readme_defaults_are_the_code_defaults():
     from beautyrt.engines.backends import DEFAULT_BACKEND
     from beautyrt.runtime.objective import DEFAULT_WEIGHTS
     from beautyrt.runtime.settings import (
+        DEFAULT_COVARIANCE,
         DEFAULT_GENERATIONS,
+        DEFAULT_MIRRORED,
+        DEFAULT_POPSIZE,
         DEFAULT_SIGMA0,
+        DEFAULT_START,
         DEFAULT_STRATEGY,
         STRENGTH_RANGE,
         Settings,
@@ -65,13 +69,15 @@ def test_readme_defaults_are_the_code_defaults():
     opts = README[README.index("- **optimize options**") :]
     opts = opts[: opts.index("\n- **")]
     flat = " ".join(opts.split())
-    assert f"`--popsize/-p` ({d.popsize})" in flat and f"`--seed` ({d.seed})" in flat
+    assert f"`--seed` ({d.seed})" in flat
     assert f"`--space w|groups|wplus` ({d.space})" in flat
     assert f"`--strength` ({d.strength}, range {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g}" in flat
     assert f"`--strategy cma|linear` ({DEFAULT_STRATEGY})" in flat
     assert f"`--backend auto|ort|tensorrt` ({DEFAULT_BACKEND})" in flat
     want = (
-        f"else {DEFAULT_GENERATIONS} generations, sigma {DEFAULT_SIGMA0}, "
+        f"else {DEFAULT_GENERATIONS} generations, popsize {DEFAULT_POPSIZE}, sigma {DEFAULT_SIGMA0}, "
+        f"start {DEFAULT_START}, {'' if DEFAULT_MIRRORED else 'no '}mirrored sampling, "
+        f"covariance {DEFAULT_COVARIANCE}, "
         f"identity floor {DEFAULT_WEIGHTS['identity_floor']}, "
         f"target {DEFAULT_WEIGHTS['identity_target']}, identity weight {DEFAULT_WEIGHTS['identity_weight']}, "
         f"latent weight {DEFAULT_WEIGHTS['latent_weight']}"

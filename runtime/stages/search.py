@@ -82,7 +82,8 @@ def search(
     score0 = float(r0["score"][0])
     e_ref = r0["embedding"][0].astype(np.float64)
     direction = None if models.direction is None else space.from_w_direction(models.direction)
-    es = strategies.create(s.strategy, strategies.SearchProblem(dim=space.dim, direction=direction), s)
+    x0 = space.from_w_direction(models.prior) if s.start == "prior" and models.prior is not None else None
+    es = strategies.create(s.strategy, strategies.SearchProblem(dim=space.dim, direction=direction, x0=x0), s)
     best_score, best_identity, best_ws, best_generation = score0, 1.0, w_start.copy(), 0
     history: list[dict] = []
     eval_t = overhead_t = 0.0

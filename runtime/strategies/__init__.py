@@ -40,11 +40,12 @@ class Strategy(Protocol):
 
 @dataclass(frozen=True)
 class SearchProblem:
-    """What a strategy may know of the problem: the dimension, and the bundle's beauty direction expressed in
-    search coordinates (None when the bundle has none)."""
+    """What a strategy may know of the problem: the dimension, the bundle's beauty direction expressed in
+    search coordinates (None when the bundle has none), and the start point."""
 
     dim: int
     direction: Optional[np.ndarray] = None
+    x0: Optional[np.ndarray] = None  # where to start (search coordinates); None: the origin (w_start)
 
 
 def create(name: str, problem: SearchProblem, settings) -> Strategy:

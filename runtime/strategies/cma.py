@@ -81,6 +81,7 @@ class CMAStrategy:
         x0: Optional[np.ndarray] = None,
         diagonal: Optional[bool] = None,
         max_generations: Optional[int] = None,
+        mirrored: bool = False,
     ):
         try:
             with warnings.catch_warnings():  # cma warns at import when matplotlib is absent
@@ -115,6 +116,8 @@ class CMAStrategy:
         }
         if popsize:
             opts["popsize"] = int(popsize)
+        if mirrored:  # half of each population is the mirror image (x0 - d for x0 + d): fewer evaluations per step
+            opts["CMA_mirrors"] = 0.5
         x0 = np.zeros(dim) if x0 is None else np.asarray(x0, dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -160,11 +163,16 @@ NAME = "cma"
 
 
 def create(problem, settings) -> CMAStrategy:
-    """CMA-ES from the origin (the start latent) with the settings' step, population, seed and generations."""
+    """CMA-ES from ``problem.x0`` (the origin = the start latent, or the bundle's search prior) with the settings'
+    step, population, seed, generations, covariance (auto: diagonal above DIAGONAL_ABOVE) and mirrored sampling."""
+    cov = getattr(settings, "covariance", None) or "auto"
     return CMAStrategy(
         problem.dim,
         sigma0=settings.sigma0,
         popsize=settings.popsize,
         seed=settings.seed,
         max_generations=settings.generations,
+        x0=problem.x0,
+        diagonal=None if cov == "auto" else cov == "diagonal",
+        mirrored=bool(getattr(settings, "mirrored", False)),
     )

@@ -112,8 +112,12 @@ class TorchReference:
                 _TorchNet(n["onet"], ("reg", "landmarks", "prob")),
             )
         self.objective_defaults = m.get("objective_defaults")
-        self.sigma0_default = float((m.get("search_defaults") or {}).get("sigma0", 0.5))
-        self.generations_default = int((m.get("search_defaults") or {}).get("generations", 20))
+        self.search_defaults = m.get("search_defaults") or {}
+        self.prior = (
+            np.load(Path(bundle) / m["models"]["search_prior"]["file"], allow_pickle=False).astype(np.float64)
+            if "search_prior" in m["models"]
+            else None
+        )
         self.load_seconds = time.perf_counter() - t0
 
     def _output_scorer(self, w_start: torch.Tensor, crop: np.ndarray, transfer: str):
@@ -156,8 +160,18 @@ class TorchReference:
 
         import cma
 
-        if s.generations is None:  # as Beautifier.resolve
-            s = dataclasses.replace(s, generations=self.generations_default)
+        from beautyrt.runtime.settings import resolve
+
+        # unset settings from the bundle's recommendations (score_on is decided below, as Beautifier.resolve)
+        s = dataclasses.replace(
+            resolve(
+                dataclasses.replace(s, score_on="generated"),
+                search_defaults=self.search_defaults,
+                objective_defaults=self.objective_defaults,
+                has_prior=self.prior is not None,
+            ),
+            score_on=s.score_on,
+        )
 
         from beautyrt.runtime.ops.imageio import load_image
 
@@ -207,18 +221,19 @@ class TorchReference:
             "verb_log": 0,
             "verb_disp": 0,
             "verb_filenameprefix": "",
-            "CMA_diagonal": space.dim > DIAGONAL_ABOVE,
+            "CMA_diagonal": space.dim > DIAGONAL_ABOVE if s.covariance == "auto" else s.covariance == "diagonal",
             "maxiter": s.generations,
             "tolfun": 0,
             "tolfunhist": 0,
             "tolflatfitness": 10**9,
             "tolstagnation": 10**9,
             "popsize": s.popsize,
+            **({"CMA_mirrors": 0.5} if s.mirrored else {}),
         }
+        x0 = space.from_w_direction(self.prior) if s.start == "prior" else np.zeros(space.dim)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sigma0 = s.sigma0 if s.sigma0 is not None else self.sigma0_default  # as Beautifier.resolve
-            es = cma.CMAEvolutionStrategy(np.zeros(space.dim), sigma0, opts)
+            es = cma.CMAEvolutionStrategy(x0, s.sigma0, opts)
         wt = s.weights.resolved(self.objective_defaults)  # as Beautifier.resolve: unset weights from the bundle
         best_score, best_ws, best_cos = float(score0[0]), w_start.clone(), 1.0
         eval_t = 0.0
