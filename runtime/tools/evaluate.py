@@ -33,7 +33,7 @@ from ..beautifier import Beautifier
 from ..errors import NoFaceError, UsageError
 from ..objective import cosine_to
 from ..ops.imaging import add_edit, crop_to_unit, edit_in_grey_levels, resize_float
-from ..settings import Settings
+from ..settings import Settings, as_settings
 from ..stages import compose, decode, search
 from ..timing import StageTimer
 
@@ -141,7 +141,7 @@ def evaluate(
     backend: str = "auto",
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict:
-    s = (settings or Settings()).validate()
+    s = as_settings(settings)
     files = list_images(images, csv_path, limit, seed)
     rows: list[dict] = []
     fails: list[dict] = []
