@@ -201,5 +201,5 @@ def result_id(bundle_hash: str, settings: Settings, rgb) -> str:
     h.update(bundle_hash.encode())
     h.update(settings.digest().encode())
     h.update(str(rgb.shape).encode())
-    h.update(rgb.tobytes())
+    h.update(np.ascontiguousarray(rgb).data)  # no copy of a large photo
     return h.hexdigest()[:24]

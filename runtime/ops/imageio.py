@@ -44,6 +44,9 @@ FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 
 
+_LUT16 = np.clip(np.arange(65536, dtype=np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def _float_to_grey(a: np.ndarray, label: str) -> np.ndarray:
     """A float/int32 single-channel image -> uint8 grey levels: values on 0..1 are taken as unit range,
     on 0..255 as grey levels, on 0..65535 as 16-bit; NaN/inf pixels and other ranges are refused (a guess
@@ -63,15 +66,20 @@ def _float_to_grey(a: np.ndarray, label: str) -> np.ndarray:
         raise ImageDecodeError(
             f"{label}: pixel values span {lo:g}..{hi:g}, not 0..1, 0..255 or 0..65535 (HDR images are not read)"
         )
-    return np.clip(a * scale + 0.5, 0, 255).astype(np.uint8)
+    a *= np.float32(scale)
+    a += np.float32(0.5)
+    np.clip(a, 0, 255, out=a)
+    return a.astype(np.uint8)
 
 
 def _to_rgb(im: Image.Image, label: str = "image") -> Image.Image:
     if im.mode.startswith("I;16"):
-        a = np.asarray(im, dtype=np.float64)
-        im = Image.fromarray(np.clip(a / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        a = np.asarray(im)
+        if a.dtype.kind != "u" or a.dtype.itemsize != 2:
+            a = a.astype(np.uint16)
+        im = Image.fromarray(_LUT16[a], "L")  # a table, not float64: 1 byte/pixel instead of 8 on a 64 MP photo
     elif im.mode in ("I", "F"):
-        im = Image.fromarray(_float_to_grey(np.asarray(im, dtype=np.float64), label), "L")
+        im = Image.fromarray(_float_to_grey(np.array(im, dtype=np.float32), label), "L")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -150,6 +158,17 @@ def _open(fp, label: str, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(f"{label}: cannot decode ({type(e).__name__}: {printable(str(e)[:200])})") from e
 
 
+def _rgb_array(im: Image.Image, rows: int = 512) -> np.ndarray:
+    """An RGB image's pixels as (H, W, 3) uint8, copied in strips of ``rows`` (np.asarray would go through
+    one bytes object of the whole image: a third copy of a 64 MP photo)."""
+    w, h = im.size
+    arr = np.empty((h, w, 3), np.uint8)
+    for y in range(0, h, rows):
+        y1 = min(h, y + rows)
+        arr[y:y1] = np.frombuffer(im.crop((0, y, w, y1)).tobytes(), np.uint8).reshape(y1 - y, w, 3)
+    return arr
+
+
 def _decode(im: Image.Image, label: str, max_pixels: int) -> np.ndarray:
     w, h = im.size
     if w * h > max_pixels:
@@ -160,9 +179,10 @@ def _decode(im: Image.Image, label: str, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # no second copy of a large photo
             im = _to_rgb(im, label)
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = _rgb_array(im)
+            im.close()  # the decoded pixels are freed before the next stage (peak: two copies, not three)
     except (ImageTooLargeError, ImageDecodeError):
         raise
     except MemoryError as e:
