@@ -174,15 +174,35 @@ TERMINATING_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "S
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[Callable[[], bool]]:
     """Hold SIGINT/SIGTERM/SIGHUP back for the duration of a short critical section (a commit of several
-    files, a cleanup), so that it runs to its end; a signal that arrives meanwhile is delivered when the
-    section is left. Yields ``pending()``: whether such a signal is waiting (the section can then abort
-    cleanly instead of committing). Only the main thread receives signals' Python handlers; elsewhere (and
-    where ``pthread_sigmask`` does not exist) this is a no-op and ``pending()`` is always False."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    files, a cleanup), so that it runs to its end; a signal that arrives meanwhile is acted on when the section
+    is left, as it would have been (the previous handler is called; a default disposition terminates the
+    process). Yields ``pending()``: whether such a signal came.
+
+    The Python-level handlers are swapped for the section (a thread mask would not do: onnxruntime's pool
+    threads do not block signals, so the kernel hands a process-directed signal to one of them and Python runs
+    its handler anyway). Python runs handlers in the main thread only, so elsewhere this is a no-op."""
+    if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING_SIGNALS)
+    got: list[int] = []
+
+    def hold(signum, frame) -> None:
+        got.append(signum)
+
+    old = {}
+    for sig in TERMINATING_SIGNALS:
+        try:
+            old[sig] = signal.signal(sig, hold)
+        except (ValueError, OSError):  # pragma: no cover - not settable here
+            pass
     try:
-        yield lambda: bool(set(signal.sigpending()) & set(TERMINATING_SIGNALS))
+        yield lambda: bool(got)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(got):
+            handler = old.get(sig)
+            if callable(handler):
+                handler(sig, None)  # e.g. Python's default SIGINT handler raises KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(sig)  # what the signal would have done (terminate)
