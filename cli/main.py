@@ -724,7 +724,7 @@ def main(argv: Optional[list] = None) -> None:
     except ce.ClickException as e:
         sys.stderr.write(f"beautyrt: error: {_line(e.format_message())}\n")
         sys.exit(e.exit_code)
-    except ce.Abort:
+    except typer.Abort:
         sys.stderr.write("beautyrt: interrupted\n")
         sys.exit(130)
     except KeyboardInterrupt:

@@ -211,11 +211,9 @@ def _why_not_own_bundle(out: Path) -> Optional[str]:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     try:
-        exists, is_dir, is_link = out.exists(), out.is_dir(), out.is_symlink()
+        exists, is_dir = out.exists(), out.is_dir()
     except OSError as e:
         raise ExportError(f"--out {printable(out)}: {e.strerror or e}") from e
-    if is_link and not exists:
-        raise ExportError(f"--out {printable(out)} is a dangling symlink; name a directory")
     if exists and not is_dir:
         raise ExportError(f"--out {printable(out)} is a file, not a bundle directory; choose another path")
     if exists and not overwrite:

@@ -110,7 +110,9 @@ class Settings:
         elif isinstance(weights, Mapping):
             weights = ObjectiveWeights.from_dict(weights)
         if not isinstance(weights, ObjectiveWeights):
-            raise UsageError(f"weights must be an ObjectiveWeights, got {type(weights).__name__}")
+            raise UsageError(
+                f"weights must be an ObjectiveWeights (or a dict of its fields), got {type(weights).__name__}"
+            )
         generations = (
             None if self.generations is None else _check_int("generations", self.generations, *LIMITS["generations"])
         )
@@ -156,9 +158,8 @@ class Settings:
         if unknown:
             raise UsageError(f"unknown setting(s): {', '.join(unknown)}")
         kw = dict(d)
-        if kw.get("weights") is not None:
-            w = kw["weights"]
-            kw["weights"] = w if isinstance(w, ObjectiveWeights) else ObjectiveWeights.from_dict(w)
+        if isinstance(kw.get("weights"), Mapping):
+            kw["weights"] = ObjectiveWeights.from_dict(kw["weights"])
         return cls(**kw).validate()
 
     def digest(self) -> str:
