@@ -246,8 +246,7 @@ main()
 """
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
-@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("sig,existing", [("SIGTERM", False), ("SIGTERM", True), ("SIGINT", True), ("SIGHUP", False)])
 def test_signal_during_export_leaves_no_tmp(sig, existing, tmp_path, fake_export):
     out = tmp_path / "b"
     if existing:

@@ -315,3 +315,21 @@ def test_sigterm_with_default_action_still_commits_whole(tmp_path):
     assert "returned" not in p.stdout
     assert files(tmp_path) == ["a.png", "b.json", "c.png"]
     assert (tmp_path / "c.png").read_bytes() == b"new c"
+
+
+def test_evaluate_sheet_checked_before_work(tiny_bundle, tmp_path, monkeypatch):
+    """evaluate --sheet onto one of the photos (or a device) used to be found out after the whole run; now
+    it is refused first, and written atomically when it is fine."""
+    from beautyrt.runtime.tools import evaluate as ev
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    p = crop_png(photos, "a.png")
+    sha = _sha(p)
+    monkeypatch.setattr(ev, "Beautifier", lambda *a, **k: pytest.fail("work started"))
+    for sheet, pattern in ((p, r"inside the --images directory"), (char_device(tmp_path, "dev"), r"character device")):
+        with pytest.raises(OutputError, match=pattern):
+            ev.evaluate(photos, tiny_bundle, sheet=sheet)
+    code, out, err = cli_inproc("evaluate", "--images", photos, "--bundle", tiny_bundle, "--sheet", p)
+    assert_one_line_error(code, err, 40, r"--sheet .*inside the --images directory", out)
+    assert _sha(p) == sha
