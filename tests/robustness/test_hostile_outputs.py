@@ -327,7 +327,10 @@ def test_evaluate_sheet_checked_before_work(tiny_bundle, tmp_path, monkeypatch):
     p = crop_png(photos, "a.png")
     sha = _sha(p)
     monkeypatch.setattr(ev, "Beautifier", lambda *a, **k: pytest.fail("work started"))
-    for sheet, pattern in ((p, r"inside the --images directory"), (char_device(tmp_path, "dev.png"), r"character device")):
+    for sheet, pattern in (
+        (p, r"inside the --images directory"),
+        (char_device(tmp_path, "dev.png"), r"character device"),
+    ):
         with pytest.raises(OutputError, match=pattern):
             ev.evaluate(photos, tiny_bundle, sheet=sheet)
     code, out, err = cli_inproc("evaluate", "--images", photos, "--bundle", tiny_bundle, "--sheet", p)
