@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,7 @@ import typer
 from beautyrt.engines.backends import CHOICES as BACKEND_CHOICES
 from beautyrt.engines.backends import DEFAULT_BACKEND
 from beautyrt.engines.errors import BeautyrtError
+from beautyrt.engines.files import printable
 from beautyrt.runtime.objective import DEFAULT_WEIGHTS, SPACES
 from beautyrt.runtime.settings import (
     COVARIANCES,
@@ -58,10 +60,17 @@ def default_bundle() -> Path:
     return Path(env).expanduser() if env else Path("~/.cache/beautyrt/default").expanduser()
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines on the terminal with control characters escaped (a file name cannot inject escapes)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(printable(line) for line in super().format(record).splitlines())
+
+
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -95,17 +104,24 @@ def _bundle_arg(bundle: Optional[Path]) -> Path:
     return bundle if bundle is not None else default_bundle()
 
 
+def _line(msg: object) -> str:
+    """One printable line: whitespace runs (newlines too) become one space, control characters are escaped."""
+    return printable(" ".join(str(msg).split()), limit=2000)
+
+
 def _fail(e: BaseException) -> "typer.Exit":
     """Print one line for an error and return the Exit carrying its code."""
     if isinstance(e, BeautyrtError):
-        sys.stderr.write(f"beautyrt: error: {' '.join(str(e).split())}\n")
+        sys.stderr.write(f"beautyrt: error: {_line(e)}\n")
         return typer.Exit(e.exit_code)
     if isinstance(e, KeyboardInterrupt):
         sys.stderr.write("beautyrt: interrupted\n")
         return typer.Exit(130)
+    if isinstance(e, MemoryError):
+        sys.stderr.write("beautyrt: error: out of memory\n")
+        return typer.Exit(INTERNAL_ERROR)
     sys.stderr.write(
-        f"beautyrt: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-        f"(set BEAUTYRT_DEBUG=1 for the traceback)\n"
+        f"beautyrt: internal error: {type(e).__name__}: {_line(e)[:300]} (set BEAUTYRT_DEBUG=1 for the traceback)\n"
     )
     return typer.Exit(INTERNAL_ERROR)
 
@@ -266,7 +282,7 @@ def optimize(
         mirrored=mirrored,
         covariance=covariance,
     ).validate()
-    out = out or image.with_name(f"{image.stem}.beautified{image.suffix.lower() if image.suffix else '.png'}")
+    out = out or api.default_output(image)
     prog = _Progress("search", enabled=not (quiet or as_json))
     rep = api.optimize_file(
         image,
@@ -287,7 +303,7 @@ def optimize(
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")
     else:
         typer.echo(
-            f"{out}: score {rep['score_before']:.3f} -> {rep['score_after']:.3f}, identity {rep['identity']:.3f}, "
+            f"{printable(out)}: score {rep['score_before']:.3f} -> {rep['score_after']:.3f}, identity {rep['identity']:.3f}, "
             f"{rep['timings']['total']:.2f}s",
             err=True,
         )
@@ -406,7 +422,7 @@ def export_cmd(
         from beautyrt.export.trt_build import build_engines
 
         build_engines(path, fp16=fp16, scorer_batch=trt_popsize, max_batch=trt_max_batch, timing_cache=timing_cache)
-    typer.echo(f"bundle written: {path}", err=True)
+    typer.echo(f"bundle written: {printable(path)}", err=True)
 
 
 @app.command()
@@ -723,8 +739,45 @@ def evaluate(
         typer.echo(format_summary(rep))
 
 
-def main() -> None:
-    app(prog_name="beautyrt")
+def _click_exceptions():
+    """The click exception module typer uses (typer >= 0.2x vendors click as ``typer._click``)."""
+    try:
+        from typer._click import exceptions as ce  # type: ignore[import-not-found]
+    except ImportError:  # older typer: the click package
+        from click import exceptions as ce  # type: ignore[no-redef]
+    return ce
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM / SIGHUP end the command like Ctrl-C does: the cleanups run (no temporary files or
+    half-committed outputs are left) and the exit code is 130."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Optional[list] = None) -> None:
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _terminated)
+    ce = _click_exceptions()
+    try:
+        rc = app(args=argv, prog_name="beautyrt", standalone_mode=False)
+    except ce.UsageError as e:  # every usage error (bad option, missing argument, bad value): one line, exit 2
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
+            sys.stdout.write(e.ctx.get_help() + "\n")
+            sys.exit(0)
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        sys.stderr.write(f"beautyrt: error: {_line(e.format_message())}{where}\n")
+        sys.exit(2)
+    except ce.ClickException as e:
+        sys.stderr.write(f"beautyrt: error: {_line(e.format_message())}\n")
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.stderr.write("beautyrt: interrupted\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.stderr.write("beautyrt: interrupted\n")
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,33 @@ from __future__ import annotations
 
 import abc
 import logging
+import numbers
+import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-from .errors import EngineInputError
+from .errors import BundleSchemaError, EngineInputError, UsageError
 
 log = logging.getLogger("beautyrt")
 
 Dim = Union[int, str]  # a fixed size or a symbolic name such as "batch"
+
+
+def max_threads() -> int:
+    """The most intra-op threads an engine may be given: 4 per core (more only thrash)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads) -> int:
+    """``threads`` as an int in 1..max_threads(), else UsageError naming the range."""
+    hi = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise UsageError(f"threads must be an integer in 1..{hi}, got {threads!r}")
+    if not 1 <= int(threads) <= hi:
+        raise UsageError(f"threads must be in 1..{hi} (4 per core here), got {threads}")
+    return int(threads)
 
 
 @dataclass(frozen=True)
@@ -78,9 +95,42 @@ class Engine(abc.ABC):
             spec.check(feeds[spec.name], f"engine '{self.name}'", self.max_batch)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once; returns ``{output_name: array}`` for every declared output."""
+        """Run once; returns ``{output_name: array}`` for every declared output, each checked against its
+        spec (dtype, rank, fixed dims, and symbolic dims bound by the inputs: an output ``batch`` is the
+        inputs' ``batch``)."""
         self.check_feeds(feeds)
-        return self._run(feeds)
+        out = self._run(feeds)
+        self.check_outputs(feeds, out)
+        return out
+
+    def check_outputs(self, feeds: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> None:
+        bound: dict[str, int] = {}
+        for spec in self.inputs:
+            for want, got in zip(spec.shape, feeds[spec.name].shape):
+                if isinstance(want, str):
+                    bound.setdefault(want, got)
+        for spec in self.outputs:
+            arr = out.get(spec.name)
+            if not isinstance(arr, np.ndarray):
+                raise BundleSchemaError(
+                    f"engine '{self.name}': output '{spec.name}' is missing from what the model returned; "
+                    "rebuild the bundle with `beautyrt export`"
+                )
+            ok = arr.dtype == np.dtype(spec.dtype) and arr.ndim == len(spec.shape)
+            if ok:
+                for want, got in zip(spec.shape, arr.shape):
+                    if (isinstance(want, int) and want != got) or (
+                        isinstance(want, str) and bound.get(want, got) != got
+                    ):
+                        ok = False
+            if not ok:
+                got_s = f"{arr.dtype} {list(arr.shape)}"
+                raise BundleSchemaError(
+                    f"engine '{self.name}': output '{spec.name}' came back as {got_s} but the manifest says "
+                    f"{spec.dtype} {list(spec.shape)}"
+                    + (f" with {', '.join(f'{k}={v}' for k, v in bound.items())}" if bound else "")
+                    + "; rebuild the bundle with `beautyrt export`"
+                )
 
     @abc.abstractmethod
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...

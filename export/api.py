@@ -6,10 +6,18 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
-from .bundle import ModelSet, build_preset, write_bundle
+from .bundle import ModelSet, build_preset, check_target, write_bundle
 from .presets import get_preset
 
 log = logging.getLogger("beautyrt")
+
+
+def _check_seed(seed) -> int:
+    from beautyrt.engines.errors import UsageError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise UsageError(f"seed must be an integer in 0..{2**32 - 1}, got {seed!r}")
+    return seed
 
 
 def add_detector(ms: ModelSet, cache_dir: Optional[str | Path] = None) -> ModelSet:
@@ -51,6 +59,8 @@ def export_preset(
         from .errors import ExportError
 
         raise ExportError(f"--pack is a demo pack; it cannot be combined with --preset {preset}")
+    check_target(out, overwrite)  # before minutes of work
+    _check_seed(seed)
     if preset == "demo":
         from .demo_pack import PACK_DIR, build_demo_modelset
 
@@ -234,6 +244,8 @@ def export_checkpoints(
 ) -> Path:
     """``beautyrt export --stylegan/--encoder/--identity/--beauty``: checkpoints -> bundle
     (see build_from_checkpoints)."""
+    check_target(out, overwrite)  # before minutes of work
+    _check_seed(kw.get("seed", 0))
     ms = build_from_checkpoints(**kw)
     if detector:
         add_detector(ms, cache_dir)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,7 +21,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from beautyrt.engines.files import printable
 from beautyrt.engines.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from beautyrt.engines.onnx_refs import OnnxParseError, external_data_locations
 from beautyrt.runtime.settings import SEARCH_DEFAULT_KEYS
 
 from .errors import ExportError
@@ -142,29 +145,147 @@ def _image_norm(norm: dict) -> dict:
     return out
 
 
+BUNDLE_ID_FILE = ".beautyrt-bundle-id"  # its content is the manifest's bundle_id: what --force checks
+
+
+def listed_files(manifest: dict) -> set[str]:
+    """Every file name a manifest accounts for: itself, the bundle-id file, model files, their external data
+    and TensorRT plans (what a bundle directory written by write_bundle / build_engines holds)."""
+    names = {MANIFEST_NAME, BUNDLE_ID_FILE}
+    models = manifest.get("models")
+    for m in models.values() if isinstance(models, dict) else ():
+        if not isinstance(m, dict):
+            continue
+        names.add(str(m.get("file")))
+        for e in m.get("external_data") or []:
+            if isinstance(e, dict):
+                names.add(str(e.get("file")))
+        if isinstance(m.get("trt"), dict):
+            names.add(str(m["trt"].get("file")))
+    return names
+
+
+def _why_not_own_bundle(out: Path) -> Optional[str]:
+    """None if ``out`` is a bundle that ``write_bundle`` wrote (so --force may replace it), else why not.
+
+    A stray ``manifest.json`` is not enough: the manifest must be a beautyrt manifest whose ``bundle_id`` is
+    the content of ``.beautyrt-bundle-id`` (bundles from before that marker: every model file matches its
+    sha256), and the directory must hold nothing the manifest does not list -- no one else's files."""
+    from beautyrt.engines.errors import BeautyrtError
+    from beautyrt.engines.files import read_regular
+
+    def err(m: str) -> BeautyrtError:
+        return ExportError(m)
+
+    try:
+        entries = list(os.scandir(out))
+    except OSError as e:
+        return f"cannot list it ({e.strerror or e})"
+    if not entries:
+        return None  # an empty directory: nothing to lose
+    try:
+        raw = read_regular(out / MANIFEST_NAME, max_bytes=8 << 20, not_found=err, bad=err)
+        manifest = json.loads(raw.decode("utf-8"))
+    except (BeautyrtError, ValueError, RecursionError):
+        return f"it has no readable beautyrt {MANIFEST_NAME}"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return f"its {MANIFEST_NAME} is not a beautyrt bundle manifest"
+    listed = listed_files(manifest)
+    foreign = sorted(e.name for e in entries if e.name not in listed or not e.is_file(follow_symlinks=False))
+    if foreign:
+        return f"it holds files the bundle does not list ({', '.join(map(printable, foreign[:5]))})"
+    bid = manifest.get("bundle_id")
+    if bid is not None:
+        try:
+            marker = read_regular(out / BUNDLE_ID_FILE, max_bytes=256, not_found=err, bad=err).decode().strip()
+        except (BeautyrtError, UnicodeDecodeError):
+            return f"its {BUNDLE_ID_FILE} marker is missing"
+        return None if marker == f"beautyrt-bundle {bid}" else f"its {BUNDLE_ID_FILE} does not match the manifest"
+    for m in (manifest.get("models") or {}).values():  # a bundle from before the marker: every file must check
+        try:
+            if sha256_file(out / str(m["file"])) != m["sha256"]:
+                return f"{printable(m['file'])} does not match its sha256"
+        except (OSError, KeyError, TypeError):
+            return "a model file it lists is missing"
+    return None
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    try:
+        exists, is_dir = out.exists(), out.is_dir()
+    except OSError as e:
+        raise ExportError(f"--out {printable(out)}: {e.strerror or e}") from e
+    if exists and not is_dir:
+        raise ExportError(f"--out {printable(out)} is a file, not a bundle directory; choose another path")
+    if exists and not overwrite:
+        raise ExportError(f"{printable(out)} already exists; pass --force to replace it")
+    if exists:
+        why = _why_not_own_bundle(out)
+        if why is not None:
+            raise ExportError(
+                f"{printable(out)} is not a bundle beautyrt wrote ({why}); --force replaces only those: "
+                f"remove it yourself or choose another --out"
+            )
+
+
+def check_target(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """The resolved bundle directory ``out_dir``, refused (ExportError) when it cannot be written or
+    replaced; cheap, so the export commands call it before minutes of work."""
+    if isinstance(out_dir, bool) or not isinstance(out_dir, (str, os.PathLike)):
+        raise ExportError(f"out must be a path, got {type(out_dir).__name__}")
+    try:
+        out = Path(out_dir).expanduser().resolve()
+    except (OSError, RuntimeError) as e:
+        raise ExportError(f"--out {printable(out_dir)}: cannot resolve ({e})") from e
+    _check_out(out, overwrite)
+    blocker = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise ExportError(f"--out {printable(out)}: {printable(blocker)} is a file, not a directory")
+    return out
+
+
 def write_bundle(
     ms: ModelSet, out_dir: str | Path, overwrite: bool = False, progress: Optional[Progress] = None
 ) -> Path:
-    """Export every model of ``ms`` into ``out_dir``; returns the path. Raises ExportError/ParityError."""
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; pass --force to replace it")
-    if out.exists() and not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
-        raise ExportError(f"{out} exists and is not a beautyrt bundle; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    """Export every model of ``ms`` into ``out_dir``; returns the path. Raises ExportError/ParityError.
+
+    The bundle is built in a temporary directory next to the target and renamed into place only when
+    complete; an existing target is replaced only with ``overwrite`` and only if it is a bundle beautyrt
+    wrote (see :func:`_why_not_own_bundle`). On any failure or interrupt (SIGINT, or SIGTERM/SIGHUP where
+    the CLI turns them into one) the temporary directory is removed; the swap itself runs with those signals
+    held back, so it is never left half done."""
+    from beautyrt.engines.files import deferred_signals
+
+    out = check_target(out_dir, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"--out {printable(out)}: cannot create the bundle there ({e.strerror or e})") from e
     try:
         manifest = _export_all(ms, tmp, progress or (lambda *a: None))
+        bid = uuid.uuid4().hex
+        manifest["bundle_id"] = bid
+        (tmp / BUNDLE_ID_FILE).write_text(f"beautyrt-bundle {bid}\n")
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with deferred_signals():
+            if out.exists():
+                _check_out(out, overwrite)  # again: minutes have passed since the first look
+                old = out.with_name(f".{out.name}.old-{os.getpid()}-{bid[:8]}")
+                os.replace(out, old)
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    os.replace(old, out)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+    except BaseException as e:
+        with deferred_signals():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ExportError(f"writing the bundle {printable(out)} failed ({e.strerror or e})") from e
         raise
     log.debug("bundle written to %s", out)  # the CLI says so itself
     return out
@@ -317,6 +438,10 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
     for j, (role, fn) in enumerate(ms.extra_models.items()):
         progress(f"exporting {role}", total - len(ms.extra_models) + j, total)
         models[role] = fn(d)
+    for role, entry in models.items():
+        records = external_data_records(d, entry["file"])
+        if records:
+            entry["external_data"] = records
     progress("done", total, total)
     return {
         "format": FORMAT,
@@ -341,6 +466,28 @@ def _export_all(ms: ModelSet, d: Path, progress: Progress) -> dict:
         "search_defaults": {k: v for k, v in ms.search_defaults.items() if k in SEARCH_DEFAULT_KEYS},
         "models": models,
     }
+
+
+def external_data_records(d: Path, file: str) -> list[dict]:
+    """The external-data files the ONNX model ``d/file`` keeps tensors in, as manifest records
+    ``{"file", "sha256", "bytes"}`` (the runtime refuses a model whose references are not exactly these)."""
+    if not file.lower().endswith(".onnx"):
+        return []
+    try:
+        refs = external_data_locations((d / file).read_bytes())
+    except OnnxParseError as e:
+        raise ExportError(f"{file}: the exported model is not a well-formed ONNX file ({e})") from e
+    out = []
+    for loc in refs:
+        p = Path(loc)
+        if p.is_absolute() or ".." in p.parts:
+            raise ExportError(f"{file}: external data location {loc!r} is outside the bundle")
+        rel = (Path(file).parent / p).as_posix()
+        f = d / rel
+        if not f.is_file() or f.is_symlink():
+            raise ExportError(f"{file}: external data {loc!r} is not a regular file in the bundle")
+        out.append({"file": rel, "sha256": sha256_file(f), "bytes": f.stat().st_size})
+    return out
 
 
 def _fused_entry(path: Path, info: dict, inp: dict, outs: list, **extra) -> dict:

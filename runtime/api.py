@@ -12,21 +12,36 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from beautyrt.engines import DEFAULT_BACKEND
 from beautyrt.engines.backends import canonical as canonical_backend
-from beautyrt.engines.errors import BeautyrtError, MissingDependencyError
+from beautyrt.engines.backends.ort import check_device
+from beautyrt.engines.base import check_threads
+from beautyrt.engines.errors import BeautyrtError, MissingDependencyError, UsageError
+from beautyrt.engines.files import printable
 
 from .beautifier import Beautifier
-from .errors import NoFaceError, OutputError
+from .errors import NoFaceError
 from .objective import ObjectiveWeights
-from .ops.imageio import atomic_write_many, check_writable, encode_image, load_image, output_format
-from .settings import Settings
+from .ops.imageio import (
+    atomic_write_many,
+    check_input,
+    check_outputs,
+    check_quality,
+    default_output,
+    encode_image,
+    load_image,
+    output_format,
+)
+from .settings import Settings, as_settings
 from .stages.encode import beautyrt_version, encode, provenance
 from .stages.search import CancelCheck, Progress
 from .types import Result
@@ -46,6 +61,7 @@ __all__ = [
     "without_timings",
     "TIMING_KEYS",
     "encode",
+    "default_output",
 ]
 
 # The only fields of a report that depend on the clock. Everything else is a function of (input, bundle,
@@ -86,24 +102,48 @@ def optimize_file(
     after a failure nothing new is left on disk (no output, no temporary file). ``beautifier``: an already
     loaded one to use instead of loading ``bundle``.
     """
+    if isinstance(image, bool) or not isinstance(image, (str, os.PathLike)):
+        raise UsageError(f"image must be a path (str or os.PathLike), got {type(image).__name__}")
+    if isinstance(out, bool) or not isinstance(out, (str, os.PathLike)):
+        raise UsageError(f"out must be a path (str or os.PathLike), got {type(out).__name__}")
+    # every argument is checked before any work (no decode, no bundle load)
     fmt = output_format(out)
-    canonical_backend(backend)  # an unknown backend is refused before any work
-    targets = []
-    for p, is_image in ((out, True), (report_path, False), (side_by_side_path, True), (plot_path, True)):
-        if p is not None:
-            targets.append(check_writable(p, image=is_image))
-    if len({p.resolve() for p in targets}) != len(targets):
-        raise OutputError(f"output paths must differ: {', '.join(map(str, targets))}")
-    settings = (settings or Settings()).validate()
+    canonical_backend(backend)
+    check_device(device)
+    quality = check_quality(quality)
+    if threads is not None:
+        threads = check_threads(threads)
+    if not isinstance(aligned, (bool, np.bool_)):
+        raise UsageError(f"aligned must be true or false, got {type(aligned).__name__}")
+    for name, fn in (("progress", progress), ("cancel", cancel)):
+        if fn is not None and not callable(fn):
+            raise UsageError(f"{name} must be callable, got {type(fn).__name__}")
+    if beautifier is not None and not isinstance(beautifier, Beautifier):
+        raise UsageError(f"beautifier must be a Beautifier, got {type(beautifier).__name__}")
+    if beautifier is None and (isinstance(bundle, bool) or not isinstance(bundle, (str, os.PathLike))):
+        raise UsageError(f"bundle must be a path (str or os.PathLike), got {type(bundle).__name__}")
+    settings = as_settings(settings)
+    bundle_dir = beautifier.manifest.root if beautifier is not None else Path(bundle).expanduser()
+    check_input(image)  # a missing/unreadable/special input is its own error (31/32/33), before the outputs'
+    check_outputs(
+        [
+            ("-o", out, True),
+            ("--report", report_path, False),
+            ("--side-by-side", side_by_side_path, True),
+            ("--plot", plot_path, True),
+        ],
+        inputs=[("the input photo", image)],
+        protected_dirs=[("bundle", bundle_dir)],
+    )
     rgb = load_image(image)  # cheap checks first: a bad photo is refused before the bundle is loaded
     try:
         if beautifier is not None:
-            result = beautifier.optimize(rgb, settings, aligned=aligned, progress=progress, cancel=cancel)
+            result = beautifier.optimize(rgb, settings, aligned=bool(aligned), progress=progress, cancel=cancel)
         else:
             with Beautifier(bundle, device=device, threads=threads, backend=backend) as b:
-                result = b.optimize(rgb, settings, aligned=aligned, progress=progress, cancel=cancel)
+                result = b.optimize(rgb, settings, aligned=bool(aligned), progress=progress, cancel=cancel)
     except NoFaceError as e:
-        raise NoFaceError(f"{image}: {e}") from e
+        raise NoFaceError(f"{printable(image)}: {e}") from e
     text, xmp = provenance(result)
     t0 = time.perf_counter()
     writes = [(out, encode(result, fmt, quality))]
@@ -111,7 +151,12 @@ def optimize_file(
     result.timings["total"] = result.timings.get("total", 0.0) + result.timings["encode"]
     rep = result.report()
     rep.update(
-        {"input": str(image), "output": str(out), "beautyrt_version": beautyrt_version(), "aligned_input": aligned}
+        {
+            "input": os.fsdecode(image),
+            "output": os.fsdecode(out),
+            "beautyrt_version": beautyrt_version(),
+            "aligned_input": aligned,
+        }
     )
     if report_path is not None:
         writes.append((report_path, (json.dumps(rep, indent=1) + "\n").encode()))
@@ -168,5 +213,5 @@ def doctor_report(bundle: str | Path) -> dict:
             "exported_with": m.data.get("versions"),
         }
     except BeautyrtError as e:
-        rep["bundle"] = {"ok": False, "path": str(bundle), "error": str(e), "exit_code": e.exit_code}
+        rep["bundle"] = {"ok": False, "path": printable(bundle), "error": str(e), "exit_code": e.exit_code}
     return rep

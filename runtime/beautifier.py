@@ -18,11 +18,13 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from beautyrt.engines import DEFAULT_BACKEND
 
 from .bundle import Models
 from .ops.imageio import ImageLike
-from .settings import STRENGTH_RANGE, Settings, check_float, resolve
+from .settings import MIN_FACE_RANGE, STRENGTH_RANGE, Settings, as_settings, check_float, resolve
 from .stages import align as align_stage
 from .stages import compose as compose_stage
 from .stages import decode as decode_stage
@@ -86,12 +88,8 @@ class Beautifier:
     # ------------------------------------------------------------------------------------------------
     def resolve(self, settings: Optional[Settings] = None) -> Settings:
         """Settings with every ``None`` filled in from the bundle's recommendations (see ``settings.resolve``)."""
-        if settings is not None and not isinstance(settings, Settings):
-            from .errors import UsageError
-
-            raise UsageError(f"settings must be a beautyrt Settings, got {type(settings).__name__}")
         return resolve(
-            settings or Settings(),
+            as_settings(settings),
             search_defaults=self.models.search_defaults,
             objective_defaults=self.models.objective_defaults,
             can_score_output=self.models.can_score_crops,
@@ -100,6 +98,7 @@ class Beautifier:
 
     def detect(self, rgb, min_face: float = 40.0) -> list[Face]:
         """Faces in ``rgb`` (an image or a decoded photo), largest first."""
+        min_face = check_float("min_face", min_face, *MIN_FACE_RANGE)
         return detect_stage.detect(self.models, decode_stage.decode(rgb), min_face)
 
     def faces_to_edit(
@@ -145,6 +144,15 @@ class Beautifier:
         """Beautify the face (faces, with ``all_faces``) of ``image``. ``progress(generation, total, best)`` is
         called after each generation; ``cancel()`` before each one (True raises ``Cancelled``)."""
         s = self.resolve(settings)
+        if not isinstance(aligned, (bool, np.bool_)):
+            from .errors import UsageError
+
+            raise UsageError(f"aligned must be true or false, got {type(aligned).__name__}")
+        for name, fn in (("progress", progress), ("cancel", cancel)):
+            if fn is not None and not callable(fn):
+                from .errors import UsageError
+
+                raise UsageError(f"{name} must be callable, got {type(fn).__name__}")
         timer = StageTimer()
         with timer("decode"):
             photo = decode_stage.decode(image)
@@ -167,10 +175,12 @@ class Beautifier:
 
     def compose(self, result: Result, strength: float) -> Result:
         """The same result re-rendered at ``strength`` (0..2) without searching again: only the compose stage runs."""
+        from .errors import UsageError
+
+        if not isinstance(result, Result):
+            raise UsageError(f"compose() needs a Result from optimize(), got {type(result).__name__}")
         strength = check_float("strength", strength, *STRENGTH_RANGE)
         if result.bundle_hash != self.bundle_hash:
-            from .errors import UsageError
-
             raise UsageError("this result was made with another bundle")
         timer = StageTimer()
         s = dataclasses.replace(result.settings, strength=strength)
@@ -192,5 +202,5 @@ def result_id(bundle_hash: str, settings: Settings, rgb) -> str:
     h.update(bundle_hash.encode())
     h.update(settings.digest().encode())
     h.update(str(rgb.shape).encode())
-    h.update(rgb.tobytes())
+    h.update(np.ascontiguousarray(rgb).data)  # no copy of a large photo
     return h.hexdigest()[:24]

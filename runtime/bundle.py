@@ -9,8 +9,8 @@ generator. Then :class:`Models` opens every role it will use with the backend ch
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,11 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from beautyrt.engines import DEFAULT_BACKEND, Engine, load_manifest, open_engines
-from beautyrt.engines.errors import BundleSchemaError
+from beautyrt.engines import schema as S
+from beautyrt.engines.backends import canonical as canonical_backend
+from beautyrt.engines.backends.ort import check_device
+from beautyrt.engines.base import check_threads
+from beautyrt.engines.errors import BundleSchemaError, EngineRuntimeError, UsageError
 from beautyrt.engines.manifest import Manifest
 
 from .ops.imaging import normalise_unit
@@ -31,6 +35,9 @@ DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
 DIRECTION_ROLE = "beauty_direction"
 PRIOR_ROLE = "search_prior"  # the mean successful edit in W (units of w_std): where --start prior begins
 REBUILD = "rebuild it with `beautyrt export --out DIR`"
+
+
+MAX_DIRECTION_BYTES = 1 << 20  # beauty_direction.npy: w_dim float32s (<= 16 kB); refused above this before loading
 
 
 @dataclass(frozen=True)
@@ -49,46 +56,28 @@ class GeneratorSpec:
         gen = manifest.data.get("generator")
         if not isinstance(gen, Mapping):
             raise BundleSchemaError(f"manifest: missing 'generator' record; {REBUILD}")
-
-        def integer(key: str, lo: int, hi: int) -> int:
-            v = gen.get(key)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise BundleSchemaError(
-                    f"manifest: generator.{key} must be an integer in {lo}..{hi}, got {v!r}; {REBUILD}"
-                )
-            return v
-
-        res, num_ws, w_dim = integer("resolution", 4, 4096), integer("num_ws", 1, 64), integer("w_dim", 1, 4096)
-
-        def vector(key: str, positive: bool) -> np.ndarray:
-            v = gen.get(key)
-            if (
-                not isinstance(v, list)
-                or len(v) != w_dim
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-            ):
-                raise BundleSchemaError(f"manifest: generator.{key} must be {w_dim} finite numbers (w_dim); {REBUILD}")
-            a = np.asarray(v, np.float32)
-            if positive and not np.all(a > 0):
-                raise BundleSchemaError(f"manifest: generator.{key} must be > 0; {REBUILD}")
-            return a
-
-        groups = gen.get("groups")
-        if not isinstance(groups, Mapping) or not all(
-            isinstance(ix, list) and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_ws for i in ix)
-            for ix in groups.values()
-        ):
+        res = S.integer(gen.get("resolution"), "generator.resolution", 4, 4096)
+        num_ws = S.integer(gen.get("num_ws"), "generator.num_ws", 1, 64)
+        w_dim = S.integer(gen.get("w_dim"), "generator.w_dim", 1, 4096)
+        w_avg = np.asarray(S.numbers(gen.get("w_avg"), "generator.w_avg", w_dim, -1e6, 1e6), np.float32)
+        w_std = np.asarray(S.numbers(gen.get("w_std"), "generator.w_std", w_dim, 0.0, 1e6, lo_open=True), np.float32)
+        if not np.all(w_std > 0):  # positive in float32 too
+            raise BundleSchemaError(f"manifest: generator.w_std must be > 0; {REBUILD}")
+        for key in ("z_dim", "score_resolution"):
+            if gen.get(key) is not None:
+                S.integer(gen[key], f"generator.{key}", 1, 4096)
+        groups = S.mapping(gen.get("groups"), "generator.groups")
+        if len(groups) > num_ws + 3:
             raise BundleSchemaError(
-                f"manifest: generator.groups must map names to layer indices in 0..{num_ws - 1}; {REBUILD}"
+                f"manifest: generator.groups has {len(groups)} groups for {num_ws} layers; {REBUILD}"
             )
-        return cls(
-            res,
-            num_ws,
-            w_dim,
-            vector("w_avg", False),
-            vector("w_std", True),
-            {str(k): list(v) for k, v in groups.items()},
-        )
+        clean: dict[str, list[int]] = {}
+        for name, ix in groups.items():
+            items = S.array(ix, f"generator.groups.{name}", max_len=num_ws)
+            clean[str(name)] = [
+                S.integer(i, f"generator.groups.{name}[{k}]", 0, num_ws - 1) for k, i in enumerate(items)
+            ]
+        return cls(res, num_ws, w_dim, w_avg, w_std, clean)
 
 
 def check_role_shapes(manifest: Manifest, gen: GeneratorSpec) -> None:
@@ -107,12 +96,133 @@ def check_role_shapes(manifest: Manifest, gen: GeneratorSpec) -> None:
             continue
         specs = {t.name: t for t in getattr(manifest.model(role), side)}
         got = specs.get(name)
-        if got is None or tuple(got.shape[1:]) != dims or not isinstance(got.shape[0], str):
+        if got is None or tuple(got.shape[1:]) != dims or not got.shape or not isinstance(got.shape[0], str):
             shape = list(got.shape) if got is not None else "absent"
             raise BundleSchemaError(
                 f"manifest: {role} {side[:-1]} '{name}' has shape {shape} but the generator's is "
                 f"[batch, {', '.join(map(str, dims))}] with a symbolic batch; {REBUILD}"
             )
+
+
+# role -> (inputs, outputs): name -> shape after the batch ("S": the role's normalisation size, "D": any
+# fixed size, "*": any dim); every listed tensor is float32 with a symbolic batch first
+_BATCH_ROLES: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
+    "encoder": ({"image": (3, "S", "S")}, {"ws": ("*", "*")}),
+    "synthesis": ({"ws": ("*", "*")}, {"image": ("*", "*", "*")}),
+    "scorer": ({"ws": ("*", "*")}, {"score": (), "embedding": ("D",)}),
+    "crop_scorer": ({"image": ("*", "*", "*")}, {"score": (), "embedding": ("D",)}),
+    "beauty": ({"image": (3, "S", "S")}, {"score": ()}),
+    "identity": ({"image": (3, "S", "S")}, {"embedding": ("D",)}),
+    "detector_pnet": ({"image": (3, "*", "*")}, {"reg": (4, "*", "*"), "prob": (2, "*", "*")}),
+    "detector_rnet": ({"image": (3, 24, 24)}, {"reg": (4,), "prob": (2,)}),
+    "detector_onet": ({"image": (3, 48, 48)}, {"reg": (4,), "landmarks": (10,), "prob": (2,)}),
+}
+
+
+def _check_specs(manifest: Manifest, role: str, size: Optional[int]) -> None:
+    entry = manifest.model(role)
+    ins, outs = _BATCH_ROLES[role]
+    for side, want, specs in (("inputs", ins, entry.inputs), ("outputs", outs, entry.outputs)):
+        have = {t.name: t for t in specs}
+        if side == "inputs" and set(have) != set(want):
+            raise BundleSchemaError(
+                f"manifest: models.{role}.inputs must be {sorted(want)}, got {sorted(have)}; {REBUILD}"
+            )
+        for name, dims in want.items():
+            t = have.get(name)
+            if t is None:
+                raise BundleSchemaError(f"manifest: models.{role}.{side} lacks '{name}'; {REBUILD}")
+            ok = t.dtype == "float32" and len(t.shape) == 1 + len(dims) and isinstance(t.shape[0], str)
+            for d, w in zip(t.shape[1:], dims):
+                if w == "S":
+                    ok = ok and d == size
+                elif w == "D":
+                    ok = ok and isinstance(d, int)
+                elif w != "*":
+                    ok = ok and d == w
+            if not ok:
+                shape = ", ".join(
+                    ["batch", *(str(size) if w == "S" else "N" if w in ("D", "*") else str(w) for w in dims)]
+                )
+                raise BundleSchemaError(
+                    f"manifest: models.{role}.{side} '{name}' is {t.dtype} {list(t.shape)}, expected float32 "
+                    f"[{shape}] with a symbolic batch; {REBUILD}"
+                )
+
+
+def _check_norm(manifest: Manifest, role: str, *, sized: bool) -> Optional[Mapping]:
+    """The role's normalisation record, typed and ranged (what ops.imaging / ops.mtcnn read)."""
+    norm = manifest.model(role).normalisation
+    where = f"models.{role}.normalisation"
+    if norm is None:
+        if sized:
+            raise BundleSchemaError(f"manifest: {role} has no normalisation; {REBUILD}")
+        return None
+    if sized:
+        S.integer(norm.get("size"), f"{where}.size", 1, 4096)
+    S.numbers(norm.get("mean"), f"{where}.mean", 3, -1e6, 1e6)
+    S.numbers(norm.get("std"), f"{where}.std", 3, 0.0, 1e6, lo_open=True)
+    for key, choices in (
+        ("color_order", ("RGB", "BGR")),
+        ("colour_order", ("RGB", "BGR")),
+        ("layout", ("NCHW", "NHWC")),
+    ):
+        if norm.get(key) is not None:
+            S.string(norm[key], f"{where}.{key}", max_len=8, choices=choices)
+    return norm
+
+
+def _check_defaults(manifest: Manifest) -> None:
+    sd = manifest.data.get("search_defaults")
+    if sd is not None:
+        sd = S.mapping(sd, "search_defaults")
+        if sd.get("sigma0") is not None:
+            S.number(sd["sigma0"], "search_defaults.sigma0", 0.0, 10.0, lo_open=True)
+        if sd.get("generations") is not None:
+            S.integer(sd["generations"], "search_defaults.generations", 1, 10000)
+    od = manifest.data.get("objective_defaults")
+    if od is not None:
+        od = S.mapping(od, "objective_defaults")
+        for key in ("identity_floor", "identity_target"):
+            if od.get(key) is not None:
+                S.number(od[key], f"objective_defaults.{key}", -1.0, 1.0)
+        for key in ("identity_weight", "latent_weight"):
+            if od.get(key) is not None:
+                S.number(od[key], f"objective_defaults.{key}", 0.0, 1e6)
+
+
+def validate(manifest: Manifest) -> GeneratorSpec:
+    """The runtime's half of the one validation pass (the generic half is ``load_manifest``'s), before any
+    model is deserialised: the generator record, the tensor specs and normalisations of every role the
+    runtime uses, the recommended settings. Every refusal is BundleSchemaError (exit 14) naming the field."""
+    for role in REQUIRED_ROLES:
+        if not manifest.has(role):
+            raise BundleSchemaError(f"manifest: required model '{role}' missing; {REBUILD}")
+    gen = GeneratorSpec.from_manifest(manifest)
+    check_role_shapes(manifest, gen)
+    enc = _check_norm(manifest, "encoder", sized=True)
+    assert enc is not None
+    _check_specs(manifest, "encoder", int(enc["size"]))
+    for role in ("synthesis", "scorer", "crop_scorer"):
+        if manifest.has(role):
+            _check_specs(manifest, role, None)
+    if manifest.has("crop_scorer"):
+        dims = [manifest.model(r).outputs for r in ("scorer", "crop_scorer")]
+        emb = [{t.name: t for t in o}["embedding"].shape[1] for o in dims]
+        if emb[0] != emb[1]:
+            raise BundleSchemaError(
+                f"manifest: scorer and crop_scorer embeddings differ ({emb[0]} vs {emb[1]}); {REBUILD}"
+            )
+    if all(manifest.has(r) for r in DETECTOR_ROLES):
+        for role in DETECTOR_ROLES:
+            _check_norm(manifest, role, sized=False)
+            _check_specs(manifest, role, None)
+    _check_defaults(manifest)
+    if manifest.has(DIRECTION_ROLE):
+        e = manifest.model(DIRECTION_ROLE)
+        if not e.file.lower().endswith(".npy"):
+            raise BundleSchemaError(f"manifest: models.{DIRECTION_ROLE}.file must be a .npy file; {REBUILD}")
+    return gen
 
 
 class Models:
@@ -130,12 +240,14 @@ class Models:
         cache_dir: Optional[str | Path] = None,
     ):
         t0 = time.perf_counter()
+        canonical_backend(backend)  # cheap argument checks before the bundle is read
+        check_device(device)
+        if threads is not None:
+            threads = check_threads(threads)
+        if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id < 1024:
+            raise UsageError(f"device_id must be an integer in 0..1023, got {device_id!r}")
         self.manifest = m = load_manifest(bundle)
-        for role in REQUIRED_ROLES:
-            if not m.has(role):
-                raise BundleSchemaError(f"manifest: required model '{role}' missing; {REBUILD}")
-        self.generator = gen = GeneratorSpec.from_manifest(m)
-        check_role_shapes(m, gen)
+        self.generator = gen = validate(m)
         self.resolution = gen.resolution
         # scoring the output: the crop_scorer role (one call, shared networks), else the standalone roles where
         # both take the generator's crop as it is
@@ -183,23 +295,43 @@ class Models:
             ):
                 return {}
             norms[role] = n
+        for role, n in norms.items():  # these are the models that will be used: their records must hold
+            _check_norm(self.manifest, role, sized=True)
+            _check_specs(self.manifest, role, int(n["size"]))
         return norms
 
     def _w_vector(self, role: str, unit: bool) -> np.ndarray:
-        """A vector in W (units of w_std) stored as a plain .npy (read without pickle): the beauty direction
-        (made unit length) or the search prior."""
-        from beautyrt.engines.errors import BundleIntegrityError
+        """A vector in W (units of w_std) stored as a plain .npy, read without pickle: the beauty direction (made
+        unit length) or the search prior (its file was resolved inside the bundle and checked against its sha256
+        by load_manifest; read again by size cap)."""
+        import io
 
+        from beautyrt.engines.errors import BundleIntegrityError, BundleNotFoundError
+        from beautyrt.engines.files import printable, read_regular
+
+        root = printable(self.manifest.root)
         path = self.manifest.path(role)
+        data = read_regular(
+            path,
+            max_bytes=MAX_DIRECTION_BYTES,
+            not_found=lambda m: BundleNotFoundError(f"bundle {root}: {m}; {REBUILD}"),
+            bad=lambda m: BundleIntegrityError(f"bundle {root}: {m}; {REBUILD}"),
+            label=self.manifest.model(role).file,
+        )
+        if hashlib.sha256(data).hexdigest() != self.manifest.model(role).sha256:
+            raise BundleIntegrityError(f"bundle {root}: {path.name} changed since it was checked; {REBUILD}")
         try:
-            d = np.load(path, allow_pickle=False).astype(np.float32)
-        except (ValueError, OSError) as e:
+            d = np.load(io.BytesIO(data), allow_pickle=False)
+            if not isinstance(d, np.ndarray) or d.dtype.kind not in "fiu":
+                raise ValueError(f"a {getattr(d, 'dtype', type(d).__name__)} array, not real numbers")
+            d = d.astype(np.float32)
+        except Exception as e:  # numpy raises ValueError/EOFError/... on malformed or pickled files
             raise BundleIntegrityError(
-                f"bundle {self.manifest.root}: {path.name} is not a plain .npy array ({e}); {REBUILD}"
+                f"bundle {root}: {path.name} is not a plain .npy array of numbers ({str(e)[:160]}); {REBUILD}"
             ) from e
         if d.shape != (self.generator.w_dim,) or not np.all(np.isfinite(d)) or not np.any(d):
             raise BundleSchemaError(
-                f"bundle {self.manifest.root}: {role} has shape {list(d.shape)}, expected "
+                f"bundle {root}: {role} has shape {list(d.shape)}, expected "
                 f"[{self.generator.w_dim}] finite and non-zero; {REBUILD}"
             )
         return d / float(np.linalg.norm(d)) if unit else d
@@ -246,24 +378,36 @@ class Models:
         """(n, num_ws, w_dim) float32 -> (n, 3, R, R) float32 in [-1, 1]."""
         return self.engines["synthesis"].run({"ws": np.ascontiguousarray(ws, dtype=np.float32)})["image"]
 
+    @staticmethod
+    def _finite(out: dict[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
+        """Scores/embeddings as they came, unless no candidate got a finite one (a broken model): a candidate
+        with a NaN/inf value is infeasible in the objective, a batch without any is an engine failure."""
+        ok = np.isfinite(out["score"]) & np.all(
+            np.isfinite(out["embedding"].reshape(len(out["embedding"]), -1)), axis=1
+        )
+        if not ok.any():
+            raise EngineRuntimeError(f"{role}: the model returned no finite score/embedding (NaN or inf)")
+        return out
+
     def score_crops(self, imgs: np.ndarray) -> dict[str, np.ndarray]:
         """(n, 3, R, R) crops in [-1, 1] in the generator's frame -> {"score": (n,), "embedding": (n, D)}: one
         crop_scorer call, or the standalone beauty and identity models on older bundles."""
         x = np.ascontiguousarray(imgs, dtype=np.float32)
         if "crop_scorer" in self.engines:
-            return self.engines["crop_scorer"].run({"image": x})
+            return self._finite(self.engines["crop_scorer"].run({"image": x}), "crop_scorer")
         if not self.image_norms:
             from .errors import UsageError
 
             raise UsageError("this bundle cannot score crops in the generator's frame (use --score-on generated)")
-        return {
+        out = {
             key: self.engines[role].run({"image": normalise_unit(x, self.image_norms[role])})[key]
             for role, key in (("beauty", "score"), ("identity", "embedding"))
         }
+        return self._finite(out, "beauty/identity")
 
     def score_latents(self, ws: np.ndarray) -> dict[str, np.ndarray]:
         """The fused scorer on G(ws): (n, num_ws, w_dim) -> {"score", "embedding"}."""
-        return self.engines["scorer"].run({"ws": np.ascontiguousarray(ws, dtype=np.float32)})
+        return self._finite(self.engines["scorer"].run({"ws": np.ascontiguousarray(ws, dtype=np.float32)}), "scorer")
 
     def close(self) -> None:
         for e in self.engines.values():

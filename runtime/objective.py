@@ -18,6 +18,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from beautyrt.engines.files import printable
+
 from .errors import UsageError
 
 INFEASIBLE = 1000.0
@@ -44,17 +46,15 @@ class ObjectiveWeights:
         ).validate()
 
     def validate(self) -> "ObjectiveWeights":
+        """These weights checked (finite, ranged) and returned as plain floats."""
         from .settings import check_float
 
-        for k in ("identity_floor", "identity_target"):
+        vals = {}
+        for k in DEFAULT_WEIGHTS:
             v = getattr(self, k)
-            if v is not None:
-                check_float(k.replace("_", "-"), v, -1.0, 1.0)
-        for k in ("identity_weight", "latent_weight"):
-            v = getattr(self, k)
-            if v is not None:
-                check_float(k.replace("_", "-"), v, 0.0, 1e6)
-        return self
+            lo, hi = (-1.0, 1.0) if k in ("identity_floor", "identity_target") else (0.0, 1e6)
+            vals[k] = None if v is None else check_float(k.replace("_", "-"), v, lo, hi)
+        return ObjectiveWeights(**vals)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,10 +63,10 @@ class ObjectiveWeights:
     def from_dict(cls, d: Mapping) -> "ObjectiveWeights":
         if not isinstance(d, Mapping):
             raise UsageError(f"weights must be a mapping, got {type(d).__name__}")
-        unknown = sorted(set(d) - set(DEFAULT_WEIGHTS))
+        unknown = sorted(printable(repr(k)) for k in set(d) - set(DEFAULT_WEIGHTS))
         if unknown:
-            raise UsageError(f"unknown objective weight(s): {', '.join(map(str, unknown))}")
-        return cls(**d).validate()
+            raise UsageError(f"unknown objective weight(s): {', '.join(unknown)}")
+        return cls(**{k: d[k] for k in d}).validate()
 
 
 class LatentSpace:
@@ -124,4 +124,11 @@ def objective(score: np.ndarray, cos: np.ndarray, X: np.ndarray, w: ObjectiveWei
     J = J - w.latent_weight * np.mean(np.asarray(X, dtype=np.float64) ** 2, axis=1)
     infeasible = cos < w.identity_floor
     J = np.where(infeasible, J - INFEASIBLE - 100.0 * (w.identity_floor - cos), J)
+    bad = ~np.isfinite(J)  # a NaN/inf score or embedding from the model: never chosen, ranked last
+    if bad.any():
+        if bad.all():
+            from beautyrt.engines.errors import EngineRuntimeError
+
+            raise EngineRuntimeError("every candidate's score or identity is NaN/inf: the scoring model is broken")
+        J = np.where(bad, J[~bad].min() - INFEASIBLE, J)
     return J

@@ -15,6 +15,10 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
+from beautyrt.engines.files import printable
+
 from .errors import UsageError
 from .objective import SPACES, ObjectiveWeights
 from .ops.imaging import TRANSFERS
@@ -36,8 +40,8 @@ MIN_FACE_RANGE = (12.0, 4096.0)
 
 
 def _check_int(name: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise UsageError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise UsageError(f"{name} must be an integer in {lo}..{hi}, got {printable(repr(v))[:80]}")
     if not lo <= int(v) <= hi:
         raise UsageError(f"{name} must be in {lo}..{hi}, got {v}")
     return int(v)
@@ -45,8 +49,8 @@ def _check_int(name: str, v: Any, lo: int, hi: int) -> int:
 
 def check_float(name: str, v: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
     """A finite real number in [lo, hi] (or (lo, hi] with ``lo_open``), else UsageError naming ``name``."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise UsageError(f"{name} must be a number, got {v!r}")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise UsageError(f"{name} must be a number, got {printable(repr(v))[:80]}")
     f = float(v)
     if not math.isfinite(f):
         raise UsageError(f"{name} must be a finite number, got {v}")
@@ -57,8 +61,26 @@ def check_float(name: str, v: Any, lo: float, hi: float, *, lo_open: bool = Fals
 
 def _check_choice(name: str, v: Any, choices) -> str:
     if not isinstance(v, str) or v not in choices:
-        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {v!r}")
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {printable(repr(v))[:80]}")
     return v
+
+
+def _check_bool(name: str, v: Any) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    raise UsageError(f"{name} must be true or false, got {printable(repr(v))[:80]}")
+
+
+def as_settings(settings: Any) -> "Settings":
+    """What the API accepts as settings, validated: None (the defaults), a Settings, or a mapping of its
+    fields (``Settings.from_dict``); anything else is a UsageError."""
+    if settings is None:
+        return Settings().validate()
+    if isinstance(settings, Settings):
+        return settings.validate()
+    if isinstance(settings, Mapping):
+        return Settings.from_dict(settings)
+    raise UsageError(f"settings must be a beautyrt Settings (or a dict of its fields), got {type(settings).__name__}")
 
 
 @dataclass(frozen=True)
@@ -86,38 +108,54 @@ class Settings:
     covariance: Optional[str] = None  # auto | full | diagonal; None: the bundle's, else auto
 
     def validate(self) -> "Settings":
+        """These settings checked (typed, finite, ranged, with the option's name in every refusal) and
+        returned with plain Python values (numpy scalars become int/float/bool: reports stay JSON)."""
         from .strategies import STRATEGIES
 
-        if self.generations is not None:
-            _check_int("generations", self.generations, *LIMITS["generations"])
-        if self.popsize is not None:
-            _check_int("popsize", self.popsize, *LIMITS["popsize"])
-        if self.sigma0 is not None:
-            check_float("sigma", self.sigma0, 0.0, 10.0, lo_open=True)
-        _check_int("seed", self.seed, *LIMITS["seed"])
+        weights = self.weights
+        if weights is None:
+            weights = ObjectiveWeights()
+        elif isinstance(weights, Mapping):
+            weights = ObjectiveWeights.from_dict(weights)
+        if not isinstance(weights, ObjectiveWeights):
+            raise UsageError(
+                f"weights must be an ObjectiveWeights (or a dict of its fields), got {type(weights).__name__}"
+            )
+        generations = (
+            None if self.generations is None else _check_int("generations", self.generations, *LIMITS["generations"])
+        )
+        popsize = None if self.popsize is None else _check_int("popsize", self.popsize, *LIMITS["popsize"])
+        sigma0 = None if self.sigma0 is None else check_float("sigma", self.sigma0, 0.0, 10.0, lo_open=True)
+        seed = _check_int("seed", self.seed, *LIMITS["seed"])
         _check_choice("space", self.space, SPACES)
-        if not isinstance(self.weights, ObjectiveWeights):
-            raise UsageError(f"weights must be an ObjectiveWeights, got {type(self.weights).__name__}")
         _check_choice("mode", self.output_mode, OUTPUT_MODES)
-        if self.face is not None:
-            _check_int("face", self.face, *LIMITS["face"])
-        if not isinstance(self.all_faces, bool):
-            raise UsageError(f"all_faces must be true or false, got {self.all_faces!r}")
-        if self.all_faces and self.face is not None:
+        face = None if self.face is None else _check_int("face", self.face, *LIMITS["face"])
+        all_faces = _check_bool("all_faces", self.all_faces)
+        if all_faces and face is not None:
             raise UsageError("choose either a face index (--face) or all faces (--all-faces), not both")
-        check_float("min_face", self.min_face, *MIN_FACE_RANGE)
+        min_face = check_float("min_face", self.min_face, *MIN_FACE_RANGE)
         _check_choice("score-on", self.score_on, SCORE_ON)
         _check_choice("transfer", self.transfer, TRANSFERS)
-        check_float("strength", self.strength, *STRENGTH_RANGE)
+        strength = check_float("strength", self.strength, *STRENGTH_RANGE)
         _check_choice("strategy", self.strategy, tuple(STRATEGIES))
-        if self.start is not None:
-            _check_choice("start", self.start, STARTS)
-        if self.mirrored is not None and not isinstance(self.mirrored, bool):
-            raise UsageError(f"mirrored must be true or false, got {self.mirrored!r}")
-        if self.covariance is not None:
-            _check_choice("covariance", self.covariance, COVARIANCES)
-        self.weights.validate()
-        return self
+        start = None if self.start is None else _check_choice("start", self.start, STARTS)
+        mirrored = None if self.mirrored is None else _check_bool("mirrored", self.mirrored)
+        covariance = None if self.covariance is None else _check_choice("covariance", self.covariance, COVARIANCES)
+        return replace(
+            self,
+            generations=generations,
+            popsize=popsize,
+            sigma0=sigma0,
+            seed=seed,
+            weights=weights.validate(),
+            face=face,
+            all_faces=all_faces,
+            min_face=min_face,
+            strength=strength,
+            start=start,
+            mirrored=mirrored,
+            covariance=covariance,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -130,13 +168,12 @@ class Settings:
         if not isinstance(d, Mapping):
             raise UsageError(f"settings must be a mapping, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(printable(repr(k)) for k in set(d) - names)
         if unknown:
-            raise UsageError(f"unknown setting(s): {', '.join(map(str, unknown))}")
+            raise UsageError(f"unknown setting(s): {', '.join(unknown)}")
         kw = dict(d)
-        if "weights" in kw:
-            w = kw["weights"]
-            kw["weights"] = w if isinstance(w, ObjectiveWeights) else ObjectiveWeights.from_dict(w)
+        if isinstance(kw.get("weights"), Mapping):
+            kw["weights"] = ObjectiveWeights.from_dict(kw["weights"])
         return cls(**kw).validate()
 
     def digest(self) -> str:

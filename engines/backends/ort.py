@@ -20,8 +20,17 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from .. import cuda_driver
-from ..base import Engine, TensorSpec
-from ..errors import BundleIntegrityError, EngineRuntimeError, MissingDependencyError, ProviderError, UsageError
+from ..base import Engine, TensorSpec, check_threads
+from ..errors import (
+    BundleIntegrityError,
+    BundleSchemaError,
+    EngineRuntimeError,
+    MissingDependencyError,
+    ProviderError,
+    UsageError,
+)
+from ..files import printable
+from ..schema import DTYPES
 
 log = logging.getLogger("beautyrt")
 
@@ -83,8 +92,19 @@ def probe_providers() -> dict:
     }
 
 
+DEVICES = ("auto", *PROVIDER_ALIASES)
+
+
+def check_device(device) -> str:
+    """``device`` as one of DEVICES, else UsageError (checked before any work)."""
+    if not isinstance(device, str) or device not in DEVICES:
+        raise UsageError(f"unknown device {printable(repr(device))[:60]}; choose auto, cpu, cuda or tensorrt")
+    return device
+
+
 def resolve_providers(device: str = "auto") -> list[str]:
     """Map ``auto|cpu|cuda|tensorrt`` to an onnxruntime provider list; refuse what cannot load here."""
+    check_device(device)
     probe = probe_providers()
     if device == "auto":
         for p in (TRT, CUDA):
@@ -98,6 +118,44 @@ def resolve_providers(device: str = "auto") -> list[str]:
         why = probe["unusable"].get(want, f"onnxruntime {probe['onnxruntime']} was built without it")
         raise ProviderError(f"{device} was asked for but cannot be used here: {why}")
     return PROVIDER_ALIASES[device]
+
+
+def _show(spec_dtype: str, shape) -> str:
+    return f"{spec_dtype} {list(shape) if shape is not None else '[?]'}"
+
+
+def check_graph(role: str, sess, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+    """Refuse (BundleSchemaError, exit 14) a model whose real graph disagrees with its manifest entry: input
+    names (exactly), declared outputs (present), element types, ranks and fixed dims. A dim the manifest
+    calls symbolic (e.g. ``batch``) must not be fixed in the graph; a fixed manifest dim may be symbolic
+    there (the graph is more general)."""
+    graph_in = {a.name: a for a in sess.get_inputs()}
+    graph_out = {a.name: a for a in sess.get_outputs()}
+    if sorted(graph_in) != sorted(s.name for s in inputs):
+        raise BundleSchemaError(
+            f"{role}: the model's inputs {sorted(graph_in)} differ from the manifest's "
+            f"{sorted(s.name for s in inputs)}; rebuild the bundle with `beautyrt export`"
+        )
+    missing = [s.name for s in outputs if s.name not in graph_out]
+    if missing:
+        raise BundleSchemaError(
+            f"{role}: the manifest's outputs {missing} are not outputs of the model (it has {sorted(graph_out)}); "
+            f"rebuild the bundle with `beautyrt export`"
+        )
+    for side, specs, graph in (("input", inputs, graph_in), ("output", outputs, graph_out)):
+        for spec in specs:
+            arg = graph[spec.name]
+            shape = arg.shape if isinstance(arg.shape, (list, tuple)) else None
+            ok = DTYPES.get(spec.dtype) == arg.type
+            if ok and shape is not None:
+                ok = len(shape) == len(spec.shape) and all(
+                    not isinstance(g, int) or g == want for g, want in zip(shape, spec.shape)
+                )
+            if not ok:
+                raise BundleSchemaError(
+                    f"{role}: the model's {side} '{spec.name}' is {_show(arg.type, shape)} but the manifest says "
+                    f"{_show(spec.dtype, spec.shape)}; rebuild the bundle with `beautyrt export`"
+                )
 
 
 class OrtEngine(Engine):
@@ -126,7 +184,7 @@ class OrtEngine(Engine):
         so = ort.SessionOptions()
         so.log_severity_level = 3  # errors only: warnings about unused initialisers etc. are not the user's business
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+        so.intra_op_num_threads = check_threads(threads) if threads is not None else (os.cpu_count() or 1)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # No busy-waiting between calls: the search loop alternates engine calls with numpy/pycma work in the
@@ -171,12 +229,7 @@ class OrtEngine(Engine):
                 f"refusing the silent fallback (use --device cpu to run on the CPU)"
             )
         self.providers = got
-        declared = [i.name for i in self._sess.get_inputs()]
-        if sorted(declared) != sorted(s.name for s in self.inputs):
-            raise BundleIntegrityError(
-                f"{self.name}: model inputs {declared} differ from the manifest's "
-                f"{[s.name for s in self.inputs]}; rebuild the bundle"
-            )
+        check_graph(self.name, self._sess, self.inputs, self.outputs)
         self._out_names = [s.name for s in self.outputs]
         # On a GPU, inputs go through IOBinding into device buffers allocated once per (thread, input, shape)
         # and refilled in place; outputs (scores, embeddings, images) are copied to host by onnxruntime.
@@ -242,7 +295,7 @@ def open_role(
 ) -> OrtEngine:
     entry = manifest.model(role)
     return OrtEngine(
-        manifest.root / entry.file,
+        manifest.path(role),
         entry.inputs,
         entry.outputs,
         name=role,

@@ -13,6 +13,7 @@ Engine per worker for concurrency.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from importlib.metadata import PackageNotFoundError, version
@@ -31,7 +32,8 @@ from ..errors import (
     MissingDependencyError,
     ProviderError,
 )
-from ..manifest import Manifest, sha256_file
+from ..files import printable, read_regular
+from ..manifest import Manifest
 
 log = logging.getLogger("beautyrt")
 
@@ -99,16 +101,24 @@ def open_trt_engine(manifest: Manifest, role: str, device_id: int = 0) -> "TrtEn
     if not isinstance(rec, Mapping):
         raise BundleSchemaError(f"bundle {manifest.root} has no TensorRT engine for '{role}'; {REBUILD}")
     check_plan_compat(role, rec, installed_tensorrt_version(), gpu_info(device_id))
-    path = manifest.root / str(rec["file"])
-    if not path.is_file():
-        raise BundleIntegrityError(
-            f"bundle {manifest.root}: TensorRT plan {rec['file']} ({role}) is missing; {REBUILD}"
+    path = manifest.resolve(str(rec["file"]), f"{role} TensorRT plan")  # a symlink out of the bundle: refused
+    try:
+        plan = read_regular(
+            path,
+            max_bytes=None,
+            not_found=lambda m: BundleIntegrityError(
+                f"bundle {printable(manifest.root)}: TensorRT plan ({role}) is missing: {m}; {REBUILD}"
+            ),
+            bad=lambda m: BundleIntegrityError(f"bundle {printable(manifest.root)}: {m}; {REBUILD}"),
+            label=str(rec["file"]),
         )
-    if sha256_file(path) != rec["sha256"]:
+    except MemoryError as e:  # pragma: no cover - a plan larger than memory
+        raise BundleIntegrityError(f"{role}: TensorRT plan {rec['file']} does not fit in memory") from e
+    if hashlib.sha256(plan).hexdigest() != rec["sha256"]:
         raise BundleIntegrityError(
-            f"bundle {manifest.root}: {rec['file']} ({role}) does not match its sha256; {REBUILD}"
+            f"bundle {printable(manifest.root)}: {rec['file']} ({role}) does not match its sha256; {REBUILD}"
         )
-    return TrtEngine(path.read_bytes(), entry.inputs, entry.outputs, name=role, device_id=device_id)
+    return TrtEngine(plan, entry.inputs, entry.outputs, name=role, device_id=device_id)
 
 
 class TrtEngine(Engine):

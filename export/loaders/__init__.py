@@ -51,6 +51,12 @@ BEAUTY_FORMAT = "beautyrt-beauty"
 def _torch_load(path: Path):
     import torch
 
+    from .common import check_zip_sizes
+
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            f.seek(0)
+            check_zip_sizes(f, path.stat().st_size, str(path))
     try:
         # rosinality training checkpoints carry their argparse.Namespace: plain attributes, allowed as data
         with torch.serialization.safe_globals([argparse.Namespace]):

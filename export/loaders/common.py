@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import IO, Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -80,3 +81,30 @@ def tensor_dict(obj: Any, where: str) -> dict:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{where}: expected a state dict of tensors, got {type(obj).__name__}")
     return dict(obj)
+
+
+# A torch.save zip stores its tensors uncompressed (ZIP_STORED): what its central directory declares is about
+# the file's own size. A zip bomb declares (and inflates to) far more; refuse it from the central directory,
+# before torch reads one record.
+MAX_EXPANSION = 4.0  # declared uncompressed bytes per byte of file
+MIN_ALLOWANCE = 64 << 20  # small files may declare up to this much anyway
+MAX_DECLARED = 32 << 30  # no checkpoint beautyrt reads is near this
+
+
+def check_zip_sizes(src: Union[str, IO[bytes]], size: int, where: str) -> None:
+    """Refuse (CheckpointError) a zip whose entries declare more uncompressed bytes than ``size`` (the file's
+    size) allows, or whose central directory cannot be read."""
+    try:
+        with zipfile.ZipFile(src) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{where}: not a readable torch checkpoint (zip: {str(e)[:160]})") from e
+    if len(infos) > 1_000_000:
+        raise CheckpointError(f"{where}: {len(infos):,} zip entries; not a checkpoint")
+    declared = sum(max(0, i.file_size) for i in infos)
+    limit = min(MAX_DECLARED, max(MIN_ALLOWANCE, int(MAX_EXPANSION * size)))
+    if declared > limit:
+        raise CheckpointError(
+            f"{where}: its zip entries declare {declared:,} bytes uncompressed for a {size:,}-byte file "
+            f"(limit {limit:,}): refused as a zip bomb before anything was read"
+        )

@@ -104,6 +104,10 @@ def _load_from_bytes(blob):
 
     if not isinstance(blob, (bytes, bytearray)):
         raise UnsafePickleError("pickle: storage payload is not bytes; refusing it")
+    from .common import check_zip_sizes
+
+    if bytes(blob[:4]) == b"PK\x03\x04":
+        check_zip_sizes(io.BytesIO(bytes(blob)), len(blob), "pickle: an embedded tensor storage")
     try:
         return torch.load(io.BytesIO(bytes(blob)), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:

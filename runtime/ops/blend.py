@@ -112,17 +112,23 @@ def image_mask(
     return out
 
 
-def _region_mask(alignment: Alignment, box, scale: float, feather: float) -> np.ndarray:
+def _region_mask(alignment: Alignment, box, scale: float, feather: float, rows: int = 256) -> np.ndarray:
     x0, y0, x1, y1 = box
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    m = _mask_at(pts, alignment.landmarks, scale, feather)
-    # fade out within ~2 crop pixels of the crop border: never paste what the crop does not contain
-    c = apply_affine(alignment.matrix, pts)
+    out = np.empty((y1 - y0, x1 - x0), np.float32)
     n = alignment.size
-    edge = np.minimum.reduce([c[:, 0] + 0.5, c[:, 1] + 0.5, n - 0.5 - c[:, 0], n - 0.5 - c[:, 1]])
-    m = m * _smoothstep(edge / 2.0)
-    return m.reshape(y1 - y0, x1 - x0).astype(np.float32)
+    # in blocks of ``rows`` rows: the float64 grids of a face region of a large photo would otherwise take
+    # ~100 bytes per pixel at once (a 4000 px face: 1.6 GB)
+    for ya in range(y0, y1, rows):
+        yb = min(y1, ya + rows)
+        ys, xs = np.mgrid[ya:yb, x0:x1].astype(np.float64)
+        pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        m = _mask_at(pts, alignment.landmarks, scale, feather)
+        # fade out within ~2 crop pixels of the crop border: never paste what the crop does not contain
+        c = apply_affine(alignment.matrix, pts)
+        edge = np.minimum.reduce([c[:, 0] + 0.5, c[:, 1] + 0.5, n - 0.5 - c[:, 0], n - 0.5 - c[:, 1]])
+        m = m * _smoothstep(edge / 2.0)
+        out[ya - y0 : yb - y0] = m.reshape(yb - ya, x1 - x0)
+    return out
 
 
 def _colour_match(edit: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -252,30 +258,58 @@ def add_edits(
     if feather <= 0 or mask_scale <= 0:
         raise UsageError(f"add_edits: feather and mask_scale must be > 0, got {feather}, {mask_scale}")
     h, w = original.shape[:2]
-    parts = []
+    out = original.copy()
+    if strength == 0:
+        return out
+    boxes = []
     for alignment, edit in edits:
         box = _region(alignment, (h, w), mask_scale)
-        if box is None or strength == 0:
-            continue
-        x0, y0, x1, y1 = box
-        mask = _region_mask(alignment, box, mask_scale, feather)
-        # photo pixel p (offset by the box) -> crop point (alignment.matrix) -> edit pixel (edit side / crop side)
-        k = edit.shape[0] / float(alignment.size)
-        m = np.asarray(alignment.matrix, dtype=np.float64).copy()
-        m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
-        m = np.concatenate([m[:, :2] * k, (m[:, 2] * k + 0.5 * k - 0.5)[:, None]], axis=1)
-        warped = warp_field(np.asarray(edit, np.float32), m, x1 - x0, y1 - y0)
-        if color_match:
-            warped = warped - _edit_offset_at_seam(warped, mask)
-        parts.append((box, np.float32(strength) * mask[..., None] * warped))
-    out = original.copy()
-    if not parts:
+        if box is not None:
+            boxes.append((box, alignment, edit))
+    if not boxes:
         return out
-    # float only over the union of the faces' boxes; every pixel there without an edit rounds back to itself
-    ux0, uy0 = min(b[0] for b, _ in parts), min(b[1] for b, _ in parts)
-    ux1, uy1 = max(b[2] for b, _ in parts), max(b[3] for b, _ in parts)
-    acc = original[uy0:uy1, ux0:ux1].astype(np.float32)
-    for (x0, y0, x1, y1), add in parts:
-        acc[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] += add
-    out[uy0:uy1, ux0:ux1] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+    # float only over the faces' boxes, overlapping boxes merged into one block (so a pixel two edits touch
+    # is rounded once); every pixel of a block without an edit rounds back to itself. Each face's part is
+    # added as soon as it is made: memory is the blocks plus one face, not every face nor the whole photo.
+    for (ux0, uy0, ux1, uy1), members in _blocks(boxes):
+        acc = original[uy0:uy1, ux0:ux1].astype(np.float32)
+        for box, alignment, edit in members:
+            x0, y0, x1, y1 = box
+            mask = _region_mask(alignment, box, mask_scale, feather)
+            # photo pixel p (offset by the box) -> crop point (alignment.matrix) -> edit pixel (edit/crop side)
+            k = edit.shape[0] / float(alignment.size)
+            m = np.asarray(alignment.matrix, dtype=np.float64).copy()
+            m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
+            m = np.concatenate([m[:, :2] * k, (m[:, 2] * k + 0.5 * k - 0.5)[:, None]], axis=1)
+            warped = warp_field(np.asarray(edit, np.float32), m, x1 - x0, y1 - y0)
+            if color_match:
+                warped = warped - _edit_offset_at_seam(warped, mask)
+            acc[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0] += np.float32(strength) * mask[..., None] * warped
+            del mask, warped
+        np.rint(acc, out=acc)
+        np.clip(acc, 0, 255, out=acc)
+        np.copyto(out[uy0:uy1, ux0:ux1], acc, casting="unsafe")
+        del acc
     return out
+
+
+def _blocks(items: list) -> list:
+    """Group ``(box, ...)`` items whose boxes overlap (transitively) into blocks: [(block box, items)]."""
+    blocks: list = []
+    for it in items:
+        box, members = it[0], [it]
+        changed = True
+        while changed:
+            changed = False
+            for blk in blocks:
+                b = blk[0]
+                if box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]:
+                    blocks.remove(blk)
+                    box = (min(box[0], b[0]), min(box[1], b[1]), max(box[2], b[2]), max(box[3], b[3]))
+                    members = blk[1] + members
+                    changed = True
+                    break
+        blocks.append((box, members))
+    for blk in blocks:  # the order edits are added in, as the caller gave them
+        blk[1].sort(key=lambda it: next(i for i, x in enumerate(items) if x is it))
+    return blocks

@@ -270,6 +270,20 @@ def affine_sample(
     corners = np.array([[-0.5, -0.5], [out_w - 0.5, -0.5], [-0.5, out_h - 0.5], [out_w - 0.5, out_h - 0.5]])
     sc = apply_affine(m, corners)
     margin = 4
+    # Work on that region only (a face crop of a 64 MP photo must not convert, pad and blur the whole photo:
+    # that took GBs). The region keeps every source pixel a mirrored border reflects, so the padding is the
+    # full photo's; the median the border is pulled toward is then the region's, as FFHQ's own alignment does.
+    x_lo, x_hi = int(math.floor(sc[:, 0].min())) - margin, int(math.ceil(sc[:, 0].max())) + margin + 1
+    y_lo, y_hi = int(math.floor(sc[:, 1].min())) - margin, int(math.ceil(sc[:, 1].max())) + margin + 1
+    cx0 = max(0, min(x_lo, w - max(0, x_hi - w), w - 1))
+    cx1 = min(w, max(x_hi, -x_lo, cx0 + 1))
+    cy0 = max(0, min(y_lo, h - max(0, y_hi - h), h - 1))
+    cy1 = min(h, max(y_hi, -y_lo, cy0 + 1))
+    if (cx0, cy0, cx1, cy1) != (0, 0, w, h):
+        src = src[cy0:cy1, cx0:cx1]
+        m[:, 2] -= (cx0, cy0)
+        sc = sc - (cx0, cy0)
+        h, w = src.shape[:2]
     left = max(0, int(math.ceil(-sc[:, 0].min())) + margin)
     top = max(0, int(math.ceil(-sc[:, 1].min())) + margin)
     right = max(0, int(math.ceil(sc[:, 0].max() - (w - 1))) + margin)

@@ -45,6 +45,14 @@ log = logging.getLogger("beautyrt")
 __all__ = ["Face", "MTCNNDetector", "nms"]
 
 MTCNN_NORMALISATION = {"mean": [127.5, 127.5, 127.5], "std": [128.0, 128.0, 128.0]}
+# Bounds on the work (time and memory) a photo can cause, whatever its content: a crowd or a face-like texture
+# in a 64 MP photo gives tens of thousands of P-Net windows. Only the best-scoring survive each cap (a photo
+# with a few faces never reaches them), and R-Net / O-Net run in chunks, so their activations stay small.
+MAX_WINDOWS_PER_SCALE = 10_000  # P-Net windows per pyramid scale entering NMS (greedy NMS is O(n * kept))
+MAX_STAGE1 = 4_000  # candidates into R-Net
+MAX_STAGE2 = 1_000  # candidates into O-Net
+CHUNK = 256  # crops per R-Net / O-Net call
+STRIP_PIXELS = 1_000_000  # P-Net runs on pyramid levels larger than this in strips of about this size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,6 +200,33 @@ class MTCNNDetector:
             minl *= self.factor
         return out
 
+    def _pnet(self, im: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net on one pyramid level (1, h, w, 3), in horizontal strips when the level is large, so its
+        activations stay ~100 MB whatever the photo's size. The strips give the same windows as one call:
+        each starts on an even row (P-Net's stride is 2), is an even number of rows high (its 2x2 ceil-mode
+        pooling sees only whole pairs), and overlaps the next by the 10 rows of one window minus its stride,
+        so output row k of a strip starting at row r is row r/2 + k of the whole level."""
+        h, w = im.shape[1:3]
+        if h * w <= STRIP_PIXELS or h < 64:
+            reg, prob = _outputs(self.pnet.run({name: self._normalise(im)}), ("reg", "prob"), "pnet")
+            return reg, prob
+        rows = max(64, (STRIP_PIXELS // w) // 2 * 2)
+        regs, probs = [], []
+        r0 = 0
+        while True:
+            last = r0 + rows >= h
+            strip = im[:, r0:] if last else im[:, r0 : r0 + rows]
+            reg, prob = _outputs(self.pnet.run({name: self._normalise(strip)}), ("reg", "prob"), "pnet")
+            if not last:
+                keep = rows // 2 - 5
+                reg, prob = reg[:, :, :keep], prob[:, :, :keep]
+            regs.append(reg)
+            probs.append(prob)
+            if last:
+                break
+            r0 += rows - 10
+        return np.concatenate(regs, axis=2), np.concatenate(probs, axis=2)
+
     # -- stages -------------------------------------------------------------------------------------
     def _stage1(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
@@ -201,12 +236,15 @@ class MTCNNDetector:
         for scale in self.scales(h, w):
             hs, ws = int(h * scale + 1), int(w * scale + 1)
             im = np.asarray(pil.resize((ws, hs), Image.Resampling.BOX))[None]
-            reg, prob = _outputs(self.pnet.run({name: self._normalise(im)}), ("reg", "prob"), "pnet")
+            reg, prob = self._pnet(im, name)
             p = prob[0, 1]
             ys, xs = np.nonzero(p >= self.thresholds[0])
             if ys.size == 0:
                 continue
             score = p[ys, xs]
+            if score.size > MAX_WINDOWS_PER_SCALE:
+                top = np.argsort(-score, kind="stable")[:MAX_WINDOWS_PER_SCALE]
+                ys, xs, score = ys[top], xs[top], score[top]
             r = reg[0][:, ys, xs].T  # (n, 4)
             # each output cell = a 12x12 window at stride 2 in the scaled image
             x0 = np.floor((2.0 * xs + 1) / scale)
@@ -222,23 +260,28 @@ class MTCNNDetector:
         keep = nms(cand[:, :4], cand[:, 4], 0.7)
         cand = cand[keep]
         boxes = _regress(cand[:, :4], cand[:, 5:9], plus_one=False)
-        return np.concatenate([_square(boxes), cand[:, 4:5]], axis=1)
+        out = np.concatenate([_square(boxes), cand[:, 4:5]], axis=1)
+        return out[:MAX_STAGE1]  # NMS returned them best first
+
+    def _chunked(self, net: Any, img: np.ndarray, boxes: np.ndarray, size: int, names: Sequence[str], where: str):
+        """``net`` on the crops of ``boxes``, CHUNK at a time (crops are cut per chunk too)."""
+        parts = []
+        for i in range(0, len(boxes), CHUNK):
+            crops = _crops(img, boxes[i : i + CHUNK], size)
+            parts.append(_outputs(net.run({net.inputs[0].name: self._normalise(crops)}), names, where))
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
     def _stage2(self, img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        crops = _crops(img, boxes, 24)
-        reg, prob = _outputs(self.rnet.run({self.rnet.inputs[0].name: self._normalise(crops)}), ("reg", "prob"), "rnet")
+        reg, prob = self._chunked(self.rnet, img, boxes, 24, ("reg", "prob"), "rnet")
         score = prob[:, 1]
         ok = score > self.thresholds[1]
         boxes, score, reg = boxes[ok, :4], score[ok], reg[ok]
-        keep = nms(boxes, score, 0.7)
+        keep = nms(boxes, score, 0.7)[:MAX_STAGE2]
         boxes = _regress(boxes[keep], reg[keep], plus_one=True)
         return np.concatenate([_square(boxes), score[keep, None]], axis=1)
 
     def _stage3(self, img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        crops = _crops(img, boxes, 48)
-        reg, lm, prob = _outputs(
-            self.onet.run({self.onet.inputs[0].name: self._normalise(crops)}), ("reg", "landmarks", "prob"), "onet"
-        )
+        reg, lm, prob = self._chunked(self.onet, img, boxes, 48, ("reg", "landmarks", "prob"), "onet")
         score = prob[:, 1]
         ok = score > self.thresholds[2]
         boxes, score, reg, lm = boxes[ok, :4], score[ok], reg[ok], lm[ok]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..bundle import Models
 from ..errors import NoFaceError
 from ..settings import Settings
 from ..types import Face, Photo
+
+log = logging.getLogger("beautyrt")
+
+MAX_FACES = 16  # --all-faces edits at most this many faces per photo (the largest): bounds time and memory
 
 
 def detect(models: Models, photo: Photo, min_face: float = 40.0) -> list[Face]:
@@ -18,7 +24,9 @@ def choose(faces: list[Face], settings: Settings) -> list[int]:
     if not faces:
         raise NoFaceError("no face found in the image")
     if settings.all_faces:
-        return list(range(len(faces)))
+        if len(faces) > MAX_FACES:
+            log.warning("%d faces found; --all-faces edits the %d largest (the per-photo limit)", len(faces), MAX_FACES)
+        return list(range(min(len(faces), MAX_FACES)))
     idx = 0 if settings.face is None else settings.face
     if idx >= len(faces):
         raise NoFaceError(f"face {idx} asked for, but only {len(faces)} face(s) found (indices 0..{len(faces) - 1})")

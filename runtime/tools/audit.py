@@ -21,7 +21,7 @@ from typing import Callable, Optional
 from beautyrt.engines.errors import BeautyrtError, UsageError
 
 from ..beautifier import Beautifier
-from ..settings import Settings
+from ..settings import Settings, as_settings
 
 log = logging.getLogger("beautyrt")
 
@@ -155,7 +155,7 @@ def run_audit(
     """Optimise every photo of ``images`` (``limit`` per group) with one loaded bundle; returns
     ``{"groups": {group: stats}, "overall": stats, "photos": [...], "settings": ..., "bundle_hash": ...}``."""
     groups = collect(images, limit)
-    settings = (settings or Settings()).validate()
+    settings = as_settings(settings)
     jobs = [(g, p) for g, ps in groups.items() for p in ps]
     own = beautifier is None
     if beautifier is None:

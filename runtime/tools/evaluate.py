@@ -32,8 +32,9 @@ from PIL import Image, ImageDraw
 from ..beautifier import Beautifier
 from ..errors import NoFaceError, UsageError
 from ..objective import cosine_to
+from ..ops.imageio import atomic_write_bytes, check_outputs, encode_image, output_format
 from ..ops.imaging import add_edit, crop_to_unit, edit_in_grey_levels, resize_float
-from ..settings import Settings
+from ..settings import Settings, as_settings
 from ..stages import compose, decode, search
 from ..timing import StageTimer
 
@@ -141,7 +142,9 @@ def evaluate(
     backend: str = "auto",
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict:
-    s = (settings or Settings()).validate()
+    s = as_settings(settings)
+    if sheet is not None:  # before minutes of work: not a photo of the set, not in the bundle, not a device
+        check_outputs([("--sheet", sheet, True)], protected_dirs=[("--images", images), ("bundle", bundle)])
     files = list_images(images, csv_path, limit, seed)
     rows: list[dict] = []
     fails: list[dict] = []
@@ -243,7 +246,7 @@ def write_sheet(visuals: list, path: str | Path, size: int = 160) -> Path:
             draw.text((x + 2, y + size + 1), lab, fill=(0, 0, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    atomic_write_bytes(path, encode_image(np.asarray(sheet), output_format(path)))
     return path
 
 

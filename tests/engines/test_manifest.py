@@ -49,9 +49,29 @@ def test_truncated_onnx_refused(bundle_copy):
     p.write_bytes(p.read_bytes()[:1000])
     with pytest.raises(BundleIntegrityError):
         load_manifest(bundle_copy)
-    # and if the hash is updated to match, onnxruntime's refusal is still a typed error
+    # re-hashed to match, the truncated protobuf is still refused before onnxruntime sees it
     from beautyrt.engines.manifest import sha256_file
 
+    edit_manifest(bundle_copy, lambda m: m["models"]["encoder"].update(sha256=sha256_file(p)))
+    with pytest.raises(BundleIntegrityError, match="encoder.onnx .* not a well-formed ONNX model"):
+        load_manifest(bundle_copy)
+
+
+def test_onnxruntime_refusal_is_typed(bundle_copy):
+    """A well-formed ONNX file that onnxruntime cannot load (an op that does not exist) is a typed error."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from beautyrt.engines.manifest import sha256_file
+
+    g = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["image"], ["ws"], domain="nowhere")],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("ws", TensorProto.FLOAT, ["batch", 8, 32])],
+    )
+    p = bundle_copy / "encoder.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("nowhere", 1)]), p)
     edit_manifest(bundle_copy, lambda m: m["models"]["encoder"].update(sha256=sha256_file(p)))
     m = load_manifest(bundle_copy)
     with pytest.raises(BundleIntegrityError, match="onnxruntime cannot load"):
@@ -108,8 +128,8 @@ def test_engine_checks_feeds(tiny_bundle):
 
 
 def test_wrong_role_shapes_refused(bundle_copy):
-    # the manifest claims a different input name than the ONNX file has
+    # the manifest claims a different input name than the ONNX file has: exit 14 naming both
     edit_manifest(bundle_copy, lambda m: m["models"]["scorer"]["inputs"][0].update(name="latents"))
     m = load_manifest(bundle_copy)
-    with pytest.raises(BundleIntegrityError, match="differ from the manifest"):
+    with pytest.raises(BundleSchemaError, match=r"model's inputs \['ws'\] differ from the manifest's \['latents'\]"):
         open_engine(m, "scorer")

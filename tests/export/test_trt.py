@@ -45,7 +45,8 @@ def write_fake_bundle(d: Path) -> Path:
     models = {}
     for role, (ins, outs) in roles.items():
         f = d / f"{role}.onnx"
-        f.write_bytes(f"placeholder {role}".encode())
+        name = f"placeholder {role}".encode()  # a ModelProto whose graph holds only a name: the loader reads
+        f.write_bytes(bytes([0x3A, len(name) + 2, 0x12, len(name)]) + name)  # ONNX headers (external data)
         models[role] = {"file": f.name, "sha256": sha256_file(f), "inputs": ins, "outputs": outs}
     man = {
         "format": FORMAT,
