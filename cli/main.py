@@ -706,6 +706,9 @@ def serve(
     ),
     results: int = typer.Option(16, "--results", help="Results kept for /v1/compose and job results (LRU)."),
     results_mb: float = typer.Option(1024.0, "--results-mb", help="...and at most this many MiB of them."),
+    job_abandon: float = typer.Option(
+        30.0, "--job-abandon", help="A job (POST /v1/jobs) nobody polls for this many seconds is cancelled."
+    ),
     shutdown_grace: float = typer.Option(
         10.0, "--shutdown-grace", help="On SIGTERM, seconds running searches get to finish before they are cancelled."
     ),
@@ -748,6 +751,7 @@ def serve(
         results=results,
         results_mb=results_mb,
         shutdown_grace=shutdown_grace,
+        job_abandon_s=job_abandon,
         threads=threads,
         backend=backend,
         device=device,

@@ -119,6 +119,8 @@ def error_body(e: BaseException) -> dict:
 
 def error_headers(e: BaseException) -> dict[str, str]:
     h: dict[str, str] = {}
+    if isinstance(e, UploadTooLarge):
+        h["Connection"] = "close"  # the rest of the body is not read: end the connection, do not drain it
     if isinstance(e, Unauthorized):
         h["WWW-Authenticate"] = 'Bearer realm="beautyrt"'
     retry: Optional[float] = getattr(e, "retry_after", None)

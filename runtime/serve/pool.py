@@ -58,6 +58,8 @@ class Job:
         self.abandon_after = abandon_after
         self.last_seen = time.monotonic()
         self.on_generation: Optional[Callable[[], None]] = None
+        self.on_release: Optional[Callable[["Job"], None]] = None
+        self._finishing = False
         self._cancel = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -137,9 +139,16 @@ class Job:
 
     def _finish(self, state: str, *, value: Any = None, error: Optional[BaseException] = None) -> None:
         with self._lock:
-            if self._done.is_set():
+            if self._finishing:
                 return
+            self._finishing = True
             self.state, self.value, self.error, self.finished = state, value, error, time.time()
+        if self.on_release is not None:  # the pool's bookkeeping first, so a waiter sees it done
+            try:
+                self.on_release(self)
+            except Exception as e:
+                log.error("beautyrt: job bookkeeping failed: %s", e)
+        with self._lock:
             self._done.set()
             cbs, self._callbacks = self._callbacks, []
         for cb in cbs:
@@ -220,6 +229,7 @@ class WorkerPool:
                     f"--workers {self.workers}, --max-queue {self.max_queue}): retry later",
                     retry_after=self.retry_after(),
                 )
+            job.on_release = self._release
             self._q.append(job)
             self._cv.notify()
         return job
@@ -233,19 +243,16 @@ class WorkerPool:
                     return
                 job = self._q.popleft()
                 self._running.add(job)
-            try:
-                job.run()
-            finally:
-                with self._cv:
-                    self._running.discard(job)
-                d = job.seconds()
-                if d is not None and job.state == DONE:
-                    self._durations.append(d)
-                if self._on_finish is not None:
-                    try:
-                        self._on_finish(job)
-                    except Exception as e:
-                        log.error("beautyrt: job bookkeeping failed: %s", e)
+            job.run()  # never raises; its end calls _release before anyone waiting is woken
+
+    def _release(self, job: Job) -> None:
+        with self._cv:
+            self._running.discard(job)
+        d = job.seconds()
+        if d is not None and job.state == DONE:
+            self._durations.append(d)
+        if self._on_finish is not None:
+            self._on_finish(job)
 
     # --- shutdown --------------------------------------------------------------------------------------------
     def close(self) -> list[Job]:
@@ -259,8 +266,6 @@ class WorkerPool:
         for j in queued:
             j.cancel("shutdown")
             j.run()  # finishes it as cancelled without running its work
-            if self._on_finish is not None:
-                self._on_finish(j)
         return running
 
     def shutdown(self, grace: float, hard: float = 10.0) -> None:
