@@ -574,7 +574,9 @@ def create_app(
         default = input_format(data)
         fmt = P.negotiate(request.headers.get("accept"), p.fmt, default) if sync else None
         work = svc.optimize_work(data, p, fmt)
-        job = svc.new_job(work, kind="optimize" if sync else "job", deadline=arrival + config.timeout, abandon=not sync)
+        # --timeout bounds a synchronous request; a job is bounded by its client polling it (--job-abandon)
+        deadline = arrival + config.timeout if sync else None
+        job = svc.new_job(work, kind="optimize" if sync else "job", deadline=deadline, abandon=not sync)
         job.info.update(input_format=default, quality=p.quality, format=p.fmt)
         return job, fmt or default, p
 

@@ -55,8 +55,9 @@ def test_raw_body_png_and_snake_case_names_have_the_cli_bytes(server, cli, tiny_
     r = server.post_image(f"/v1/optimize?{q}", PHOTO)
     assert r.status == 200 and r.headers["content-type"] == "image/png", r.body[:300]
     out = tmp_path / "o.png"
-    c = cli("optimize", str(EXAMPLE), "-o", str(out), "--bundle", str(tiny_bundle_with_detector), "-g", "2", "-p", "6",
-            "--seed", "3", "--identity-floor", "0.5", "--latent-weight", "0.2", "--score-on", "output", "-q")  # fmt: skip
+    args = ["-g", "2", "-p", "6", "--seed", "3", "--identity-floor", "0.5", "--latent-weight", "0.2"]
+    c = cli("optimize", str(EXAMPLE), "-o", str(out), "--bundle", str(tiny_bundle_with_detector), *args, "--score-on",
+            "output", "-q")  # fmt: skip
     assert c.returncode == 0, c.stderr
     assert r.body == out.read_bytes()
     assert r.report["settings"]["weights"]["identity_floor"] == 0.5
