@@ -183,6 +183,10 @@
     img.dataset.resultId = rep.result_id;
     img.dataset.strength = String(rep.strength);
     $("shown-strength").textContent = Number(rep.strength).toFixed(2);
+    const searched = state.report ? Number(state.report.strength) : Number(rep.strength);
+    $("score-note").hidden = Number(rep.strength) === searched;
+    $("score-note").textContent = "The scores are the search's, measured at strength " + searched.toFixed(2) +
+      "; the slider re-renders the same edit without scoring it again.";
     const ext = blob.type === "image/png" ? ".png" : blob.type === "image/webp" ? ".webp" : ".jpg";
     const stem = state.file && state.file.name ? state.file.name.replace(/\.[^.]*$/, "") : "photo";
     $("download").href = state.afterUrl;
@@ -231,7 +235,7 @@
   function drawPlot(history, floor) {
     const c = $("plot");
     const ctx = c.getContext("2d");
-    const W = c.width, H = c.height, L = 56, R = 56, T = 16, B = 34;
+    const W = c.width, H = c.height, L = 56, R = 56, T = 12, B = 52;
     ctx.clearRect(0, 0, W, H);
     ctx.font = "12px system-ui, sans-serif";
     if (!history || !history.length) return;
@@ -244,16 +248,17 @@
     const pad = (s1 - s0) * 0.08; s0 -= pad; s1 += pad;
     const X = (v) => L + (W - L - R) * (v - x0) / (x1 - x0);
     const Ys = (v) => T + (H - T - B) * (1 - (v - s0) / (s1 - s0));
-    const Yi = (v) => T + (H - T - B) * (1 - v);
+    const Yi = (v) => T + (H - T - B) * (1 - v / 1.05);
     ctx.strokeStyle = "#c9d1d9"; ctx.lineWidth = 1;
     ctx.strokeRect(L, T, W - L - R, H - T - B);
     ctx.fillStyle = "#5f6b76";
+    const digits = Math.min(6, Math.max(2, Math.ceil(-Math.log10((s1 - s0) / 4)) + 1));
     for (let k = 0; k <= 4; k++) {
       const v = s0 + (s1 - s0) * k / 4, y = Ys(v);
-      ctx.fillText(v.toFixed(2), 6, y + 4);
+      ctx.fillText(v.toFixed(digits), 4, y + 4);
       ctx.fillText((k / 4).toFixed(2), W - R + 6, Yi(k / 4) + 4);
     }
-    ctx.fillText("generation", (W - L - R) / 2 + L - 28, H - 8);
+    ctx.fillText("generation", (W - L - R) / 2 + L - 28, H - B + 16);
     ctx.fillText(String(x0), L - 3, H - B + 14);
     ctx.fillText(String(x1), W - R - 10, H - B + 14);
     if (typeof floor === "number") {
@@ -267,9 +272,15 @@
     };
     line(sc, Ys, "#2f6fdb");
     if (id.length === sc.length) line(id, Yi, "#d9822b");
-    ctx.fillStyle = "#2f6fdb"; ctx.fillText("best beauty score (left)", L + 8, T + 14);
-    if (id.length === sc.length) { ctx.fillStyle = "#d9822b"; ctx.fillText("its identity (right)", L + 180, T + 14); }
-    if (typeof floor === "number") { ctx.fillStyle = "#b07a1c"; ctx.fillText("identity floor", L + 320, T + 14); }
+    const ly = H - 8;  // the legend, under the axes
+    ctx.fillStyle = "#2f6fdb"; ctx.fillRect(L, ly - 8, 14, 3); ctx.fillText("best beauty score (left axis)", L + 20, ly);
+    if (id.length === sc.length) {
+      ctx.fillStyle = "#d9822b"; ctx.fillRect(L + 230, ly - 8, 14, 3); ctx.fillText("its identity (right axis)", L + 250, ly);
+    }
+    if (typeof floor === "number") {
+      ctx.fillStyle = "#b07a1c"; ctx.fillRect(L + 430, ly - 8, 4, 3); ctx.fillRect(L + 437, ly - 8, 4, 3);
+      ctx.fillText("identity floor", L + 450, ly);
+    }
   }
 
   setStatus("idle");
