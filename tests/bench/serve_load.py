@@ -3,11 +3,13 @@
     python tests/bench/serve_load.py --bundle /tmp/demo_bundle [--seconds 30] [--clients 4] [--workers 1,2]
 
 For each worker count W it starts the real server on 127.0.0.1 (a free port, --max-queue clients - W), then:
-  1. single-photo time: the same photo through an in-process Beautifier with the server's engine threads
-     (optimize + encode, median of 3 after a warm-up) -- the work one request costs without any serving;
-  2. C = W clients for T seconds, then C = --clients for T seconds, each client posting the photo to
-     /v1/optimize in a loop: photos/s, p50/p90/p99 latency, status counts; the serving overhead check is
-     photos/s at C = W against W / single-photo time (target: >= 0.85);
+  1. three alternating rounds of: the photo through an in-process Beautifier with the server's engine threads
+     (decode + optimize + encode: the single-photo time), W such photos at once in W threads (what the cores
+     give without serving), and C = W clients posting to the server for T/3 seconds; the serving overhead
+     check is the median served photos/s at C = W against W / single-photo time (target: >= 0.85), and
+     against the in-process W-at-once rate;
+  2. C = --clients clients for T seconds posting the photo to /v1/optimize in a loop: photos/s,
+     p50/p90/p99 latency, status counts;
   3. past the queue limit, 3 rounds: clients + 3 requests at once; the excess must get 503 (none 500), the
      server must stay ready, and its RSS must stay flat over the rounds.
 Prints a markdown table and, with --json PATH, writes every number.
@@ -136,20 +138,38 @@ def burst(port: int, data: bytes, n: int) -> Counter:
     return codes
 
 
-def single_photo_seconds(bundle: Path, threads, repeats: int = 3) -> float:
-    from beautyrt.runtime.api import Beautifier, Settings, encode
-    from beautyrt.runtime.ops.imageio import load_image
+class InProcess:
+    """The same work without serving: the photo through a Beautifier in this process, with the server's engine
+    threads (decode + optimize + encode, as a worker does)."""
 
-    data = PHOTO.read_bytes()
-    with Beautifier(bundle, threads=threads) as b:
-        times = []
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            r = b.optimize(load_image(data), Settings())
-            encode(r, "JPEG", 95)
-            if i:  # the first run is the warm-up
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    def __init__(self, bundle: Path, threads):
+        from beautyrt.runtime.api import Beautifier
+
+        self.b = Beautifier(bundle, threads=threads)
+        self.data = PHOTO.read_bytes()
+        self.one()  # warm-up
+
+    def one(self) -> float:
+        from beautyrt.runtime.api import Settings, encode
+        from beautyrt.runtime.ops.imageio import load_image
+
+        t0 = time.perf_counter()
+        r = self.b.optimize(load_image(self.data), Settings())
+        encode(r, "JPEG", 95)
+        return time.perf_counter() - t0
+
+    def parallel(self, n: int) -> float:
+        """Photos/s of n photos at once in n threads sharing the Beautifier (what n workers can give)."""
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=self.one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return n / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.b.close()
 
 
 def run(bundle: Path, workers: int, clients: int, seconds: float, rounds: int, log_dir: Path) -> dict:
@@ -172,12 +192,32 @@ def run(bundle: Path, workers: int, clients: int, seconds: float, rounds: int, l
                 raise SystemExit(f"server did not start: see {log.name}")
             time.sleep(0.3)
         threads = ServeConfig(bundle=bundle, workers=workers).engine_threads
-        single = single_photo_seconds(bundle, threads)
+        ref = InProcess(bundle, threads)
+        singles, par, served, phases = [], [], [], []
+        try:  # alternate in-process and served rounds: the cores are shared, so load drifts during a run
+            for _ in range(3):
+                singles.append(ref.one())
+                par.append(ref.parallel(workers))
+                ph = closed_loop(port, data, workers, seconds / 3)
+                phases.append(ph)
+                served.append(ph["photos_per_s"])
+        finally:
+            ref.close()
+        single = statistics.median(singles)
         res: dict = {"workers": workers, "max_queue": max_queue, "engine_threads": threads, "single_photo_s": single}
-        res["at_c_eq_workers"] = closed_loop(port, data, workers, seconds)
+        res["single_photo_runs_s"] = singles
+        res["in_process_parallel_photos_per_s"] = statistics.median(par)
+        res["served_rounds_photos_per_s"] = served
+        merged = dict(phases[-1])
+        merged["photos_per_s"] = statistics.median(served)
+        merged["statuses"] = dict(sum((Counter(p["statuses"]) for p in phases), Counter()))
+        merged["loadavg_before"] = phases[0]["loadavg_before"]
+        merged["seconds"] = sum(p["seconds"] for p in phases)
+        res["at_c_eq_workers"] = merged
         ideal = workers / single
         res["ideal_photos_per_s"] = ideal
-        res["serving_efficiency"] = res["at_c_eq_workers"]["photos_per_s"] / ideal
+        res["serving_efficiency"] = merged["photos_per_s"] / ideal
+        res["serving_vs_in_process_parallel"] = merged["photos_per_s"] / res["in_process_parallel_photos_per_s"]
         if clients != workers:
             res["at_c"] = closed_loop(port, data, clients, seconds)
         ps = psutil.Process(proc.pid)
@@ -230,14 +270,16 @@ def table(results: list[dict]) -> str:
                 )
     rows += [
         "",
-        "| workers | single photo (in-process) | ideal W / single | photos/s at C = W | efficiency |",
-        "|---|---|---|---|---|",
+        "| workers | single photo in-process (median of 3) | ideal W / single | in-process, W at once |"
+        " served photos/s at C = W (median of 3 rounds) | served / ideal | served / in-process W at once |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rows.append(
             f"| {r['workers']} (engine threads {r['engine_threads'] or 'all'}) | {r['single_photo_s']:.2f} s |"
-            f" {r['ideal_photos_per_s']:.3f} | {r['at_c_eq_workers']['photos_per_s']:.3f} |"
-            f" {r['serving_efficiency']:.2f} |"
+            f" {r['ideal_photos_per_s']:.3f} | {r['in_process_parallel_photos_per_s']:.3f} |"
+            f" {r['at_c_eq_workers']['photos_per_s']:.3f} | {r['serving_efficiency']:.2f} |"
+            f" {r['serving_vs_in_process_parallel']:.2f} |"
         )
     rows += [
         "",

@@ -136,7 +136,10 @@ def test_page_upload_result_scores_and_slider(browser, server):
     m1 = server.metrics()
     gens = ("beautyrt_search_generations_total", frozenset())
     search = ("beautyrt_stage_duration_seconds_count", frozenset({"stage": "search"}.items()))
-    jobs_posted = ("beautyrt_http_requests_total", frozenset({"route": "/v1/jobs", "method": "POST", "status": "202"}.items()))  # noqa: E501
+    jobs_posted = (
+        "beautyrt_http_requests_total",
+        frozenset({"route": "/v1/jobs", "method": "POST", "status": "202"}.items()),
+    )  # noqa: E501
     assert m1[gens] == m0[gens] and m1[search] == m0[search], "the slider must not search again"
     assert m1[jobs_posted] == m0[jobs_posted]
     assert m1[("beautyrt_composes_total", frozenset())] > m0.get(("beautyrt_composes_total", frozenset()), 0)
