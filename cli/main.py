@@ -739,6 +739,96 @@ def evaluate(
         typer.echo(format_summary(rep))
 
 
+@app.command()
+@_guarded
+def serve(
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (default loopback only; 0.0.0.0 for all)."
+    ),
+    port: int = typer.Option(8000, "--port", help="TCP port (0: any free port)."),
+    workers: int = typer.Option(1, "--workers", help="Worker threads running searches, sharing one loaded bundle."),
+    max_queue: int = typer.Option(
+        8, "--max-queue", help="Requests that may wait for a worker; beyond that: 503 + Retry-After."
+    ),
+    max_upload_mb: float = typer.Option(
+        20.0, "--max-upload-mb", help="Largest request body in MiB (413 before it is read whole)."
+    ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Seconds from arrival to answer; past it the search is cancelled (504)."
+    ),
+    api_key_env: Optional[str] = typer.Option(
+        None,
+        "--api-key-env",
+        help="Name of the environment variable holding the bearer token every API request must send.",
+    ),
+    cors_origin: Optional[list[str]] = typer.Option(
+        None, "--cors-origin", help="Allow this browser origin (repeatable; * for any). Default: no CORS."
+    ),
+    results: int = typer.Option(16, "--results", help="Results kept for /v1/compose and job results (LRU)."),
+    results_mb: float = typer.Option(1024.0, "--results-mb", help="...and at most this many MiB of them."),
+    job_abandon: float = typer.Option(
+        30.0, "--job-abandon", help="A job (POST /v1/jobs) nobody polls for this many seconds is cancelled."
+    ),
+    shutdown_grace: float = typer.Option(
+        10.0, "--shutdown-grace", help="On SIGTERM, seconds running searches get to finish before they are cancelled."
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Intra-op threads per engine call (default: cores / workers)."
+    ),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (as optimize)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+):
+    """Serve the HTTP API and the web page (needs the serve extra: pip install 'beautyrt\\[serve]')."""
+    _setup_logging(verbose)
+    import importlib.util
+
+    missing = [
+        m
+        for m in ("fastapi", "uvicorn", "python_multipart", "prometheus_client")
+        if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        from beautyrt.engines.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"`beautyrt serve` needs the serve extra ({', '.join(missing)} missing): pip install 'beautyrt[serve]'"
+        )
+    from beautyrt.runtime.api import Beautifier
+    from beautyrt.runtime.serve.config import ServeConfig
+    from beautyrt.runtime.serve.run import serve as run_server
+
+    config = ServeConfig(
+        bundle=_bundle_arg(bundle),
+        host=host,
+        port=port,
+        workers=workers,
+        max_queue=max_queue,
+        max_upload_mb=max_upload_mb,
+        timeout=timeout,
+        api_key_env=api_key_env,
+        cors_origins=tuple(cors_origin or ()),
+        results=results,
+        results_mb=results_mb,
+        shutdown_grace=shutdown_grace,
+        job_abandon_s=job_abandon,
+        threads=threads,
+        backend=backend,
+        device=device,
+    ).validate()
+    # load before listening: a bad bundle is the usual one-line error and exit code, and no port is opened
+    beautifier = Beautifier(config.bundle, backend=backend, device=device, threads=config.engine_threads)
+    try:
+        code = run_server(config, beautifier, log_level="debug" if verbose else "info")
+    finally:
+        beautifier.close()
+    if code:
+        raise typer.Exit(code)
+
+
 def _click_exceptions():
     """The click exception module typer uses (typer >= 0.2x vendors click as ``typer._click``)."""
     try:

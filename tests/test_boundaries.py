@@ -76,3 +76,46 @@ def test_every_source_package_ships_in_the_wheel():
             assert name in listed, f"{name} ({init.parent.relative_to(REPO)}) is not in pyproject's packages"
     data = cfg.get("package-data", {}).get("beautyrt.export", [])
     assert "demo_pack/*" in data, "the demo pack's weights must be package data of beautyrt.export"
+
+
+SERVE_ONLY = {"fastapi", "starlette", "uvicorn", "prometheus_client", "python_multipart", "multipart", "anyio"}
+
+
+@pytest.mark.parametrize("folder", ["runtime", "engines", "cli"])
+def test_the_serve_extra_is_imported_only_by_runtime_serve(folder):
+    """The base install stays lean: the web stack is imported by runtime/serve/ alone (and there not by errors.py
+    and config.py, which the CLI and the docs test import without the extra)."""
+    serve = REPO / "runtime" / "serve"
+    lean = {serve / "errors.py", serve / "config.py", serve / "__init__.py"}
+    bad = [
+        str(p.relative_to(REPO))
+        for p in _py(folder)
+        if _imports(p) & SERVE_ONLY and (serve not in p.parents or p in lean)
+    ]
+    assert not bad, f"the serve extra imported outside runtime/serve: {bad}"
+
+
+def test_importing_the_api_and_cli_loads_no_web_stack():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, beautyrt.runtime.api, beautyrt.cli.main, beautyrt.runtime.serve.errors, "
+        "beautyrt.runtime.serve.config; print(sorted(m for m in " + repr(sorted(SERVE_ONLY)) + " if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_the_page_ships_in_the_wheel():
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "static/*" in cfg["package-data"].get("beautyrt.runtime.serve", [])
+    for name in ("index.html", "app.js", "style.css"):
+        assert (REPO / "runtime" / "serve" / "static" / name).is_file(), name
+    page = (REPO / "runtime" / "serve" / "static" / "index.html").read_text()
+    js = (REPO / "runtime" / "serve" / "static" / "app.js").read_text()
+    for text in (page, js):  # works offline: nothing is loaded from another host
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text

@@ -13,6 +13,7 @@ def _error_classes():
     import beautyrt.engines.errors as ee
     import beautyrt.export.errors  # noqa: F401 - registers its subclasses
     import beautyrt.runtime.errors  # noqa: F401
+    import beautyrt.runtime.serve.errors  # noqa: F401 - the service's own (80..89)
 
     seen, todo = [], [ee.BeautyrtError]
     while todo:
