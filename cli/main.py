@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -79,10 +80,13 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
 class _Progress:
     """Progress on stderr: one updating line on a terminal, a few plain lines otherwise."""
 
-    def __init__(self, label: str, enabled: bool = True):
-        self.label, self.enabled = label, enabled
+    def __init__(self, label: str, enabled: bool = True, every_step: bool = False):
+        # every_step: a line per step off a terminal too, with the time so far (export: few, long steps)
+        self.label, self.enabled, self.every_step = label, enabled, every_step
         self.tty = sys.stderr.isatty()
         self._last = -1
+        self._last_extra = ""
+        self._t0 = time.monotonic()
 
     def __call__(self, i: int, n: int, extra: str = "") -> None:
         if not self.enabled or n <= 0:
@@ -94,9 +98,13 @@ class _Progress:
             if i >= n:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-        elif pct // 25 != self._last // 25 or i >= n:
+        elif self.every_step and (extra != self._last_extra or i >= n):
+            sys.stderr.write(f"{self.label}: {i}/{n} {extra} ({time.monotonic() - self._t0:.0f} s)\n")
+            sys.stderr.flush()
+        elif not self.every_step and (pct // 25 != self._last // 25 or i >= n):
             sys.stderr.write(f"{self.label}: {i}/{n} {extra}\n")
             sys.stderr.flush()
+        self._last_extra = extra
         self._last = pct
 
 
@@ -387,7 +395,7 @@ def export_cmd(
         require_tensorrt()  # fail before minutes of ONNX export
     from beautyrt.export.api import export_checkpoints, export_preset
 
-    prog = _Progress("export")
+    prog = _Progress("export", every_step=True)
     progress = lambda msg, i, n: prog(i, n, msg)  # noqa: E731
     ident = str(identity) if identity is not None else None
     dlib_ident = ident is not None and (ident == "dlib" or ident.lower().endswith(".dat"))  # same network either way

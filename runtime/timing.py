@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -35,3 +36,14 @@ def percentiles(samples: Iterable[float], qs=(50, 90, 99)) -> dict[str, float]:
     if a.size == 0:
         return {f"p{q}": float("nan") for q in qs}
     return {f"p{q}": float(np.percentile(a, q)) for q in qs}
+
+
+def peak_rss_bytes() -> Optional[int]:
+    """This process's peak resident set size so far (getrusage; Linux reports KiB, macOS bytes); None where the
+    OS has no getrusage. Monotonic: read it after the work whose peak it should cover."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024

@@ -21,7 +21,7 @@ import numpy as np
 from ..beautifier import Beautifier
 from ..ops.imaging import to_uint8
 from ..settings import Settings
-from ..timing import percentiles
+from ..timing import peak_rss_bytes, percentiles
 
 log = logging.getLogger("beautyrt")
 
@@ -99,6 +99,7 @@ def run_bench(
             "per_candidate_s": {str(k): v for k, v in per_cand.items()},
             "batching_speedup": per_cand[1] / per_cand[popsize] if popsize != 1 else 1.0,
             "batching_speedup_by_lambda": {str(k): per_cand[1] / v for k, v in per_cand.items()},
+            "peak_rss_bytes": peak_rss_bytes(),  # the whole process: bundle loaded, warm-up, every timed run
         }
     return res
 
@@ -127,5 +128,7 @@ def format_table(res: dict) -> str:
         + ", ".join(f"λ={k}: {v:.2f}x" for k, v in res["batching_speedup_by_lambda"].items())
         + ")"
     )
+    if res.get("peak_rss_bytes"):
+        lines.append(f"peak RSS: {res['peak_rss_bytes'] / 2**30:.2f} GiB (bundle loaded, all runs)")
     lines.append(f"load average before/after: {res['machine']['loadavg_before']} / {res['machine']['loadavg_after']}")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from torch_reference import TorchReference  # noqa: E402
 
 from beautyrt.runtime.api import Beautifier, Settings  # noqa: E402
 from beautyrt.runtime.ops.imaging import to_uint8  # noqa: E402
+from beautyrt.runtime.timing import peak_rss_bytes  # noqa: E402
 
 STAGES = ("detect", "align", "encode", "score_start", "search", "synthesize", "compose", "total")
 
@@ -61,7 +62,6 @@ def run_vs_torch(
 
     load_before = _load_avg()
     b = Beautifier(bundle, device=device, threads=threads)
-    ref = TorchReference(bundle, threads=torch_threads or threads, score_resolution=torch_score_resolution)
     try:
         aligned = image is None or not b.has_detector
         if aligned:
@@ -74,6 +74,9 @@ def run_vs_torch(
         s = Settings(generations=generations, popsize=popsize, space=space)
         warm = Settings(generations=1, popsize=popsize, space=space)
         b.optimize(inp, warm, aligned=aligned)
+        # beautyrt's own peak (bundle loaded + one run at this λ), read before the torch side exists
+        rss_beautyrt = peak_rss_bytes()
+        ref = TorchReference(bundle, threads=torch_threads or threads, score_resolution=torch_score_resolution)
         ref.optimize(inp, warm, aligned=aligned)
         t = {"beautyrt": {k: [] for k in STAGES}, "torch": {k: [] for k in STAGES}}
         cands = {"beautyrt": [], "torch": []}
@@ -138,6 +141,7 @@ def run_vs_torch(
             "search_speedup": ratio.get("search"),
             "candidates_speedup": float(np.median(cands["beautyrt"]) / np.median(cands["torch"])),
             "agreement": agree,
+            "peak_rss_bytes": {"beautyrt": rss_beautyrt, "process": peak_rss_bytes()},
         }
     finally:
         b.close()
@@ -165,6 +169,12 @@ def format_vs(res: dict) -> str:
     o = res["search_overhead_fraction"]
     lines.append(f"search overhead: beautyrt {100 * o['beautyrt']:.1f}%, torch {100 * o['torch']:.1f}% of a generation")
     lines.append(f"speedup (torch total / beautyrt total): {res['speedup']:.2f}x")
+    rss = res.get("peak_rss_bytes") or {}
+    if rss.get("beautyrt"):
+        lines.append(
+            f"peak RSS: beautyrt {rss['beautyrt'] / 2**30:.2f} GiB (bundle loaded + one run, before torch loads), "
+            f"process {rss['process'] / 2**30:.2f} GiB (both sides)"
+        )
     return "\n".join(lines)
 
 

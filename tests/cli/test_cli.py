@@ -224,6 +224,9 @@ def test_bench_json(cli, tiny_bundle):
     for stage in ("generation", "scorer_call", "invert", "synthesize"):
         assert set(res["stages"][stage]) == {"p50", "p90", "p99"}
         assert res["stages"][stage]["p50"] <= res["stages"][stage]["p99"]
+    # the process held the bundle's models in memory: its peak RSS is at least their size
+    model_bytes = sum(p.stat().st_size for p in tiny_bundle.glob("*.onnx"))
+    assert res["peak_rss_bytes"] >= model_bytes + 20 * 2**20
 
 
 def test_doctor(cli, tiny_bundle, tmp_path):
