@@ -461,6 +461,11 @@ def bench(
         "--torch-threads",
         help="With --vs-torch: torch threads of the reference (default: --threads; 1 is often faster on busy cores).",
     ),
+    engine_batch: Optional[int] = typer.Option(
+        None,
+        "--engine-batch",
+        help="Candidates per backend call of the image-sized engines (default: by resolution and device; 2 at 1024 px on a CPU).",
+    ),
 ):
     """Per-stage latency (p50/p90/p99) and candidates/s of the search loop on a bundle."""
     _setup_logging(verbose, as_json)
@@ -475,6 +480,7 @@ def bench(
             threads=threads,
             device=device if device != "auto" else "cpu",
             torch_threads=torch_threads,
+            engine_batch=engine_batch,
         )
         sys.stdout.write(json.dumps(res, indent=1) + "\n") if as_json else typer.echo(vs.format_vs(res))
         return
@@ -488,6 +494,7 @@ def bench(
         device=device,
         threads=threads,
         backend=backend,
+        engine_batch=engine_batch,
     )
     if as_json:
         sys.stdout.write(json.dumps(res, indent=1) + "\n")

@@ -85,6 +85,9 @@ class Engine(abc.ABC):
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch: int | None = None
+    # the largest batch handed to the backend in one go: a larger batch is run in chunks of this size, one after
+    # another, and the outputs joined (same results; bounds the activation memory of large models on a CPU)
+    chunk: int | None = None
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         want = {s.name for s in self.inputs}
@@ -99,7 +102,14 @@ class Engine(abc.ABC):
         spec (dtype, rank, fixed dims, and symbolic dims bound by the inputs: an output ``batch`` is the
         inputs' ``batch``)."""
         self.check_feeds(feeds)
-        out = self._run(feeds)
+        if (
+            self.chunk is not None
+            and all(s.shape and isinstance(s.shape[0], str) for s in self.inputs)
+            and next(iter(feeds.values())).shape[0] > self.chunk
+        ):
+            out = run_in_batches(feeds, 1, self.chunk, self._run)
+        else:
+            out = self._run(feeds)
         self.check_outputs(feeds, out)
         return out
 

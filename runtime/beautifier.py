@@ -50,9 +50,19 @@ class Beautifier:
         device_id: int = 0,
         threads: Optional[int] = None,
         cache_dir: Optional[str | Path] = None,
+        engine_batch: Optional[int] = None,
     ):
+        """``engine_batch``: candidates per backend call of the image-sized engines (a generation's λ
+        candidates are still one engine call, run in chunks of this size); default: by the generator's
+        resolution and the device (all of λ=16 up to 256 px on a CPU, 2 at a time at 1024 px)."""
         self.models = Models(
-            bundle, backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir
+            bundle,
+            backend=backend,
+            device=device,
+            device_id=device_id,
+            threads=threads,
+            cache_dir=cache_dir,
+            engine_batch=engine_batch,
         )
         g = self.models.generator
         self.manifest = self.models.manifest

@@ -24,6 +24,7 @@ from beautyrt.engines.backends import canonical as canonical_backend
 from beautyrt.engines.backends.ort import check_device
 from beautyrt.engines.base import check_threads
 from beautyrt.engines.errors import BundleSchemaError, EngineRuntimeError, UsageError
+from beautyrt.engines.files import printable
 from beautyrt.engines.manifest import Manifest
 
 from .ops.imaging import normalise_unit
@@ -32,6 +33,10 @@ log = logging.getLogger("beautyrt")
 
 REQUIRED_ROLES = ("encoder", "scorer", "synthesis")
 DETECTOR_ROLES = ("detector_pnet", "detector_rnet", "detector_onet")
+# roles whose per-candidate work is a generator-sized image: their batches are chunked (Models._set_chunks)
+IMAGE_ROLES = ("synthesis", "scorer", "crop_scorer", "beauty", "identity")
+CPU_CHUNK_PIXELS = 2 * 1024 * 1024  # 2 candidates at 1024 px, 8 at 512, 32 at 256, 512 at 64 per call
+GPU_CHUNK_PIXELS = 16 * 1024 * 1024
 DIRECTION_ROLE = "beauty_direction"
 PRIOR_ROLE = "search_prior"  # the mean successful edit in W (units of w_std): where --start prior begins
 REBUILD = "rebuild it with `beautyrt export --out DIR`"
@@ -238,12 +243,17 @@ class Models:
         device_id: int = 0,
         threads: Optional[int] = None,
         cache_dir: Optional[str | Path] = None,
+        engine_batch: Optional[int] = None,
     ):
         t0 = time.perf_counter()
         canonical_backend(backend)  # cheap argument checks before the bundle is read
         check_device(device)
         if threads is not None:
             threads = check_threads(threads)
+        if engine_batch is not None and (
+            isinstance(engine_batch, bool) or not isinstance(engine_batch, int) or not 1 <= engine_batch <= 4096
+        ):
+            raise UsageError(f"engine-batch must be an integer in 1..4096, got {printable(repr(engine_batch))}")
         if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id < 1024:
             raise UsageError(f"device_id must be an integer in 0..1023, got {device_id!r}")
         self.manifest = m = load_manifest(bundle)
@@ -264,6 +274,7 @@ class Models:
         self.engines: dict[str, Engine] = open_engines(
             m, roles, backend=backend, device=device, device_id=device_id, threads=threads, cache_dir=cache_dir
         )
+        self.engine_batch = self._set_chunks(engine_batch)
         if has_detector:
             from .ops.mtcnn import MTCNNDetector
 
@@ -278,6 +289,22 @@ class Models:
                 f"{k}: {getattr(e, 'providers', [getattr(e, 'backend', '?')])[0]}" for k, e in self.engines.items()
             ),
         )
+
+    def _set_chunks(self, engine_batch: Optional[int]) -> int:
+        """How many candidates the image-sized roles (synthesis, scorer, crop_scorer) run per backend call:
+        ``engine_batch``, else as many as keep their generator images within CPU_CHUNK_PIXELS on a CPU
+        (GPU_CHUNK_PIXELS on a GPU). A 1024 px generator at λ=16 holds ~17 GiB of activations in one
+        onnxruntime call on a CPU, and one candidate at a time is no slower there (memory-bound); up to 256 px
+        a λ=16 generation stays one call."""
+        if engine_batch is None:
+            eng = self.engines["synthesis"]
+            on_cpu = getattr(eng, "providers", ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
+            budget = CPU_CHUNK_PIXELS if on_cpu else GPU_CHUNK_PIXELS
+            engine_batch = max(1, budget // (self.resolution * self.resolution))
+        for role in IMAGE_ROLES:
+            if role in self.engines:
+                self.engines[role].chunk = engine_batch
+        return engine_batch
 
     def _image_model_norms(self) -> dict:
         """{"beauty": norm, "identity": norm} when both standalone models take the generator's FFHQ crop

@@ -37,9 +37,10 @@ def run_bench(
     space: str = "w",
     backend: str = "auto",
     batch_sizes: tuple[int, ...] = (1, 4, 16),
+    engine_batch: Optional[int] = None,
 ) -> dict:
     load_before = _loadavg()
-    with Beautifier(bundle, device=device, threads=threads, backend=backend) as b:
+    with Beautifier(bundle, device=device, threads=threads, backend=backend, engine_batch=engine_batch) as b:
         w_avg = np.broadcast_to(b.w_avg, (1, b.num_ws, b.w_dim)).astype(np.float32)
         crop = to_uint8(b.models.synthesize(w_avg)[0])
         settings = Settings(generations=generations, popsize=popsize, space=space)
@@ -85,6 +86,7 @@ def run_bench(
                 "loadavg_after": _loadavg(),
             },
             "popsize": popsize,
+            "engine_batch": b.models.engine_batch,
             "generations": generations,
             "repeats": repeats,
             "space": space,
@@ -116,7 +118,7 @@ def format_table(res: dict) -> str:
     lines = [
         f"bundle {res['bundle']} ({res['resolution']} px, scored at {res['score_resolution']} px) on "
         f"{res['providers'][0] if res['providers'] else '?'}, λ={res['popsize']}, "
-        f"{res['generations']} gens x {res['repeats']}",
+        f"{res['generations']} gens x {res['repeats']}, engine batch {res['engine_batch']}",
         f"{'stage':<18}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}",
     ]
     for k, v in res["stages"].items():

@@ -57,11 +57,12 @@ def run_vs_torch(
     device: str = "cpu",
     torch_score_resolution: Optional[int] = None,
     torch_threads: Optional[int] = None,
+    engine_batch: Optional[int] = None,
 ) -> dict:
     import torch
 
     load_before = _load_avg()
-    b = Beautifier(bundle, device=device, threads=threads)
+    b = Beautifier(bundle, device=device, threads=threads, engine_batch=engine_batch)
     try:
         aligned = image is None or not b.has_detector
         if aligned:
@@ -130,6 +131,7 @@ def run_vs_torch(
                 "loadavg_after": _load_avg(),
             },
             "popsize": popsize,
+            "engine_batch": b.models.engine_batch,
             "generations": generations,
             "repeats": repeats,
             "space": space,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from beautyrt.engines.errors import BundleSchemaError
@@ -36,3 +37,25 @@ def test_generator_record_and_role_shapes_are_checked(bundle_copy, edit, match):
     edit_manifest(bundle_copy, edit)
     with pytest.raises(BundleSchemaError, match=match):
         Models(bundle_copy, device="cpu")
+
+
+def test_engine_batch_chunks_the_image_roles_and_keeps_the_result(tiny_bundle, face_crop):
+    """Beautifier(engine_batch=N): the image-sized engines run N candidates per backend call; the search's
+    outcome is the same as with whole generations (same candidates, outputs equal to float noise)."""
+    from beautyrt.engines.errors import UsageError
+    from beautyrt.runtime.api import Beautifier, Settings
+    from beautyrt.runtime.bundle import CPU_CHUNK_PIXELS
+
+    s = Settings(generations=3, popsize=6, seed=1)
+    with Beautifier(tiny_bundle, device="cpu", threads=1) as b:
+        assert b.models.engine_batch == CPU_CHUNK_PIXELS // (b.resolution * b.resolution)  # auto on a CPU
+        whole = b.optimize(face_crop, s, aligned=True)
+    with Beautifier(tiny_bundle, device="cpu", threads=1, engine_batch=4) as b:
+        assert all(b.engines[r].chunk == 4 for r in ("synthesis", "scorer") if r in b.engines)
+        assert b.engines["encoder"].chunk is None
+        chunked = b.optimize(face_crop, s, aligned=True)
+    assert abs(chunked.score_after - whole.score_after) < 1e-4
+    np.testing.assert_allclose(chunked.w_best, whole.w_best, atol=1e-4)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(UsageError, match="engine-batch"):
+            Beautifier(tiny_bundle, engine_batch=bad)
