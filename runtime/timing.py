@@ -39,8 +39,17 @@ def percentiles(samples: Iterable[float], qs=(50, 90, 99)) -> dict[str, float]:
 
 
 def peak_rss_bytes() -> Optional[int]:
-    """This process's peak resident set size so far (getrusage; Linux reports KiB, macOS bytes); None where the
-    OS has no getrusage. Monotonic: read it after the work whose peak it should cover."""
+    """This process's peak resident set size so far, in bytes; None where the OS tells neither. Linux: VmHWM of
+    /proc/self/status (the peak of this program's own memory; getrusage's ru_maxrss also carries over the
+    peak of whatever process exec'd it, e.g. a large parent that forked). Elsewhere getrusage (macOS bytes).
+    Monotonic: read it after the work whose peak it should cover."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
