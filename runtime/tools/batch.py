@@ -8,8 +8,8 @@ two inputs of the same file name in different folders, and never outside OUT_DIR
 atomically (``api.optimize_file``: temporary file renamed into place, the CLI's exact encoding). ``results.jsonl``
 in OUT_DIR has one JSON line per photo (see :func:`record`); a line is appended with one ``write`` + ``fsync``
 after the output's rename, so after a crash (even SIGKILL) every recorded output is complete. A re-run first
-rewrites ``results.jsonl`` atomically keeping the last complete line per photo (a torn last line is dropped),
-then skips every photo whose output exists and whose record says done with the same bundle hash and settings
+rewrites ``results.jsonl`` atomically keeping the last complete line of each photo it will not redo (a torn
+last line is dropped), so the file never holds two lines for one photo; then it skips every photo whose output exists and whose record says done with the same bundle hash and settings
 hash, and redoes the rest. A failing photo is recorded (error code, kind, message) and never stops the job.
 
 Executors: :class:`LocalPool` (a process pool on this machine, each worker process loads the bundle once) and
@@ -373,7 +373,10 @@ def run_batch(
             skipped += 1
         else:
             todo.append(t)
-    results = ResultsLog(out / RESULTS, old)
+    redo = {t.key for t in todo}
+    # the photos to (re)do lose their old line now: each gets exactly one new line, so the file never holds
+    # two lines for one photo, even if this run is killed half-way
+    results = ResultsLog(out / RESULTS, {k: r for k, r in old.items() if k not in redo})
     failed: Counter = Counter()
     done = 0
     t0 = time.perf_counter()
