@@ -20,8 +20,9 @@ from typing import Any, Optional
 
 from ray import serve
 
-from beautyrt.engines.errors import BeautyrtError, UsageError
+from beautyrt.engines.errors import UsageError
 
+from ..errors import ClusterError
 from ..serve.config import ServeConfig
 from .common import bundle_for_nodes, connect, open_verified, require_ray
 
@@ -251,7 +252,7 @@ def serve_on_ray(
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as e:  # a replica could not start (bad bundle on a node, too few resources, ...)
-            raise BeautyrtError(
+            raise ClusterError(
                 f"deploying on Ray failed: {' '.join(str(e).split())[:500]} (the replicas' logs under the cluster's "
                 "session folder, logs/serve/, say why)"
             ) from e

@@ -9,8 +9,9 @@ atomically (``api.optimize_file``: temporary file renamed into place, the CLI's 
 in OUT_DIR has one JSON line per photo (see :func:`record`); a line is appended with one ``write`` + ``fsync``
 after the output's rename, so after a crash (even SIGKILL) every recorded output is complete. A re-run first
 rewrites ``results.jsonl`` atomically keeping the last complete line of each photo it will not redo (a torn
-last line is dropped), so the file never holds two lines for one photo; then it skips every photo whose output exists and whose record says done with the same bundle hash and settings
-hash, and redoes the rest. A failing photo is recorded (error code, kind, message) and never stops the job.
+last line is dropped), so the file never holds two lines for one photo; then it skips every photo whose output
+exists and whose record says done with the same bundle hash and settings hash, and redoes the rest.
+A failing photo is recorded (error code, kind, message) and never stops the job.
 
 Executors: :class:`LocalPool` (a process pool on this machine, each worker process loads the bundle once) and
 ``beautyrt.runtime.scale.batch_ray.RayExecutor`` (Ray Data ``map_batches`` over an actor pool).
@@ -36,7 +37,7 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol
 from beautyrt.engines.errors import BeautyrtError, UsageError
 from beautyrt.engines.files import printable
 
-from ..errors import InputImageError
+from ..errors import ClusterError, InputImageError
 from ..settings import Settings
 
 log = logging.getLogger("beautyrt")
@@ -282,9 +283,7 @@ class LocalPool:
                 for f in cf.as_completed(futs):
                     yield f.result()
             except cf.process.BrokenProcessPool as e:
-                from beautyrt.engines.errors import BeautyrtError as _E
-
-                raise _E(f"a batch worker process died ({e}); re-run the same command to resume") from e
+                raise ClusterError(f"a batch worker process died ({e}); re-run the same command to resume") from e
             finally:
                 for f in futs:
                     f.cancel()
