@@ -1,5 +1,5 @@
 """Photos for the batch tests (aligned crops of the example photo, distinct bytes, two folders with the same file
-names) and, for the Ray tests, one real local Ray cluster per test session on this machine."""
+names) and, for the Ray tests, one real local Ray cluster per test module on this machine (stopped after it)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run_beautyrt(*args: str, timeout: int = 300, **kw) -> subprocess.CompletedPr
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
     """A real local Ray cluster (2 logical CPUs per core here: 4; small object store; no dashboard) started in
     this process; the CLI under test joins it with ``--address``. Yields the cluster's address."""
