@@ -756,6 +756,104 @@ def evaluate(
 
 @app.command()
 @_guarded
+def batch(
+    input: Path = typer.Argument(
+        ..., help="A folder of photos, a text file of paths (one a line) or a CSV with a path column."
+    ),
+    out_dir: Path = typer.Argument(..., help="Folder for the outputs and results.jsonl (created if missing)."),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", "-j", help="Worker processes (local) or Ray actors (--ray); each loads the bundle once."
+    ),
+    use_ray: bool = typer.Option(
+        False, "--ray", help="Run on Ray Data (needs the ray extra): an actor pool of Beautifiers."
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="With --ray: auto | HOST:PORT | ray://HOST:PORT of a running cluster (default: start one here).",
+    ),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="With --ray: CPUs each actor reserves."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="With --ray: GPUs each actor reserves."),
+    ship_bundle: bool = typer.Option(
+        False,
+        "--ship-bundle",
+        help="With --ray: ship the bundle to every node with the job (else its path must be the same bundle on every node).",
+    ),
+    generations: Optional[int] = typer.Option(
+        None, "--generations", "-g", help="Search generations (default: the bundle's recommendation)."
+    ),
+    popsize: Optional[int] = typer.Option(
+        None, "--popsize", "-p", help="Candidates per generation (default: the bundle's recommendation)."
+    ),
+    seed: int = typer.Option(_D.seed, "--seed", help="Search seed (as optimize)."),
+    strength: float = typer.Option(
+        _D.strength, "--strength", help=f"Scale of the edit, {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g}."
+    ),
+    space: str = typer.Option(_D.space, "--space", help=f"Search space: {' | '.join(SPACES)}."),
+    strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", help=f"Search strategy: {' | '.join(STRATEGIES)}."),
+    mode: str = typer.Option(_D.output_mode, "--mode", help=f"{' | '.join(OUTPUT_MODES)} (as optimize)."),
+    score_on: str = typer.Option(_D.score_on, "--score-on", help=f"{' | '.join(SCORE_ON)} (as optimize)."),
+    transfer: str = typer.Option(_D.transfer, "--transfer", help="detail | luma | rgb (as optimize)."),
+    face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest)."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="Edit every detected face."),
+    aligned: bool = typer.Option(False, "--aligned", help="The inputs are aligned square face crops."),
+    quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality 1..100."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Intra-op threads per worker (default: cores / workers locally, CPUs per actor on Ray)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+):
+    """Beautify every photo INPUT names into OUT_DIR, resumably (results.jsonl: one line per photo)."""
+    _setup_logging(verbose, quiet or as_json)
+    from beautyrt.runtime import api
+    from beautyrt.runtime.tools import batch as B
+
+    settings = api.Settings(
+        generations=generations,
+        popsize=popsize,
+        seed=seed,
+        space=space,
+        output_mode=mode,
+        face=face,
+        all_faces=all_faces,
+        score_on=score_on,
+        transfer=transfer,
+        strength=strength,
+        strategy=strategy,
+    ).validate()
+    from beautyrt.engines.errors import UsageError
+
+    if threads is not None and not 1 <= threads <= 1024:
+        raise UsageError(f"--threads must be 1..1024, got {threads}")
+    spec = B.BatchSpec(
+        bundle=str(_bundle_arg(bundle)), settings=settings.to_dict(), aligned=aligned, quality=quality, threads=threads
+    )
+    if use_ray:
+        from beautyrt.runtime.scale.batch_ray import RayExecutor
+
+        executor: object = RayExecutor(address, workers, cpus_per_worker, gpus_per_worker, ship_bundle)
+    else:
+        if address is not None or ship_bundle:
+            raise UsageError("--address and --ship-bundle need --ray")
+        executor = B.LocalPool(workers)
+    inputs = B.list_inputs(input)
+    prog = _Progress("batch", enabled=not (quiet or as_json))
+    summary = B.run_batch(inputs, out_dir, spec, executor, progress=prog)  # type: ignore[arg-type]
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+    else:
+        typer.echo(f"{printable(out_dir)}: {summary.line()}", err=True)
+    if summary.failed:
+        raise typer.Exit(3)
+
+
+@app.command()
+@_guarded
 def serve(
     bundle: Optional[Path] = typer.Option(
         None, "--bundle", help=f"Bundle directory. Default: ${ENV_BUNDLE} or ~/.cache/beautyrt/default."
@@ -795,9 +893,30 @@ def serve(
     ),
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | tensorrt (as optimize)."),
+    use_ray: bool = typer.Option(
+        False, "--ray", help="Deploy the same app on Ray Serve (needs the ray extra), one Beautifier per replica."
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="With --ray: auto | HOST:PORT | ray://HOST:PORT of a running cluster (default: start one here).",
+    ),
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", help="With --ray: a fixed number of replicas (default 1)."
+    ),
+    autoscale: Optional[str] = typer.Option(
+        None, "--autoscale", help="With --ray: MIN:MAX replicas, scaled by Serve on the requests in flight."
+    ),
+    cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", help="With --ray: CPUs each replica reserves."),
+    gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", help="With --ray: GPUs each replica reserves."),
+    ship_bundle: bool = typer.Option(
+        False,
+        "--ship-bundle",
+        help="With --ray: ship the bundle to every node with the app (else its path must hold the same bundle on every node).",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ):
-    """Serve the HTTP API and the web page (needs the serve extra: pip install 'beautyrt\\[serve]')."""
+    """Serve the HTTP API and the web page (needs the serve extra: pip install 'beautyrt\\[serve]'; --ray: the ray extra)."""
     _setup_logging(verbose)
     import importlib.util
 
@@ -834,6 +953,28 @@ def serve(
         backend=backend,
         device=device,
     ).validate()
+    if use_ray:
+        from beautyrt.runtime.scale.common import require_ray
+
+        require_ray("ray.serve")
+        from beautyrt.runtime.scale.serve_ray import serve_on_ray
+
+        code = serve_on_ray(
+            config,
+            address=address,
+            replicas=replicas,
+            autoscale=autoscale,
+            cpus_per_replica=cpus_per_replica,
+            gpus_per_replica=gpus_per_replica,
+            ship_bundle=ship_bundle,
+        )
+        if code:
+            raise typer.Exit(code)
+        return
+    if address is not None or replicas is not None or autoscale is not None or ship_bundle:
+        from beautyrt.engines.errors import UsageError
+
+        raise UsageError("--address, --replicas, --autoscale and --ship-bundle need --ray")
     # load before listening: a bad bundle is the usual one-line error and exit code, and no port is opened
     beautifier = Beautifier(config.bundle, backend=backend, device=device, threads=config.engine_threads)
     try:

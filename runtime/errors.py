@@ -47,3 +47,9 @@ class Cancelled(BeautyrtError):
     """The caller stopped the work (a cancel check said so: client gone, deadline passed, shutdown)."""
 
     exit_code = 60
+
+
+class ClusterError(BeautyrtError):
+    """The Ray path failed as a whole: a deployment whose replicas cannot start, a batch worker that died."""
+
+    exit_code = 90

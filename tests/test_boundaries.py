@@ -119,3 +119,33 @@ def test_the_page_ships_in_the_wheel():
     js = (REPO / "runtime" / "serve" / "static" / "app.js").read_text()
     for text in (page, js):  # works offline: nothing is loaded from another host
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+@pytest.mark.parametrize("folder", ["runtime", "engines", "cli"])
+def test_ray_is_imported_only_by_runtime_scale(folder):
+    """The ray extra: imported at module level by runtime/scale/serve_ray.py and batch_ray.py alone (common.py,
+    which the batch command's local path imports, imports ray only inside functions)."""
+    scale = REPO / "runtime" / "scale"
+    allowed = {scale / "serve_ray.py", scale / "batch_ray.py"}
+    bad = []
+    for p in _py(folder):
+        tree = ast.parse(p.read_text())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        mods = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        if "ray" in mods and p not in allowed:
+            bad.append(str(p.relative_to(REPO)))
+    assert not bad, f"ray imported at module level outside runtime/scale's Ray modules: {bad}"
+
+
+def test_importing_the_cli_and_the_batch_job_loads_no_ray():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, beautyrt.cli.main, beautyrt.runtime.tools.batch, beautyrt.runtime.scale.common; "
+        "print('ray' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False", r.stdout
