@@ -698,6 +698,12 @@ def evaluate(
     sheet: Optional[Path] = typer.Option(
         None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."
     ),
+    judge: Optional[Path] = typer.Option(
+        None,
+        "--judge",
+        help="Another bundle whose crop_scorer (a regressor on networks the search did not use) also scores the "
+        "delivered photos and the baselines: the cross-network check.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
@@ -733,6 +739,7 @@ def evaluate(
         threads=threads,
         backend=backend,
         progress=lambda i, n: prog(i, n),
+        judge=judge,
     )
     if as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")

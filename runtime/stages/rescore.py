@@ -42,23 +42,30 @@ def match_face(faces: list[Face], box) -> Optional[Face]:
     return best if best is not None and box_iou(best.box, box) >= MIN_IOU else None
 
 
+def delivered_crop(models: Models, image: np.ndarray, face: FaceEdit, min_face: float) -> Optional[tuple]:
+    """(crop, how) of ``face`` in the delivered photo ``image``: re-detected and re-aligned (the output crop itself
+    for an aligned input); None when the face is not detected again."""
+    R = models.resolution
+    out_photo = Photo(np.ascontiguousarray(image))
+    if face.aligned.face is None:  # aligned input: the output is the delivered crop
+        return align_stage.aligned_input(out_photo, R).crop, "output crop (aligned input)"
+    match = match_face(detect_stage.detect(models, out_photo, min_face), face.aligned.face.box)
+    if match is None:
+        return None
+    return align_stage.align(out_photo, match, R).crop, "re-detected and re-aligned"
+
+
 def rescore(models: Models, image: np.ndarray, face: FaceEdit, min_face: float) -> Optional[dict]:
     """The delivered photo's numbers for ``face`` (None when the bundle cannot score crops)."""
     if not models.can_score_crops:
         return None
     t0 = time.perf_counter()
     R = models.resolution
-    out_photo = Photo(np.ascontiguousarray(image))
-    if face.aligned.face is None:  # aligned input: the output is the delivered crop
-        crop = align_stage.aligned_input(out_photo, R).crop
-        how = "output crop (aligned input)"
-    else:
-        match = match_face(detect_stage.detect(models, out_photo, min_face), face.aligned.face.box)
-        if match is None:
-            log.warning("delivered photo: the edited face was not detected again; no delivered score")
-            return {"detected": False, "seconds": time.perf_counter() - t0}
-        crop = align_stage.align(out_photo, match, R).crop
-        how = "re-detected and re-aligned"
+    found = delivered_crop(models, image, face, min_face)
+    if found is None:
+        log.warning("delivered photo: the edited face was not detected again; no delivered score")
+        return {"detected": False, "seconds": time.perf_counter() - t0}
+    crop, how = found
     res = models.score_crops(np.concatenate([crop_to_unit(face.aligned.crop, R), crop_to_unit(crop, R)]))
     score = res["score"].astype(np.float64)
     emb = res["embedding"].astype(np.float64)
