@@ -425,7 +425,7 @@ def train_beauty_faceres(
     out: str | Path,
     feature_sets=tuple(FACERES_FEATURE_SETS),
     omi_weights=(0.0, 0.5),
-    lambdas=(0.01, 0.03, 0.1, 0.3, 1.0),
+    lambdas=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
     folds: int = 5,
     seed: int = 0,
     res: int = 64,
