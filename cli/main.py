@@ -606,7 +606,8 @@ def train(
     head: str = typer.Option(
         "ridge",
         "--head",
-        help="beauty: ridge (the pack's: linear head on dlib block features) | mlp (MLP on the descriptor).",
+        help="beauty: faceres (ridge on HSE FaceRes [+ dlib] features, chosen by CV) | ridge (on dlib block features) "
+        "| mlp (MLP on the descriptor).",
     ),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a shared 2-core machine)."),
@@ -712,6 +713,12 @@ def evaluate(
     sheet: Optional[Path] = typer.Option(
         None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."
     ),
+    judge: Optional[Path] = typer.Option(
+        None,
+        "--judge",
+        help="Another bundle whose crop_scorer (a regressor on networks the search did not use) also scores the "
+        "delivered photos and the baselines: the cross-network check.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
@@ -747,6 +754,7 @@ def evaluate(
         threads=threads,
         backend=backend,
         progress=lambda i, n: prog(i, n),
+        judge=judge,
     )
     if as_json:
         sys.stdout.write(json.dumps(rep, indent=1) + "\n")

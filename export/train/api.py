@@ -67,10 +67,11 @@ def train_beauty_cmd(
     hard_n: int = 150,
     head: str = "ridge",
 ) -> dict:
-    """``head="ridge"`` (the pack's): a ridge head on dlib block features, lambda by cross-validation on
-    MEBeauty train (``beauty.train_beauty_ridge``). ``head="mlp"``: the earlier MLP on the descriptor;
-    ``hard_bundle``: a bundle built with a first regressor; its search results on ``hard_n`` training
-    faces become hard negatives (see ``beauty.add_hard_examples``) for it."""
+    """``head="faceres"``: a ridge head on HSE FaceRes features (alone or with dlib's; feature set, OMI weight and
+    lambda by cross-validation on MEBeauty train, ``beauty.train_beauty_faceres``). ``head="ridge"``: a ridge
+    head on dlib block features, lambda by cross-validation on MEBeauty train (``beauty.train_beauty_ridge``).
+    ``head="mlp"``: the earlier MLP on the descriptor; ``hard_bundle``: a bundle built with a first regressor;
+    its search results on ``hard_n`` training faces become hard negatives (see ``beauty.add_hard_examples``)."""
     import torch
 
     from beautyrt.runtime.errors import UsageError
@@ -89,8 +90,16 @@ def train_beauty_cmd(
         res = train_beauty_ridge(load_aligned(path), out, omi_weight=omi_weight, seed=seed)
         Path(out, "beauty_result.json").write_text(json.dumps(res, indent=1))
         return res
+    if head == "faceres":
+        from .beauty import train_beauty_faceres
+
+        if hard_bundle is not None or generator is not None:
+            raise UsageError("--generator/--hard-bundle apply to --head mlp only")
+        res = train_beauty_faceres(load_aligned(path), out, seed=seed)
+        Path(out, "beauty_result.json").write_text(json.dumps(res, indent=1))
+        return res
     if head != "mlp":
-        raise UsageError(f"unknown beauty head {head!r}: ridge or mlp")
+        raise UsageError(f"unknown beauty head {head!r}: ridge, faceres or mlp")
     if hard_bundle is not None:
         if generator is None:
             raise UsageError("hard examples need the generator checkpoint too (--generator)")

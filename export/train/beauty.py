@@ -383,3 +383,182 @@ def train_beauty_ridge(
     )
     (out / "beauty_metrics.json").write_text(json.dumps(res_m, indent=1))
     return res_m
+
+
+# --- the FaceRes regressor (issue 17 part 2) ---------------------------------------------------------------
+
+FACERES_FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "faceres": ("faceres",),
+    "faceres-deep": ("faceres-deep",),
+    "faceres+faceres-deep": ("faceres", "faceres-deep"),
+    "faceres+dlib": ("faceres", "dlib"),
+    "faceres-deep+dlib": ("faceres-deep", "dlib"),
+}
+
+
+def _view_features(fn, imgs: torch.Tensor, fit_idx: np.ndarray, gen: torch.Generator, label: str) -> dict:
+    """``fn`` ([0,255] crops -> features) on the three views the ridge heads train on: every real crop, and
+    the fitting faces mirrored and blurred+noised (the generator's softness)."""
+    run = lambda x, what: _batched_pixels(fn, x, 32, f"{label} {what}", 10).astype(np.float64)  # noqa: E731
+    return {
+        "real": run(imgs, "real"),
+        "flip": run(imgs[fit_idx].flip(-1), "flip"),
+        "aug": run(_blur_noise(imgs[fit_idx], gen), "blur+noise"),
+    }
+
+
+def _ridge_path(X: np.ndarray, y: np.ndarray, w: np.ndarray, lambdas) -> list:
+    """:func:`_ridge` for several lambdas from one eigendecomposition of the weighted Gram matrix."""
+    mu = np.average(X, axis=0, weights=w)
+    sd = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=w)) + 1e-6
+    Z = (X - mu) / sd
+    ym = float(np.average(y, weights=w))
+    G = Z.T @ (Z * w[:, None])
+    b = Z.T @ (w * (y - ym))
+    ev, V = np.linalg.eigh(G)
+    Vb = V.T @ b
+    return [(V @ (Vb / (ev + lam * w.sum())), ym, mu, sd) for lam in lambdas]
+
+
+def train_beauty_faceres(
+    data: dict,
+    out: str | Path,
+    feature_sets=tuple(FACERES_FEATURE_SETS),
+    omi_weights=(0.0, 0.5),
+    lambdas=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+    folds: int = 5,
+    seed: int = 0,
+    res: int = 64,
+    first_block: int = 7,
+    batch_check: bool = True,
+) -> dict:
+    """A ridge head on FaceRes features (``faceres``/``faceres-deep``, alone, together or with dlib's block
+    features), at the generator's crop size ``res`` (the search's domain: the crop is upsampled to 224 in the
+    graph, :class:`~beautyrt.export.nets.faceres.FaceResFromCrop`).
+
+    The feature set, the OMI weight (when the data has OMI faces, ``split == 2``) and the ridge lambda are
+    chosen together by ``folds``-fold cross-validation over MEBeauty train faces (a face's three views stay in
+    one fold; OMI always fits); MEBeauty val is only measured. Writes ``out/beauty.pt`` (``kind:
+    ridge_faceres``; the FaceRes weights are not in it: the exporter fetches them from npm like the trainer)
+    and ``out/beauty_metrics.json``. Features are cached in ``out/features_<net>.npz``."""
+    from ..nets.demo import BlockFeatureBeauty
+    from ..nets.faceres import DEFAULT_CROP, DEFAULT_PREPROCESSING, FaceResBeauty, FaceResFromCrop, load_faceres
+
+    unknown = [f for f in feature_sets if f not in FACERES_FEATURE_SETS]
+    if unknown:
+        raise ValueError(f"unknown feature set(s) {unknown}; choose from {', '.join(FACERES_FEATURE_SETS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    split, score = data["split"], data["score"].astype(np.float64)
+    has_omi = bool(np.any(split == 2))
+    omi_weights = tuple(omi_weights) if has_omi else (0.0,)
+    fit_idx = np.flatnonzero(split != 1)  # MEBeauty train + OMI (OMI rows get weight 0 when not chosen)
+    imgs = to_tensor(data[f"images_{res}"])
+    # dlib always: its descriptor centre is the bundle identity's (the pack's identity role), as for the dlib heads
+    nets_needed = sorted({"dlib", *(n for f in feature_sets for n in FACERES_FEATURE_SETS[f])})
+    modules: dict[str, torch.nn.Module] = {}
+    feats: dict[str, dict] = {}
+    for name in nets_needed:
+        if name == "dlib":
+            mod = BlockFeatureBeauty(build_identity(data[f"lm_{res}"], res), first_block=first_block, dim=1).eval()
+            fn = mod.features
+        else:
+            mod = FaceResFromCrop(load_faceres(name).eval().requires_grad_(False)).eval()
+            fn = lambda x, m=mod: m(x / 255.0)[0]  # noqa: E731
+        modules[name] = mod
+        cache = out / f"features_{name}.npz"
+        key = np.asarray([len(split), res, int(fit_idx.sum()), seed])
+        if cache.is_file():
+            with np.load(cache) as z:
+                if np.array_equal(z["key"], key):
+                    feats[name] = {k: z[k] for k in ("real", "flip", "aug")}
+        if name not in feats:
+            feats[name] = _view_features(fn, imgs, fit_idx, torch.Generator().manual_seed(seed), name)
+            np.savez(cache, key=key, **feats[name])
+    meb = np.flatnonzero(split == 0)
+    order = np.random.default_rng(seed).permutation(meb)
+    fold_of = np.full(len(split), -1)
+    fold_of[order] = np.arange(len(order)) % folds
+    face = np.tile(fit_idx, 3)
+    fold = fold_of[face]
+    y = np.tile(score[fit_idx], 3)
+    is_omi = np.tile(split[fit_idx] == 2, 3)
+    va = np.flatnonzero(split == 1)
+
+    def stack(fs: str) -> tuple[np.ndarray, np.ndarray]:
+        nets = FACERES_FEATURE_SETS[fs]
+        real = np.hstack([feats[n]["real"] for n in nets])
+        X = np.vstack([real[fit_idx], *(np.hstack([feats[n][v] for n in nets]) for v in ("flip", "aug"))])
+        return real, X
+
+    cv: dict[str, float] = {}
+    for fs in feature_sets:
+        real, X = stack(fs)
+        for ow in omi_weights:
+            w = np.where(is_omi, ow, 1.0)
+            pred = np.zeros((len(lambdas), len(split)))
+            for k in range(folds):
+                fit = (fold != k) & (w > 0)
+                held = np.flatnonzero(fold_of == k)
+                for j, (coef, ym, mu, sd) in enumerate(_ridge_path(X[fit], y[fit], w[fit], lambdas)):
+                    pred[j, held] = ((real[held] - mu) / sd) @ coef + ym
+            for j, lam in enumerate(lambdas):
+                r = float(np.corrcoef(pred[j, meb], score[meb])[0, 1])
+                cv[f"{fs}|omi={ow:g}|lambda={lam:g}"] = r
+                log.info("faceres ridge %s omi %g lambda %g: cross-validated r on MEBeauty train %.4f", fs, ow, lam, r)
+    best = max(cv, key=lambda k: cv[k])
+    fs, ow_s, lam_s = best.split("|")
+    ow, lam = float(ow_s.split("=")[1]), float(lam_s.split("=")[1])
+    real, X = stack(fs)
+    w = np.where(is_omi, ow, 1.0)
+    keep = w > 0
+    ((coef, ym, mu, sd),) = _ridge_path(X[keep], y[keep], w[keep], (lam,))
+    nets = FACERES_FEATURE_SETS[fs]
+    fr_nets = [n for n in nets if n != "dlib"]
+    dlib_mod = modules["dlib"] if "dlib" in nets else None
+    model = FaceResBeauty([modules[n] for n in fr_nets], dim=len(mu), dlib=dlib_mod, feat_mean=mu, feat_std=sd).eval()
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(coef).float()[None])
+        model.head.bias.fill_(ym)
+    pred_va = ((real[va] - mu) / sd) @ coef + ym
+    res_m: dict = {
+        "head": f"ridge on {fs}",
+        "feature_set": fs,
+        "dim": int(len(mu)),
+        "lambda": lam,
+        "omi_weight": ow,
+        "omi_available": has_omi,
+        "cv_pearson_r_train": cv,
+        "val_real": metrics(pred_va, score[va]),
+    }
+    if batch_check:  # the module that gets exported, end to end, must agree with the fitted features
+        with torch.no_grad():
+            tv = torch.cat([model((imgs[va][i : i + 32].clamp(-1, 1) + 1) * 127.5) for i in range(0, len(va), 32)])
+        res_m["val_real_torch"] = metrics(tv.numpy(), score[va])
+    log.info(
+        "faceres beauty: %s, omi %g, lambda %g, val r %.3f, MAE %.3f",
+        fs,
+        ow,
+        lam,
+        res_m["val_real"]["pearson_r"],
+        res_m["val_real"]["mae"],
+    )
+    ckpt = {
+        "kind": "ridge_faceres",
+        "faceres": ",".join(fr_nets),
+        "crop": DEFAULT_CROP,
+        "preprocessing": DEFAULT_PREPROCESSING,
+        "head": model.head.state_dict(),
+        "dim": torch.tensor(len(mu)),
+        "feat_mean": torch.from_numpy(mu).float(),
+        "feat_std": torch.from_numpy(sd).float(),
+        "crop_size": torch.tensor(res),
+    }
+    ckpt.update(
+        first_block=torch.tensor(first_block if dlib_mod is not None else -1),
+        matrix=torch.from_numpy(identity_matrix(data, res)),
+        centre=torch.from_numpy(feats["dlib"]["real"][split != 1, -128:].mean(0)).float(),
+    )
+    torch.save(ckpt, out / "beauty.pt")
+    (out / "beauty_metrics.json").write_text(json.dumps(res_m, indent=1))
+    return res_m

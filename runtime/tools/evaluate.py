@@ -32,10 +32,12 @@ from PIL import Image, ImageDraw
 from ..beautifier import Beautifier
 from ..errors import NoFaceError, UsageError
 from ..objective import cosine_to
+from ..ops.blend import crop_mask
 from ..ops.imageio import atomic_write_bytes, check_outputs, encode_image, output_format
-from ..ops.imaging import add_edit, crop_to_unit, edit_in_grey_levels, resize_float
+from ..ops.imaging import add_edit, blur_matrix, crop_to_unit, edit_in_grey_levels, resize_float, resize_u8
 from ..settings import Settings, as_settings
 from ..stages import compose, decode, search
+from ..stages import rescore as rescore_stage
 from ..timing import StageTimer
 
 log = logging.getLogger("beautyrt")
@@ -63,12 +65,49 @@ def list_images(
     return files
 
 
+SMOOTH_SIGMA = 1.5  # px at 64 px crop scale (scaled with the crop)
+SMOOTH_OPACITY = 0.7
+
+
+def smooth_skin(crop: np.ndarray, mask: np.ndarray, sigma: float = SMOOTH_SIGMA, opacity: float = SMOOTH_OPACITY):
+    """The baseline users know: a Gaussian blur of the crop blended in over the face mask (uint8 in, uint8 out)."""
+    n = crop.shape[0]
+    B = blur_matrix(n, sigma * n / 64.0)
+    x = crop.astype(np.float32)
+    blurred = np.einsum("ij,jkc,lk->ilc", B, x, B)
+    a = (opacity * mask.astype(np.float32))[..., None]
+    return np.clip(np.rint(x + a * (blurred - x)), 0, 255).astype(np.uint8)
+
+
+def _soft_ellipse(n: int) -> np.ndarray:
+    """A face-sized soft ellipse in an aligned crop (for inputs without landmarks)."""
+    ys, xs = (np.mgrid[0:n, 0:n] + 0.5) / n
+    rho = np.sqrt(((xs - 0.5) / 0.3) ** 2 + ((ys - 0.56) / 0.38) ** 2)
+    return np.clip((1.0 - rho) / 0.15, 0.0, 1.0).astype(np.float32)
+
+
+def bootstrap_ci(v: np.ndarray, n: int = 2000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean."""
+    v = np.asarray(v, np.float64)
+    if v.size < 2:
+        return [float(v.mean()), float(v.mean())] if v.size else [math.nan, math.nan]
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n, v.size))
+    m = v[idx].mean(1)
+    return [float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))]
+
+
 class Evaluator:
     """Runs the stages on one photo at a time: the search with the given settings, then -- from the same
-    inversion -- the linear baseline (``strategy="linear"``) when the bundle has a beauty direction."""
+    inversion -- the linear baseline (``strategy="linear"``) when the bundle has a beauty direction, and the
+    skin-smoothing baseline (:func:`smooth_skin`). The delivered photo is re-detected and re-scored
+    (``delivered_*``); a ``judge`` (another bundle's crop_scorer: a regressor on networks the search did not
+    use) scores the photo's crop, the delivered crop and both baselines (``judge_*``)."""
 
-    def __init__(self, bf: Beautifier, settings: Settings):
+    def __init__(self, bf: Beautifier, settings: Settings, judge: Optional[Beautifier] = None):
         self.bf, self.s = bf, bf.resolve(settings)
+        self.judge = judge
+        if judge is not None and not judge.can_score_output:
+            raise UsageError("the judge bundle cannot score crops (no crop_scorer)")
         self.linear_s = replace(self.s, strategy="linear")
         self.has_direction = bf.models.direction is not None
         if not bf.can_score_output:
@@ -110,13 +149,42 @@ class Evaluator:
             vis["delta_linear"] = d_lin
             crops.append(add_edit(crop, d_lin))
             row.update(linear_gain=lin.gain, linear_identity=lin.identity)
+        mask = crop_mask(fe.aligned.alignment) if fe.aligned.alignment is not None else _soft_ellipse(len(crop))
+        smooth = smooth_skin(crop, mask)
+        vis["smooth"] = smooth
         if bf.can_score_output:
-            sc = bf.models.score_crops(np.concatenate([crop_to_unit(c, bf.resolution) for c in crops]))
-            score, emb = sc["score"].astype(np.float64), sc["embedding"].astype(np.float64)
-            cos = cosine_to(emb[0], emb)
-            row.update(gain_output=float(score[1] - score[0]), identity_output=float(cos[1]))
+            found = rescore_stage.delivered_crop(bf.models, out, fe, s.min_face)
+            named = {"photo": crop, "output": crops[1], "smooth": smooth}
             if len(crops) > 2:
-                row.update(linear_gain_output=float(score[2] - score[0]), linear_identity_output=float(cos[2]))
+                named["linear"] = crops[2]
+            if found is not None:
+                named["delivered"] = found[0]
+            sc = bf.models.score_crops(np.concatenate([crop_to_unit(c, bf.resolution) for c in named.values()]))
+            score = dict(zip(named, sc["score"].astype(np.float64)))
+            cos = dict(zip(named, cosine_to(sc["embedding"][0].astype(np.float64), sc["embedding"].astype(np.float64))))
+            row.update(gain_output=score["output"] - score["photo"], identity_output=float(cos["output"]))
+            row.update(smooth_gain=score["smooth"] - score["photo"], smooth_identity=float(cos["smooth"]))
+            if "linear" in named:
+                row.update(
+                    linear_gain_output=score["linear"] - score["photo"], linear_identity_output=float(cos["linear"])
+                )
+            if "delivered" in named:
+                row.update(
+                    delivered_gain=score["delivered"] - score["photo"],
+                    delivered_identity=float(cos["delivered"]),
+                    report_minus_delivered=o.score_after - score["delivered"],
+                )
+            if self.judge is not None:
+                jr = self.judge.resolution
+                jn = {k: v for k, v in named.items() if k != "output"}
+                js = self.judge.models.score_crops(
+                    np.concatenate([crop_to_unit(resize_u8(c, jr), jr) for c in jn.values()])
+                )
+                j = dict(zip(jn, js["score"].astype(np.float64)))
+                for k in ("delivered", "linear", "smooth"):
+                    if k in j:
+                        row[f"judge_{k}_gain"] = float(j[k] - j["photo"])
+        row = {k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()}
         return row, vis
 
 
@@ -124,7 +192,35 @@ def _stats(rows: list[dict], key: str) -> Optional[dict]:
     v = np.asarray([r[key] for r in rows if key in r], np.float64)
     if not v.size:
         return None
-    return {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+    return {
+        "mean": float(v.mean()),
+        "ci95": bootstrap_ci(v),
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": int(v.size),
+    }
+
+
+ROW_STATS = (
+    "gain",
+    "identity",
+    "seconds",
+    "gain_output",
+    "identity_output",
+    "delivered_gain",
+    "delivered_identity",
+    "report_minus_delivered",
+    "linear_gain",
+    "linear_identity",
+    "linear_gain_output",
+    "linear_identity_output",
+    "smooth_gain",
+    "smooth_identity",
+    "judge_delivered_gain",
+    "judge_linear_gain",
+    "judge_smooth_gain",
+)
 
 
 def evaluate(
@@ -141,7 +237,12 @@ def evaluate(
     device: str = "auto",
     backend: str = "auto",
     progress: Optional[Callable[[int, int], None]] = None,
+    judge: Optional[str | Path] = None,
 ) -> dict:
+    """``judge``: another bundle whose crop_scorer (a regressor on other networks) scores the delivered crops
+    and the baselines too (the cross-network check)."""
+    import contextlib
+
     s = as_settings(settings)
     if sheet is not None:  # before minutes of work: not a photo of the set, not in the bundle, not a device
         check_outputs([("--sheet", sheet, True)], protected_dirs=[("--images", images), ("bundle", bundle)])
@@ -149,8 +250,10 @@ def evaluate(
     rows: list[dict] = []
     fails: list[dict] = []
     visuals: list[tuple[dict, dict]] = []
-    with Beautifier(bundle, threads=threads, device=device, backend=backend) as bf:
-        ev = Evaluator(bf, s)
+    with contextlib.ExitStack() as stack:
+        bf = stack.enter_context(Beautifier(bundle, threads=threads, device=device, backend=backend))
+        jb = None if judge is None else stack.enter_context(Beautifier(judge, threads=threads, backend=backend))
+        ev = Evaluator(bf, s, jb)
         t0 = time.perf_counter()
         for i, p in enumerate(files):
             try:
@@ -175,15 +278,8 @@ def evaluate(
             "failures": fails,
             "settings": ev.s.to_dict(),
             "identity_floor": floor,
-            "gain": _stats(rows, "gain"),
-            "identity": _stats(rows, "identity"),
-            "seconds": _stats(rows, "seconds"),
-            "gain_output": _stats(rows, "gain_output"),
-            "identity_output": _stats(rows, "identity_output"),
-            "linear_gain": _stats(rows, "linear_gain"),
-            "linear_identity": _stats(rows, "linear_identity"),
-            "linear_gain_output": _stats(rows, "linear_gain_output"),
-            "linear_identity_output": _stats(rows, "linear_identity_output"),
+            **{k: _stats(rows, k) for k in ROW_STATS},
+            "judge": None if judge is None else str(judge),
             "total_seconds": total,
             "rows": rows,
         }
@@ -253,15 +349,25 @@ def write_sheet(visuals: list, path: str | Path, size: int = 160) -> Path:
 def format_summary(rep: dict) -> str:
     def f(k):
         s = rep.get(k)
-        return "n/a" if not s else f"mean {s['mean']:+.3f} median {s['median']:+.3f}"
+        if not s:
+            return "n/a"
+        ci = s.get("ci95") or [math.nan, math.nan]
+        return f"mean {s['mean']:+.3f} [95% {ci[0]:+.3f}, {ci[1]:+.3f}] median {s['median']:+.3f}"
 
     lines = [
         f"photos: {rep['photos']} ok: {rep['ok']} failures: {len(rep['failures'])}",
         f"search  gain {f('gain')}; identity {f('identity')}",
         f"search  output gain {f('gain_output')}; output identity {f('identity_output')}",
+        f"search  delivered gain {f('delivered_gain')}; identity {f('delivered_identity')}",
+        f"search  report - delivered score {f('report_minus_delivered')}",
         f"linear  gain {f('linear_gain')}; identity {f('linear_identity')} (floor {rep['identity_floor']})",
+        f"linear  output gain {f('linear_gain_output')}; output identity {f('linear_identity_output')}",
+        f"smooth  gain {f('smooth_gain')}; identity {f('smooth_identity')}",
         f"seconds/photo {f('seconds')}",
     ]
+    if rep.get("judge"):
+        lines.append(f"judge {rep['judge']}: delivered gain {f('judge_delivered_gain')}")
+        lines.append(f"judge: linear gain {f('judge_linear_gain')}; smooth gain {f('judge_smooth_gain')}")
     if "search_beats_linear" in rep:
         b = rep["search_beats_linear"]
         lines.append(

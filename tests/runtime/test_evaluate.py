@@ -112,3 +112,38 @@ def test_evaluate_cli(bundle_with_direction, photos, tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["photos"] == 1 and rep["ok"] == 1
+
+
+def test_evaluate_delivered_smoothing_judge_and_intervals(bundle_with_direction, tiny_bundle_with_detector, photos):
+    """Issue 17: the delivered photo re-scored, the skin-smoothing baseline, a judge bundle and bootstrap
+    intervals. The judge here is the same tiny networks, so its gains must equal the bundle's own on the same
+    crops (any mix-up of crops or of the photo's reference would break the equality)."""
+    from beautyrt.runtime.api import Settings
+    from beautyrt.runtime.tools.evaluate import bootstrap_ci, evaluate, format_summary, smooth_skin
+
+    rep = evaluate(
+        photos, bundle_with_direction, settings=Settings(generations=2, popsize=4), judge=tiny_bundle_with_detector
+    )
+    assert rep["ok"] == 2 and rep["judge"] == str(tiny_bundle_with_detector)
+    for row in rep["rows"]:
+        assert row["judge_delivered_gain"] == pytest.approx(row["delivered_gain"], abs=1e-4)
+        assert row["judge_smooth_gain"] == pytest.approx(row["smooth_gain"], abs=1e-4)
+        assert row["judge_linear_gain"] == pytest.approx(row["linear_gain_output"], abs=1e-4)
+        assert row["report_minus_delivered"] == pytest.approx(
+            row["score_after"] - row["score_before"] - row["delivered_gain"], abs=1e-4
+        )
+        assert 0.0 < row["smooth_identity"] <= 1.0 + 1e-6
+    for key in ("delivered_gain", "smooth_gain", "judge_delivered_gain"):
+        lo, hi = rep[key]["ci95"]
+        assert lo <= rep[key]["mean"] <= hi
+    assert "smooth  gain" in format_summary(rep) and "judge" in format_summary(rep)
+    # the interval is of the mean: wide for spread values, a point for constant ones
+    assert bootstrap_ci(np.full(10, 2.0)) == [2.0, 2.0]
+    lo, hi = bootstrap_ci(np.random.default_rng(1).normal(1.0, 1.0, 400))
+    assert 0.8 < lo < 1.0 < hi < 1.2
+    # the smoothing filter blurs inside the mask only
+    crop = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    mask = np.zeros((64, 64), np.float32)
+    mask[16:48, 16:48] = 1.0
+    sm = smooth_skin(crop, mask)
+    assert np.array_equal(sm[:8], crop[:8]) and sm[24:40, 24:40].std() < 0.6 * crop[24:40, 24:40].std()
