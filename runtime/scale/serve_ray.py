@@ -248,7 +248,9 @@ def serve_on_ray(
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        serve.start(http_options={"host": config.host, "port": config.port})
+        # request_timeout_s: a request whose replica died before answering gets 408 from the proxy instead of
+        # hanging; past the app's own --timeout (504) so it never cuts a healthy request short
+        serve.start(http_options={"host": config.host, "port": config.port, "request_timeout_s": config.timeout + 30.0})
         try:
             serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except RuntimeError as e:  # a replica could not start (bad bundle on a node, too few resources, ...)

@@ -44,7 +44,9 @@ def test_serve_config_yaml_is_a_valid_serve_config_and_builds(tiny_bundle):
 
     from beautyrt.runtime.scale.serve_ray import build
 
-    cfg = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
+    text = (REPO / "runtime" / "scale" / "serve_config.yaml").read_text()
+    cfg = ServeDeploySchema.model_validate(yaml.safe_load(text))
+    assert cfg.http_options.request_timeout_s > 120  # longer than the app's own timeout below
     app_cfg = cfg.applications[0]
     assert app_cfg.import_path == "beautyrt.runtime.scale.serve_ray:build"
     args = dict(app_cfg.args, bundle=str(tiny_bundle))

@@ -259,7 +259,9 @@ def test_a_killed_replica_is_replaced_under_load(ray_server, photos):
         f"noticed (+{slack} s); readiness and 2 running replicas back after {recovered:.1f} s"
     )
     assert all(r[0] <= cut and r[1] >= kill_at for r in bad), f"a request after Serve noticed the kill failed: {bad}"
-    assert all(r[2] in (500, 502, 503) for r in bad), bad
+    # a request the dead replica held may also be lost outright (the client gave up: -1) -- only one that had
+    # started before the kill; the others that failed were answered with an HTTP error
+    assert all(r[2] in (408, 500, 502, 503) or (r[2] == -1 and r[0] <= kill_at) for r in bad), bad
     assert len(bad) <= len(at_kill)
     assert sum(1 for r in results if r[2] == 200 and r[0] > cut) >= 3
 
