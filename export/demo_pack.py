@@ -125,6 +125,18 @@ def beauty_module(ident, bcfg: dict, bst: dict, head: dict):
     return m.eval()
 
 
+def beauty_config(bst: dict) -> dict:
+    """The config entry (what :func:`beauty_module` builds from) of a beauty checkpoint ``train beauty`` wrote:
+    ``ridge_blocks``, ``ridge_faceres``, or the MLP on dlib's descriptor (its width from the first layer)."""
+    kind = bst.get("kind")
+    if kind == "ridge_blocks":
+        return {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])}
+    if kind == "ridge_faceres":
+        return faceres_config(bst)
+    hidden = int(bst["hidden"]) if "hidden" in bst else int(bst["head"]["0.weight"].shape[0])
+    return {"kind": "mlp_on_dlib_descriptor", "hidden": hidden}
+
+
 def faceres_config(bst: dict) -> dict:
     """The config entry of a ``ridge_faceres`` checkpoint (what :func:`faceres_beauty_module` needs)."""
     fb = int(bst["first_block"])
@@ -303,12 +315,7 @@ def build_pack_from_training(
     bst = torch.load(beauty_ckpt, weights_only=True)
     ident = build_identity(data[f"lm_{R}"], R)
     ident.centre.copy_(bst["centre"])
-    if bst.get("kind") == "ridge_blocks":
-        bcfg = {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])}
-    elif bst.get("kind") == "ridge_faceres":
-        bcfg = faceres_config(bst)
-    else:
-        bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(bst["hidden"])}
+    bcfg = beauty_config(bst)
     beauty = beauty_module(ident, bcfg, bst, bst["head"])
     gsel = torch.Generator().manual_seed(1)
     starts = ws[torch.randperm(len(ws), generator=gsel)[:48]]
@@ -350,12 +357,7 @@ def repack_with_beauty(
 
     G, E, ident, _, cfg = load_pack(pack)
     bst = torch.load(beauty_ckpt, weights_only=True)
-    if bst.get("kind") == "ridge_blocks":
-        bcfg = {"kind": "ridge_blocks", "first_block": int(bst["first_block"]), "dim": int(bst["dim"])}
-    elif bst.get("kind") == "ridge_faceres":
-        bcfg = faceres_config(bst)
-    else:
-        bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(bst["hidden"])}
+    bcfg = beauty_config(bst)
     if int(bst["crop_size"]) != cfg["generator"]["img_resolution"]:
         raise CheckpointError(f"{beauty_ckpt}: trained at {int(bst['crop_size'])} px, the pack's generator is not")
     beauty = beauty_module(ident, bcfg, bst, bst["head"]).requires_grad_(False)

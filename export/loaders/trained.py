@@ -76,7 +76,7 @@ def load_generator(path: Path, obj: dict) -> Checkpoint:
 
 
 def load_beauty(path: Path, obj: dict) -> Checkpoint:
-    from ..demo_pack import beauty_module
+    from ..demo_pack import beauty_config, beauty_module
     from ..dlib_dat import load_dlib_resnet
     from ..nets.demo import ChipIdentity
     from ..nets.dlib_resnet import build_dlib_resnet
@@ -86,14 +86,7 @@ def load_beauty(path: Path, obj: dict) -> Checkpoint:
         raise CheckpointError(f"{path}: chip matrix has shape {list(matrix.shape)}, expected [2, 3]")
     size = _crop_size(obj, path)
     ident = ChipIdentity(build_dlib_resnet(load_dlib_resnet()), matrix, size, centre=np.asarray(obj["centre"]))
-    if obj.get("kind") == "ridge_blocks":
-        bcfg = {"kind": "ridge_blocks", "first_block": int(obj["first_block"]), "dim": int(obj["dim"])}
-    elif obj.get("kind") == "ridge_faceres":
-        from ..demo_pack import faceres_config
-
-        bcfg = faceres_config(obj)
-    else:
-        bcfg = {"kind": "mlp_on_dlib_descriptor", "hidden": int(obj["head"]["0.weight"].shape[0])}
+    bcfg = beauty_config(obj)
     try:
         net = beauty_module(ident, bcfg, obj, obj["head"])
     except (RuntimeError, KeyError, ValueError) as e:
