@@ -2,8 +2,8 @@
 
 What a researcher reproducing arXiv 2501.00811 would run on a GPU: the preset's networks (random weights,
 the same ``build_preset(preset, seed)`` as ``beautyrt export --preset``) in torch eager, fp32, the fused
-scorer (synthesis -> beauty + identity) called once per generation on all λ candidates, pycma driven
-directly with the runtime's objective formula, starting at the mean face (w_avg). Every generation is
+scorer (synthesis -> beauty + identity) called once per generation on all λ candidates, ranked by the runtime's
+own CMA-ES adapter and objective (numpy on λ scores), starting at the mean face (w_avg). Every generation is
 timed with the device synchronised; a warm-up generation (cuDNN algorithm choice, allocator growth) is run
 first and not counted. Reported: the GPU's name, per-generation p50/p90, candidates/s, the score call's
 share of a generation, peak device memory, torch/CUDA versions and whether TF32 was allowed.
@@ -25,7 +25,6 @@ import json
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +61,15 @@ def run_floor(
     sigma0: float = 0.5,
     tf32: bool = False,
 ) -> dict:
-    import cma
     import torch
-    import torch.nn.functional as F
 
     _import_beautyrt_from_source()
     from beautyrt.export.bundle import build_preset
     from beautyrt.export.nets.scorer import Scorer
     from beautyrt.export.nets.stylegan2 import layer_groups
     from beautyrt.export.presets import get_preset
-    from beautyrt.runtime.objective import DEFAULT_WEIGHTS, INFEASIBLE, LatentSpace
+    from beautyrt.runtime.objective import LatentSpace, ObjectiveWeights, cosine_to, objective
+    from beautyrt.runtime.strategies.cma import CMAStrategy
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -101,29 +99,13 @@ def run_floor(
     w_start = torch.from_numpy(np.broadcast_to(w_avg, (1, nw, wd)).copy()).to(dev)
     sync()
     build_s = time.perf_counter() - t0
-    wt = DEFAULT_WEIGHTS
 
+    weights = ObjectiveWeights().resolved()
     with torch.no_grad():
         score0, e_ref = scorer(w_start)
-        e_ref = e_ref.double()
-        rng = np.random.default_rng(seed)
-        opts = {
-            "randn": lambda *shape: rng.standard_normal(shape),
-            "seed": np.nan,
-            "verbose": -9,
-            "verb_log": 0,
-            "verb_disp": 0,
-            "verb_filenameprefix": "",
-            "CMA_diagonal": False,
-            "popsize": popsize,
-            "tolfun": 0,
-            "tolfunhist": 0,
-            "tolflatfitness": 10**9,
-            "tolstagnation": 10**9,
-        }
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            es = cma.CMAEvolutionStrategy(np.zeros(space.dim), sigma0, opts)
+        e_ref = e_ref[0].double().cpu().numpy()
+        # the runtime's own CMA-ES adapter and objective (numpy on λ scores): only the networks run on the device
+        es = CMAStrategy(space.dim, sigma0=sigma0, popsize=popsize, seed=seed)
         best_score, best_cos = float(score0[0]), 1.0
         gen_s: list[float] = []
         call_s: list[float] = []
@@ -131,22 +113,19 @@ def run_floor(
         for g in range(generations + 1):  # generation 0: warm-up, not timed
             tg = time.perf_counter()
             X = es.ask()
-            Xt = torch.tensor(np.asarray(X), dtype=torch.float32, device=dev).reshape(len(X), space.n_vectors, wd)
+            Xt = torch.tensor(X, dtype=torch.float32, device=dev).reshape(len(X), space.n_vectors, wd)
             ws = w_start + Xt[:, rows, :] * w_std_t
             sync()
             tc = time.perf_counter()
-            score, emb = scorer(ws)
+            score_t, emb_t = scorer(ws)
             sync()
             tcall = time.perf_counter() - tc
-            score, emb = score.double(), emb.double()
-            cos = F.cosine_similarity(emb, e_ref, dim=1)
-            J = score - wt["identity_weight"] * torch.clamp(wt["identity_target"] - cos, min=0.0)
-            J = J - wt["latent_weight"] * Xt.double().pow(2).mean(dim=(1, 2))
-            J = torch.where(cos < wt["identity_floor"], J - INFEASIBLE - 100.0 * (wt["identity_floor"] - cos), J)
-            es.tell(X, (-J).cpu().tolist())
-            feasible = cos >= wt["identity_floor"]
-            if bool(feasible.any()):
-                i = int(torch.where(feasible, score, torch.full_like(score, -float("inf"))).argmax())
+            score, emb = score_t.double().cpu().numpy(), emb_t.double().cpu().numpy()
+            cos = cosine_to(e_ref, emb)
+            es.tell(X, -objective(score, cos, X, weights))
+            feasible = np.flatnonzero(cos >= weights.identity_floor)
+            if feasible.size:
+                i = int(feasible[np.argmax(score[feasible])])
                 if float(score[i]) > best_score:
                     best_score, best_cos = float(score[i]), float(cos[i])
             if g > 0:
