@@ -204,6 +204,12 @@ def optimize(
         "--latent-weight",
         help=f"Penalty per unit of mean squared step (default: the bundle's, else {DEFAULT_WEIGHTS['latent_weight']}).",
     ),
+    naturalness_weight: Optional[float] = typer.Option(
+        None,
+        "--naturalness-weight",
+        help="Penalty per unit of the delivered edit's cost (its RMS plus its fine part's over the face, in 10 grey "
+        f"levels; --score-on output only); default: the bundle's, else {DEFAULT_WEIGHTS['naturalness_weight']}.",
+    ),
     strength: float = typer.Option(
         _D.strength,
         "--strength",
@@ -278,7 +284,9 @@ def optimize(
         seed=seed,
         space=space,
         sigma0=sigma,
-        weights=api.ObjectiveWeights(identity_floor, identity_target, identity_weight, latent_weight),
+        weights=api.ObjectiveWeights(
+            identity_floor, identity_target, identity_weight, latent_weight, naturalness_weight
+        ),
         output_mode=mode,
         face=face,
         all_faces=all_faces,
@@ -685,6 +693,11 @@ def evaluate(
     latent_weight: Optional[float] = typer.Option(
         None, "--latent-weight", help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['latent_weight']}."
     ),
+    naturalness_weight: Optional[float] = typer.Option(
+        None,
+        "--naturalness-weight",
+        help=f"As optimize; default: the bundle's recommendation, else {DEFAULT_WEIGHTS['naturalness_weight']}.",
+    ),
     sigma: Optional[float] = typer.Option(
         None,
         "--sigma",
@@ -734,7 +747,9 @@ def evaluate(
         popsize=popsize,
         seed=seed,
         sigma0=sigma,
-        weights=api.ObjectiveWeights(identity_floor=identity_floor, latent_weight=latent_weight),
+        weights=api.ObjectiveWeights(
+            identity_floor=identity_floor, latent_weight=latent_weight, naturalness_weight=naturalness_weight
+        ),
         score_on=score_on,
         transfer=transfer,
         strategy=strategy,

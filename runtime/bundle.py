@@ -191,7 +191,7 @@ def _check_defaults(manifest: Manifest) -> None:
         for key in ("identity_floor", "identity_target"):
             if od.get(key) is not None:
                 S.number(od[key], f"objective_defaults.{key}", -1.0, 1.0)
-        for key in ("identity_weight", "latent_weight"):
+        for key in ("identity_weight", "latent_weight", "naturalness_weight"):
             if od.get(key) is not None:
                 S.number(od[key], f"objective_defaults.{key}", 0.0, 1e6)
 

@@ -6,8 +6,12 @@ For a candidate x (search coordinates, in units of the per-dimension std of W):
     J(x)    = score(ws(x))
               - identity_weight * max(0, identity_target - cos(x))     soft identity penalty
               - latent_weight * mean(x**2)                              stay near the start
+              - naturalness_weight * edit_cost(x)                       what the edit costs the photo
               - INFEASIBLE - 100 * (identity_floor - cos(x))            only when cos(x) < identity_floor
-CMA-ES minimises -J. The result is the feasible candidate (cos >= identity_floor) with the highest beauty
+``edit_cost`` (``edit_cost``, with ``score_on=output``) is the delivered edit's RMS over the face mask in units of
+10 grey levels, its broad and its fine part added (:func:`edit_cost`): a search that buys score with strong dark/
+light patches or fine smudges pays for them, so at the same score it prefers the edit that changes the photo
+least. CMA-ES minimises -J. The result is the feasible candidate (cos >= identity_floor) with the highest beauty
 score seen; the start itself is feasible, so the result never scores below the start.
 """
 
@@ -26,7 +30,14 @@ INFEASIBLE = 1000.0
 SPACES = ("w", "groups", "wplus")
 
 
-DEFAULT_WEIGHTS = {"identity_floor": 0.6, "identity_target": 0.8, "identity_weight": 5.0, "latent_weight": 0.1}
+DEFAULT_WEIGHTS = {
+    "identity_floor": 0.6,
+    "identity_target": 0.8,
+    "identity_weight": 5.0,
+    "latent_weight": 0.1,
+    "naturalness_weight": 0.0,
+}
+FINE_SIGMA = 1.0 / 64.0  # edit_cost: the fine part is the edit minus its Gaussian blur of this fraction of the side
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,7 @@ class ObjectiveWeights:
     identity_target: Optional[float] = None  # soft: below this, the penalty grows linearly
     identity_weight: Optional[float] = None  # score points per unit of cosine below the target
     latent_weight: Optional[float] = None  # score points per unit of mean squared step (in W std units)
+    naturalness_weight: Optional[float] = None  # score points per unit of edit_cost (10 grey levels RMS)
 
     def resolved(self, bundle_defaults: Optional[Mapping[str, float]] = None) -> "ObjectiveWeights":
         base = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in (bundle_defaults or {}).items() if k in DEFAULT_WEIGHTS}}
@@ -117,11 +129,32 @@ def cosine_to(ref: np.ndarray, emb: np.ndarray) -> np.ndarray:
     return (emb @ ref) / norms
 
 
-def objective(score: np.ndarray, cos: np.ndarray, X: np.ndarray, w: ObjectiveWeights) -> np.ndarray:
-    """J for each candidate (to be maximised)."""
+def edit_cost(edits: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """(n, C, H, W) delivered edits in [-1, 1] units -> (n,) their naturalness cost: RMS over the face ``mask``
+    (H, W; the whole frame when None) of the edit, plus RMS of its fine part (the edit minus its blur at
+    ``FINE_SIGMA`` of the side: grain and smudge), both in units of 10 grey levels."""
+    from .ops.imaging import blur_matrix
+
+    e = np.asarray(edits, np.float32) * np.float32(127.5 / 10.0)
+    h, w = e.shape[-2:]
+    m = np.ones((h, w), np.float32) if mask is None else np.asarray(mask, np.float32)
+    tot = max(float(m.sum()) * e.shape[1], 1e-6)
+    fine = e - blur_matrix(h, FINE_SIGMA * h) @ e @ blur_matrix(w, FINE_SIGMA * w).T
+    rms = np.sqrt((e * e * m).sum(axis=(1, 2, 3), dtype=np.float64) / tot)
+    rms_fine = np.sqrt((fine * fine * m).sum(axis=(1, 2, 3), dtype=np.float64) / tot)
+    return rms + rms_fine
+
+
+def objective(
+    score: np.ndarray, cos: np.ndarray, X: np.ndarray, w: ObjectiveWeights, cost: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """J for each candidate (to be maximised); ``cost``: each candidate's :func:`edit_cost` (None: not measured,
+    e.g. ``score_on=generated``, no naturalness term)."""
     J = score.astype(np.float64)
     J = J - w.identity_weight * np.maximum(0.0, w.identity_target - cos)
     J = J - w.latent_weight * np.mean(np.asarray(X, dtype=np.float64) ** 2, axis=1)
+    if cost is not None and w.naturalness_weight:
+        J = J - w.naturalness_weight * np.asarray(cost, np.float64)
     infeasible = cos < w.identity_floor
     J = np.where(infeasible, J - INFEASIBLE - 100.0 * (w.identity_floor - cos), J)
     bad = ~np.isfinite(J)  # a NaN/inf score or embedding from the model: never chosen, ranked last

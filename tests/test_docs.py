@@ -81,6 +81,7 @@ def test_readme_defaults_are_the_code_defaults():
         f"covariance {DEFAULT_COVARIANCE}, "
         f"identity floor {DEFAULT_WEIGHTS['identity_floor']}, "
         f"target {DEFAULT_WEIGHTS['identity_target']}, identity weight {DEFAULT_WEIGHTS['identity_weight']}, "
-        f"latent weight {DEFAULT_WEIGHTS['latent_weight']}"
+        f"latent weight {DEFAULT_WEIGHTS['latent_weight']}, "
+        f"naturalness weight {DEFAULT_WEIGHTS['naturalness_weight']:g}"
     )
     assert want in flat, want

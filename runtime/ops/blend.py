@@ -33,7 +33,16 @@ import numpy as np
 from ..errors import UsageError
 from .geometry import Alignment, affine_sample, apply_affine
 
-__all__ = ["face_ellipse", "crop_mask", "image_mask", "paste_back", "add_edits", "warp_field"]
+__all__ = [
+    "face_ellipse",
+    "crop_mask",
+    "image_mask",
+    "paste_back",
+    "add_edits",
+    "delivery_mask",
+    "edits_as_delivered",
+    "warp_field",
+]
 
 DEFAULT_FEATHER = 0.25
 GAIN_LIMITS = (0.8, 1.25)
@@ -79,7 +88,14 @@ def crop_mask(alignment: Alignment, scale: float = 1.0, feather: float = DEFAULT
     ys, xs = np.mgrid[0:n, 0:n].astype(np.float64)
     pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
     m = _mask_at(pts, alignment.landmarks_in_crop(), scale, feather)
-    return m.reshape(n, n).astype(np.float32)
+    return (m * _smoothstep(_border_distance(pts, n) / 2.0)).reshape(n, n).astype(np.float32)
+
+
+def _border_distance(crop_xy: np.ndarray, n: int) -> np.ndarray:
+    """Distance in crop pixels from each crop point to the crop square's edge (negative outside): the mask fades
+    out within ~2 of them, so that nothing from outside the crop is ever pasted (the same fade in both frames)."""
+    c = crop_xy
+    return np.minimum.reduce([c[:, 0] + 0.5, c[:, 1] + 0.5, n - 0.5 - c[:, 0], n - 0.5 - c[:, 1]])
 
 
 def _region(alignment: Alignment, shape: tuple[int, int], scale: float) -> tuple[int, int, int, int] | None:
@@ -124,9 +140,7 @@ def _region_mask(alignment: Alignment, box, scale: float, feather: float, rows: 
         pts = np.stack([xs.ravel(), ys.ravel()], axis=1)
         m = _mask_at(pts, alignment.landmarks, scale, feather)
         # fade out within ~2 crop pixels of the crop border: never paste what the crop does not contain
-        c = apply_affine(alignment.matrix, pts)
-        edge = np.minimum.reduce([c[:, 0] + 0.5, c[:, 1] + 0.5, n - 0.5 - c[:, 0], n - 0.5 - c[:, 1]])
-        m = m * _smoothstep(edge / 2.0)
+        m = m * _smoothstep(_border_distance(apply_affine(alignment.matrix, pts), n) / 2.0)
         out[ya - y0 : yb - y0] = m.reshape(yb - ya, x1 - x0)
     return out
 
@@ -224,12 +238,38 @@ def warp_field(field: np.ndarray, m_dst_to_src: np.ndarray, out_w: int, out_h: i
 
 
 def _edit_offset_at_seam(edit: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-channel mean of ``edit`` weighted on the mask's feather band (where a seam would show)."""
+    """Per-channel mean of ``edit`` (..., H, W, C) weighted on the mask's feather band (where a seam would show)."""
     wgt = (mask * (1.0 - mask)).astype(np.float64) * 4.0
     tot = wgt.sum()
     if tot < 1e-6:
-        return np.zeros(edit.shape[2], np.float32)
-    return ((edit * wgt[..., None]).sum(axis=(0, 1)) / tot).astype(np.float32)
+        return np.zeros(edit.shape[:-3] + edit.shape[-1:], np.float32)
+    return ((edit * wgt[..., None]).sum(axis=(-3, -2)) / tot).astype(np.float32)
+
+
+def delivery_mask(alignment: "Alignment | None", size: int) -> "np.ndarray | None":
+    """The face mask :func:`add_edits` applies to a face's edit, in the crop frame at ``size`` x ``size`` (None for
+    an aligned input, which gets the whole edit)."""
+    if alignment is None:
+        return None
+    m = crop_mask(alignment)
+    if m.shape[0] != size:
+        from .imaging import resize_float
+
+        m = np.clip(resize_float(m[..., None], size, size)[..., 0], 0.0, 1.0)
+    return m
+
+
+def edits_as_delivered(edits: np.ndarray, mask: np.ndarray, color_match: bool = True) -> np.ndarray:
+    """What :func:`add_edits` delivers of each edit, in the crop frame: ``edits`` (n, C, H, W) float, ``mask``
+    (H, W) the face mask in that frame (:func:`crop_mask` at H) -> (n, C, H, W) float32, each edit minus its
+    offset at the mask's seam band (``color_match``, as add_edits removes it) times the mask. What the search
+    scores, so that its estimate describes the photo the user gets, not edit outside the face that is never
+    pasted."""
+    m = np.asarray(mask, np.float32)
+    e = np.asarray(edits, np.float32)
+    if color_match:
+        e = e - _edit_offset_at_seam(e.transpose(0, 2, 3, 1), m)[:, :, None, None]
+    return (e * m).astype(np.float32)
 
 
 def add_edits(

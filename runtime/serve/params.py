@@ -1,12 +1,12 @@
 """Request parameters -> ``Settings`` (+ aligned, output format, quality), with the CLI's option names.
 
-Every ``Settings`` field is a query (or multipart form) parameter named as the CLI's option, without the
-dashes: ``generations``, ``popsize``, ``seed``, ``space``, ``sigma``, ``identity-floor``, ``identity-target``,
-``identity-weight``, ``latent-weight``, ``strength``, ``strategy``, ``face``, ``all-faces``, ``mode``,
-``score-on``, ``transfer``; plus ``aligned``, ``quality`` and ``format``. snake_case spellings are accepted too.
-A parameter not given takes the CLI's default (``Settings()``), so the same photo, settings and seed give the
-same bytes as ``beautyrt optimize``. Every value is checked before any work: a bad one is a UsageError naming
-the parameter (HTTP 400). No parameter can name a file: there are no path parameters.
+Every ``Settings`` field is a query (or multipart form) parameter named as the CLI's option, without the dashes:
+``generations``, ``popsize``, ``seed``, ``space``, ``sigma``, ``identity-floor``, ``identity-target``,
+``identity-weight``, ``latent-weight``, ``naturalness-weight``, ``strength``, ``strategy``, ``face``,
+``all-faces``, ``mode``, ``score-on``, ``transfer``; plus ``aligned``, ``quality`` and ``format``. snake_case
+spellings are accepted too. A parameter not given takes the CLI's default (``Settings()``), so the same photo,
+settings and seed give the same bytes as ``beautyrt optimize``. Every value is checked before any work: a bad one
+is a UsageError naming the parameter (HTTP 400). No parameter can name a file: there are no path parameters.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ from ..objective import ObjectiveWeights
 from ..settings import Settings
 
 INT = {"generations", "popsize", "seed", "face", "quality"}
-FLOAT = {"sigma", "identity-floor", "identity-target", "identity-weight", "latent-weight", "strength"}
+FLOAT = {
+    "sigma",
+    "identity-floor",
+    "identity-target",
+    "identity-weight",
+    "latent-weight",
+    "naturalness-weight",
+    "strength",
+}
 BOOL = {"all-faces", "aligned"}
 STR = {"space", "strategy", "mode", "score-on", "transfer", "format"}
 KNOWN = INT | FLOAT | BOOL | STR
@@ -127,6 +135,7 @@ def parse(p: dict[str, str]) -> OptimizeParams:
             opt_float("identity-target"),
             opt_float("identity-weight"),
             opt_float("latent-weight"),
+            opt_float("naturalness-weight"),
         ),
         output_mode=g("mode", d.output_mode),
         face=opt_int("face"),

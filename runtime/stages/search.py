@@ -5,8 +5,9 @@ the strategy asks λ candidates, ONE batched scorer call scores all of them, the
 and the strategy is told. What is scored (``settings.score_on``):
 
 * ``output``: the image the user gets -- the photo's aligned crop plus each candidate's edit
-  ``G(ws) - G(w_start)`` through the transfer -- with identity measured against the photo's crop (one synthesis
-  call + one crop_scorer call per generation);
+  ``G(ws) - G(w_start)`` through the transfer, as compose delivers it (``ops.blend.edits_as_delivered``: inside
+  the face mask, seam offset removed; edit outside the mask is never pasted, so it is never scored) -- with
+  identity measured against the photo's crop (one synthesis call + one crop_scorer call per generation);
 * ``generated``: the generated face ``G(ws)`` itself with the fused scorer (one call), identity against
   ``G(w_start)``.
 
@@ -24,7 +25,8 @@ import numpy as np
 from .. import strategies
 from ..bundle import Models
 from ..errors import Cancelled
-from ..objective import LatentSpace, cosine_to, objective
+from ..objective import LatentSpace, cosine_to, edit_cost, objective
+from ..ops.blend import delivery_mask, edits_as_delivered
 from ..ops.imaging import crop_to_unit, edit_delta
 from ..settings import Settings
 from ..timing import StageTimer
@@ -33,6 +35,7 @@ from ..types import AlignedFace, Inversion, SearchOutcome
 Progress = Callable[[int, int, float], None]  # (generation, total generations, best score so far)
 CancelCheck = Callable[[], bool]  # True: stop now (raises Cancelled)
 ScoreFn = Callable[[Optional[np.ndarray]], dict]  # ws (n, num_ws, w_dim) or None (the start) -> score, embedding
+# (and "edit_cost" (n,) when the naturalness term is on)
 
 
 def scorer(models: Models, aligned: AlignedFace, inversion: Inversion, settings: Settings) -> ScoreFn:
@@ -40,12 +43,17 @@ def scorer(models: Models, aligned: AlignedFace, inversion: Inversion, settings:
     if settings.score_on == "output":
         base = crop_to_unit(aligned.crop, models.resolution)  # (1, 3, R, R) in [-1, 1]
         g0 = inversion.g_start[None]
+        mask = delivery_mask(aligned.alignment, models.resolution)
+        natural = bool(settings.weights.naturalness_weight)
 
         def on_output(ws: Optional[np.ndarray]) -> dict:
             if ws is None:
                 return models.score_crops(base)
             edit = edit_delta(models.synthesize(ws) - g0, settings.transfer)
-            return models.score_crops(np.clip(base + edit, -1.0, 1.0))
+            if mask is not None:
+                edit = edits_as_delivered(edit, mask)
+            out = models.score_crops(np.clip(base + edit, -1.0, 1.0))
+            return {**out, "edit_cost": edit_cost(edit, mask)} if natural else out
 
         return on_output
 
@@ -101,7 +109,7 @@ def search(
         evaluations += len(X)
         score = out["score"].astype(np.float64)
         cos = cosine_to(e_ref, out["embedding"].astype(np.float64))
-        J = objective(score, cos, X, s.weights)
+        J = objective(score, cos, X, s.weights, out.get("edit_cost"))
         es.tell(X, -J)
         feasible = np.flatnonzero(cos >= s.weights.identity_floor)
         if feasible.size:

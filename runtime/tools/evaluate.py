@@ -31,8 +31,8 @@ from PIL import Image, ImageDraw
 
 from ..beautifier import Beautifier
 from ..errors import NoFaceError, UsageError
-from ..objective import cosine_to
-from ..ops.blend import crop_mask
+from ..objective import cosine_to, edit_cost
+from ..ops.blend import crop_mask, delivery_mask, edits_as_delivered
 from ..ops.imageio import atomic_write_bytes, check_outputs, encode_image, output_format
 from ..ops.imaging import add_edit, blur_matrix, crop_to_unit, edit_in_grey_levels, resize_float, resize_u8
 from ..settings import Settings, as_settings
@@ -141,13 +141,14 @@ class Evaluator:
             "aligned": crop,
             "delta_search": delta,
         }
-        crops = [crop, add_edit(crop, delta)]
+        dmask = delivery_mask(fe.aligned.alignment, len(crop))
+        crops = [crop, add_edit(crop, _as_delivered(delta, dmask))]
         if self.has_direction:
             lin = search.search(bf.models, fe.aligned, fe.inversion, self.linear_s)
             g_lin = compose.render_edit(bf.models, fe.inversion, lin, self.linear_s).g_best
             d_lin = edit_in_grey_levels(fe.inversion.g_start, g_lin, s.transfer)
             vis["delta_linear"] = d_lin
-            crops.append(add_edit(crop, d_lin))
+            crops.append(add_edit(crop, _as_delivered(d_lin, dmask)))
             row.update(linear_gain=lin.gain, linear_identity=lin.identity)
         mask = crop_mask(fe.aligned.alignment) if fe.aligned.alignment is not None else _soft_ellipse(len(crop))
         smooth = smooth_skin(crop, mask)
@@ -162,6 +163,11 @@ class Evaluator:
             sc = bf.models.score_crops(np.concatenate([crop_to_unit(c, bf.resolution) for c in named.values()]))
             score = dict(zip(named, sc["score"].astype(np.float64)))
             cos = dict(zip(named, cosine_to(sc["embedding"][0].astype(np.float64), sc["embedding"].astype(np.float64))))
+            row.update(edit_cost=_cost(crops[1], crop, mask), smooth_edit_cost=_cost(smooth, crop, mask))
+            if "delivered" in named:
+                row.update(delivered_edit_cost=_cost(named["delivered"], crop, mask))
+            if "linear" in named:
+                row.update(linear_edit_cost=_cost(named["linear"], crop, mask))
             row.update(gain_output=score["output"] - score["photo"], identity_output=float(cos["output"]))
             row.update(smooth_gain=score["smooth"] - score["photo"], smooth_identity=float(cos["smooth"]))
             if "linear" in named:
@@ -186,6 +192,19 @@ class Evaluator:
                         row[f"judge_{k}_gain"] = float(j[k] - j["photo"])
         row = {k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()}
         return row, vis
+
+
+def _cost(edited: np.ndarray, crop: np.ndarray, mask: np.ndarray) -> float:
+    """The naturalness cost (``objective.edit_cost``) of the change from ``crop`` to ``edited`` (uint8 crops)."""
+    d = (edited.astype(np.float32) - crop.astype(np.float32)) / np.float32(127.5)
+    return float(edit_cost(d.transpose(2, 0, 1)[None], mask)[0])
+
+
+def _as_delivered(delta: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
+    """One (H, W, 3) edit as compose delivers it in the crop frame (the whole edit for an aligned input)."""
+    if mask is None:
+        return delta
+    return edits_as_delivered(delta.transpose(2, 0, 1)[None], mask)[0].transpose(1, 2, 0)
 
 
 def _stats(rows: list[dict], key: str) -> Optional[dict]:
@@ -217,6 +236,10 @@ ROW_STATS = (
     "linear_identity_output",
     "smooth_gain",
     "smooth_identity",
+    "edit_cost",
+    "delivered_edit_cost",
+    "linear_edit_cost",
+    "smooth_edit_cost",
     "judge_delivered_gain",
     "judge_linear_gain",
     "judge_smooth_gain",
@@ -363,6 +386,8 @@ def format_summary(rep: dict) -> str:
         f"linear  gain {f('linear_gain')}; identity {f('linear_identity')} (floor {rep['identity_floor']})",
         f"linear  output gain {f('linear_gain_output')}; output identity {f('linear_identity_output')}",
         f"smooth  gain {f('smooth_gain')}; identity {f('smooth_identity')}",
+        f"edit cost (10 grey levels RMS + fine): search {f('edit_cost')}; delivered {f('delivered_edit_cost')}; "
+        f"linear {f('linear_edit_cost')}; smooth {f('smooth_edit_cost')}",
         f"seconds/photo {f('seconds')}",
     ]
     if rep.get("judge"):

@@ -243,6 +243,7 @@ BAD_CLI = {
     "identity_weight_nan": (["--identity-weight", "nan"], r"identity-weight must be a finite number"),
     "latent_weight_inf": (["--latent-weight", "inf"], r"latent-weight must be a finite number"),
     "latent_weight_neg_inf": (["--latent-weight=-inf"], r"latent-weight must be a finite number"),
+    "naturalness_weight_negative": (["--naturalness-weight=-0.5"], r"naturalness-weight must be in \[0, 1e\+06\]"),
     "identity_floor_nan": (["--identity-floor", "nan"], r"identity-floor must be a finite"),
     "sigma_nan": (["--sigma", "nan"], r"sigma must be a finite"),
     "strength_inf": (["--strength", "inf"], r"strength must be a finite"),

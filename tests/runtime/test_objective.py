@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from beautyrt.runtime.errors import UsageError
-from beautyrt.runtime.objective import INFEASIBLE, LatentSpace, ObjectiveWeights, cosine_to, objective
+from beautyrt.runtime.objective import INFEASIBLE, LatentSpace, ObjectiveWeights, cosine_to, edit_cost, objective
 
 GROUPS = {"coarse": [0, 1, 2, 3], "middle": [4, 5, 6, 7], "fine": [8, 9]}
 
@@ -68,3 +68,42 @@ def test_unset_weights_take_bundle_defaults_then_builtin():
     w = ObjectiveWeights(identity_floor=0.5).resolved({"identity_floor": 0.9})
     assert w.identity_floor == 0.5
     assert ObjectiveWeights().resolved(None).identity_floor == 0.6
+
+
+def _blob(n: int = 64, amplitude: float = 10.0) -> np.ndarray:
+    """A smooth dark/light patch edit (1, 3, n, n) in [-1, 1] units of ``amplitude`` grey levels at its peak."""
+    ys, xs = (np.mgrid[0:n, 0:n] + 0.5) / n
+    b = np.exp(-(((xs - 0.45) / 0.12) ** 2 + ((ys - 0.55) / 0.12) ** 2)) * amplitude / 127.5
+    return np.repeat(b[None, None].astype(np.float32), 3, axis=1)
+
+
+def test_edit_cost_is_zero_for_no_edit_and_grows_linearly_with_the_edit():
+    e = _blob()
+    c = edit_cost(np.concatenate([0 * e, e, 2 * e]))
+    assert c[0] == 0.0 and c[1] > 0.0
+    assert c[2] == pytest.approx(2 * c[1], rel=1e-5)
+
+
+def test_edit_cost_counts_only_the_face_mask_and_charges_grain_more_than_shading():
+    e = _blob()
+    n = e.shape[-1]
+    mask = np.zeros((n, n), np.float32)
+    mask[:, n // 2 + 16 :] = 1.0  # a region away from the patch
+    assert edit_cost(e, mask)[0] < 0.01 * edit_cost(e)[0]
+    # the same RMS as the patch, as grain (a checkerboard) instead of smooth shading
+    grain = (np.indices((n, n)).sum(0) % 2 * 2 - 1).astype(np.float32)[None, None].repeat(3, 1)
+    grain *= np.sqrt((e**2).mean()) / np.sqrt((grain**2).mean())
+    assert edit_cost(grain)[0] > 1.5 * edit_cost(e)[0]
+
+
+def test_naturalness_weight_prefers_the_gentler_edit_at_the_same_score():
+    score, cos, X = np.array([7.0, 7.0]), np.array([0.9, 0.9]), np.zeros((2, 4))
+    cost = np.array([0.5, 2.0])
+    on = ObjectiveWeights(0.6, 0.8, 5.0, 0.1, naturalness_weight=0.3)
+    off = ObjectiveWeights(0.6, 0.8, 5.0, 0.1, naturalness_weight=0.0)
+    J = objective(score, cos, X, on, cost)
+    assert J[0] - J[1] == pytest.approx(0.3 * 1.5)
+    assert np.all(objective(score, cos, X, off, cost) == objective(score, cos, X, off))
+    assert ObjectiveWeights().resolved({"naturalness_weight": 0.25}).naturalness_weight == 0.25
+    with pytest.raises(UsageError):
+        ObjectiveWeights(naturalness_weight=-1.0).validate()
