@@ -8,11 +8,12 @@ For a candidate x (search coordinates, in units of the per-dimension std of W):
               - latent_weight * mean(x**2)                              stay near the start
               - naturalness_weight * edit_cost(x)                       what the edit costs the photo
               - INFEASIBLE - 100 * (identity_floor - cos(x))            only when cos(x) < identity_floor
-``edit_cost`` (``edit_cost``, with ``score_on=output``) is the delivered edit's RMS over the face mask in units of
-10 grey levels, its broad and its fine part added (:func:`edit_cost`): a search that buys score with strong dark/
-light patches or fine smudges pays for them, so at the same score it prefers the edit that changes the photo
-least. CMA-ES minimises -J. The result is the feasible candidate (cos >= identity_floor) with the highest beauty
-score seen; the start itself is feasible, so the result never scores below the start.
+``edit_cost`` (with ``score_on=output``) is the delivered edit's RMS over the face mask in units of 10 grey levels,
+with its broad and its fine part's added (:func:`edit_cost`): a search that buys score with patches of light or
+shade (e.g. the face lit up inside the mask) or fine smudges pays for them, so at the same score it prefers the
+edit that changes the photo least and most locally.
+CMA-ES minimises -J. The result is the feasible candidate (cos >= identity_floor) with the highest beauty score
+seen; the start itself is feasible, so the result never scores below the start.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DEFAULT_WEIGHTS = {
     "naturalness_weight": 0.0,
 }
 FINE_SIGMA = 1.0 / 64.0  # edit_cost: the fine part is the edit minus its Gaussian blur of this fraction of the side
+BROAD_SIGMA = 1.0 / 16.0  # edit_cost: the broad part is its blur at this fraction (the detail transfer's scale)
 
 
 @dataclass(frozen=True)
@@ -130,19 +132,24 @@ def cosine_to(ref: np.ndarray, emb: np.ndarray) -> np.ndarray:
 
 
 def edit_cost(edits: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """(n, C, H, W) delivered edits in [-1, 1] units -> (n,) their naturalness cost: RMS over the face ``mask``
-    (H, W; the whole frame when None) of the edit, plus RMS of its fine part (the edit minus its blur at
-    ``FINE_SIGMA`` of the side: grain and smudge), both in units of 10 grey levels."""
+    """(n, C, H, W) delivered edits in [-1, 1] units -> (n,) their naturalness cost, in units of 10 grey levels
+    RMS over the face ``mask`` (H, W; the whole frame when None): the edit's energy (RMS), plus its broad part's
+    (its blur at ``BROAD_SIGMA`` of the side: patches of light or shade wider than a feature, e.g. the face's oval
+    lit up inside the mask), plus its fine part's (the edit minus its blur at ``FINE_SIGMA``: grain, smudge)."""
     from .ops.imaging import blur_matrix
 
     e = np.asarray(edits, np.float32) * np.float32(127.5 / 10.0)
     h, w = e.shape[-2:]
     m = np.ones((h, w), np.float32) if mask is None else np.asarray(mask, np.float32)
     tot = max(float(m.sum()) * e.shape[1], 1e-6)
-    fine = e - blur_matrix(h, FINE_SIGMA * h) @ e @ blur_matrix(w, FINE_SIGMA * w).T
-    rms = np.sqrt((e * e * m).sum(axis=(1, 2, 3), dtype=np.float64) / tot)
-    rms_fine = np.sqrt((fine * fine * m).sum(axis=(1, 2, 3), dtype=np.float64) / tot)
-    return rms + rms_fine
+
+    def rms(x: np.ndarray) -> np.ndarray:
+        return np.sqrt((x * x * m).sum(axis=(1, 2, 3), dtype=np.float64) / tot)
+
+    def blur(x: np.ndarray, sigma: float) -> np.ndarray:
+        return blur_matrix(h, sigma * h) @ x @ blur_matrix(w, sigma * w).T
+
+    return rms(e) + rms(blur(e, BROAD_SIGMA)) + rms(e - blur(e, FINE_SIGMA))
 
 
 def objective(

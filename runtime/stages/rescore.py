@@ -1,7 +1,8 @@
 """Score the delivered photo (issue 17 part 5): what the report's ``delivered`` numbers describe.
 
-The search scores candidate crops in the generator's frame (the photo's crop plus the edit); the photo the user
-gets is the edit composed back at ``strength``, blended, rounded to uint8. ``rescore`` measures *that* photo as a
+The search scores candidate crops in the generator's frame (the photo's crop plus the edit as compose delivers it:
+masked, seam-corrected); the photo the user gets is that edit composed back at ``strength`` at the photo's own
+resolution, rounded to uint8. ``rescore`` measures *that* photo as a
 fresh input would be measured: the composed image is detected again (the face matched to the edited one by
 box overlap), re-aligned, and scored with the same crop_scorer as the search, in one call together with the
 original photo's crop (so the identity is the cosine between the two crops' embeddings). Its time is the

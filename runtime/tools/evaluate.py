@@ -164,8 +164,6 @@ class Evaluator:
             score = dict(zip(named, sc["score"].astype(np.float64)))
             cos = dict(zip(named, cosine_to(sc["embedding"][0].astype(np.float64), sc["embedding"].astype(np.float64))))
             row.update(edit_cost=_cost(crops[1], crop, mask), smooth_edit_cost=_cost(smooth, crop, mask))
-            if "delivered" in named:
-                row.update(delivered_edit_cost=_cost(named["delivered"], crop, mask))
             if "linear" in named:
                 row.update(linear_edit_cost=_cost(named["linear"], crop, mask))
             row.update(gain_output=score["output"] - score["photo"], identity_output=float(cos["output"]))
@@ -237,7 +235,6 @@ ROW_STATS = (
     "smooth_gain",
     "smooth_identity",
     "edit_cost",
-    "delivered_edit_cost",
     "linear_edit_cost",
     "smooth_edit_cost",
     "judge_delivered_gain",
@@ -386,8 +383,8 @@ def format_summary(rep: dict) -> str:
         f"linear  gain {f('linear_gain')}; identity {f('linear_identity')} (floor {rep['identity_floor']})",
         f"linear  output gain {f('linear_gain_output')}; output identity {f('linear_identity_output')}",
         f"smooth  gain {f('smooth_gain')}; identity {f('smooth_identity')}",
-        f"edit cost (10 grey levels RMS + fine): search {f('edit_cost')}; delivered {f('delivered_edit_cost')}; "
-        f"linear {f('linear_edit_cost')}; smooth {f('smooth_edit_cost')}",
+        f"edit cost (10 grey levels RMS + fine): search {f('edit_cost')}; linear {f('linear_edit_cost')}; "
+        f"smooth {f('smooth_edit_cost')}",
         f"seconds/photo {f('seconds')}",
     ]
     if rep.get("judge"):

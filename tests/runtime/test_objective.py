@@ -84,16 +84,22 @@ def test_edit_cost_is_zero_for_no_edit_and_grows_linearly_with_the_edit():
     assert c[2] == pytest.approx(2 * c[1], rel=1e-5)
 
 
-def test_edit_cost_counts_only_the_face_mask_and_charges_grain_more_than_shading():
+def test_edit_cost_counts_only_the_face_mask_and_charges_patches_and_grain_more_than_features():
     e = _blob()
     n = e.shape[-1]
     mask = np.zeros((n, n), np.float32)
     mask[:, n // 2 + 16 :] = 1.0  # a region away from the patch
     assert edit_cost(e, mask)[0] < 0.01 * edit_cost(e)[0]
-    # the same RMS as the patch, as grain (a checkerboard) instead of smooth shading
-    grain = (np.indices((n, n)).sum(0) % 2 * 2 - 1).astype(np.float32)[None, None].repeat(3, 1)
-    grain *= np.sqrt((e**2).mean()) / np.sqrt((grain**2).mean())
-    assert edit_cost(grain)[0] > 1.5 * edit_cost(e)[0]
+
+    def same_rms(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)[None, None].repeat(3, 1)
+        return x * np.sqrt((e**2).mean() / (x**2).mean())
+
+    ys, xs = np.indices((n, n))
+    feature = same_rms(np.sin(2 * np.pi * xs / 10.0) * np.sin(2 * np.pi * ys / 10.0))  # feature-sized shading
+    grain = same_rms(((xs + ys) % 2) * 2.0 - 1.0)  # pixel-level grain
+    c_feature, c_patch, c_grain = edit_cost(np.concatenate([feature, e, grain]))
+    assert c_patch > 1.25 * c_feature and c_grain > 1.25 * c_feature, (c_feature, c_patch, c_grain)
 
 
 def test_naturalness_weight_prefers_the_gentler_edit_at_the_same_score():
