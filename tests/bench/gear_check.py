@@ -52,6 +52,31 @@ def run(module, images: np.ndarray, batch: int = 32):
     return [np.concatenate(o) for o in outs]
 
 
+def heads_from_features(feature: np.ndarray):
+    """GEAR's three heads (Dense + ReLU, Dense + softmax; read from the graph's own weights) on its pooled
+    features: (P(male), age probs, race probs). Lets the check reuse features the beauty trainer cached."""
+    from beautyrt.export.human_models import model_path
+    from beautyrt.export.loaders.tfjs import read_graph_model
+
+    w = read_graph_model(model_path("gear")).weights
+    pre = "StatefulPartitionedCall/model_1/"
+
+    def dense(x, layer, relu):
+        y = x @ w[f"{pre}{layer}/MatMul/ReadVariableOp"].astype(np.float64)
+        y = y + w[f"{pre}{layer}/BiasAdd/ReadVariableOp"].astype(np.float64)
+        return np.maximum(y, 0.0) if relu else y
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    f = np.asarray(feature, np.float64)
+    gender = softmax(dense(dense(f, "dense_3", True), "gender_output", False))
+    age = softmax(dense(dense(f, "dense_1", True), "age_output", False))
+    race = softmax(dense(dense(f, "dense_2", True), "race_output", False))
+    return gender[:, 0], age, race
+
+
 def summary(p_male: np.ndarray, age: np.ndarray, race: np.ndarray, male: np.ndarray, eth: np.ndarray) -> dict:
     from beautyrt.export.nets.gear import RACES, age_years
 
@@ -91,6 +116,12 @@ def main() -> int:
     ap.add_argument("--grid", type=int, default=200, help="MEBeauty train photos for the crop choice")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--crops", default="", help="comma-separated crops to compare (default: all of CROPS)")
+    ap.add_argument(
+        "--features",
+        default=None,
+        help="features_gear.npz the beauty trainer cached for the same faces (tests/bench/gear_judge.py OUT: "
+        "OUT/run/features_gear.npz): skip the crop grid, run only the heads on them (checked on 16 faces)",
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import torch
@@ -115,6 +146,30 @@ def main() -> int:
 
     tr = np.flatnonzero(split == 0)
     pick = np.sort(np.random.default_rng(0).choice(tr, size=min(a.grid, len(tr)), replace=False))
+    if a.features:
+        from beautyrt.export.nets.gear import DEFAULT_CROP
+
+        with np.load(a.features) as f:
+            feature = f["real"]
+        if len(feature) != len(names):
+            raise SystemExit(f"{a.features}: {len(feature)} faces, the cache has {len(names)} MEBeauty faces")
+        chk = pick[:16]
+        got = run(GearFromCrop(net, DEFAULT_CROP).eval(), images[chk])
+        heads = heads_from_features(got[0])
+        out["features_check"] = {
+            "faces": len(chk),
+            "cached_vs_module_max_abs": float(np.abs(feature[chk] - got[0]).max()),
+            "heads_vs_module_max_abs": float(max(np.abs(h - g).max() for h, g in zip(heads, got[1:]))),
+        }
+        sys.stdout.write(f"features check: {out['features_check']}\n")
+        if (
+            max(out["features_check"]["cached_vs_module_max_abs"], out["features_check"]["heads_vs_module_max_abs"])
+            > 1e-4
+        ):
+            raise SystemExit("the cached features or the numpy heads do not match the module")
+        out["chosen_crop"] = DEFAULT_CROP
+        p_male, age, race = heads_from_features(feature)
+        return finish(out, p_male, age, race, male, eth, split, t0, a.json)
     for crop in a.crops.split(",") if a.crops else CROPS:
         p_male = run(GearFromCrop(net, crop).eval(), images[pick])[1]
         row = {"auc": auc(p_male, male[pick]), "accuracy": float(np.mean((p_male > 0.5) == male[pick]))}
@@ -126,6 +181,11 @@ def main() -> int:
     best = max(out["grid"], key=lambda c: (out["grid"][c]["auc"], out["grid"][c]["accuracy"]))
     out["chosen_crop"] = best
     _, p_male, age, race = run(GearFromCrop(net, best).eval(), images)
+    return finish(out, p_male, age, race, male, eth, split, t0, a.json)
+
+
+def finish(out: dict, p_male, age, race, male, eth, split, t0: float, json_path) -> int:
+    best = out["chosen_crop"]
     out["all"] = summary(p_male, age, race, male, eth)
     va = split == 1
     out["val"] = summary(p_male[va], age[va], race[va], male[va], eth[va])
@@ -140,8 +200,8 @@ def main() -> int:
             f"(p10 {s['age_years']['p10']:.1f}, p90 {s['age_years']['p90']:.1f})\n"
         )
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=1))
     return 0
 
 
