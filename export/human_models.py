@@ -13,6 +13,10 @@ Models provided here (see :data:`MODELS`):
                   (softmax over 100 one-year bins) heads; weights stored as float16 (6.98 MB).
 ``faceres-deep``  the same graph with a different, float32 set of weights (13.96 MB); the human library's
                   FaceID demo calls it a "higher resolution variation of faceres".
+``gear``          GEAR Predictor (Udolf15): six 3x3 VALID convolutions (ReLU, batch norm after the ReLU, 2x2
+                  max pools) on 198x198 RGB in [0, 1], a 192-d global max pool, and age (7 bins) / race (5) /
+                  gender (2, [male, female]) softmax heads; trained on UTKFace for those attributes, not for
+                  identity; float16 weights (1.5 MB). See :mod:`beautyrt.export.nets.gear`.
 
 Licence facts (read from the files themselves, see :data:`LICENCE`): the npm package's ``package.json`` says
 ``"license": "MIT"`` and its ``LICENSE`` is the MIT licence, (c) 2021 Vladimir Mandic. The model files say
@@ -58,6 +62,10 @@ MODELS: dict[str, dict[str, str]] = {
         "faceres-deep.json": "a98d8d87d533afeb6064822d33c80d45c5eaca4a436cef11c9c2084fff0c0dfe",
         "faceres-deep.bin": "b0ea2cc4805891a0f22dc57b06b57806b967831305c40818400fda40aec341f4",
     },
+    "gear": {
+        "gear.json": "d364960439f8ff5d73e5a38e16ffc695a586330f5e03e40b6e0e7a3ec77ff03f",
+        "gear.bin": "53ef6bad582dd0a4617908489404866d96593ad11f29dec8f084dacaaf7f9ff6",
+    },
 }
 MAX_MEMBER_BYTES = 64 << 20
 
@@ -70,12 +78,20 @@ LICENCE = {
         "VGGFace2, age/gender heads trained on IMDB-Wiki faces; float16 weights",
         "faceres-deep": "the same HSE FaceRes graph with another float32 weight set (human's FaceID demo: 'higher "
         "resolution variation of faceres'); training data not stated separately",
+        "gear": "GEAR Predictor (M. A. Hashmi, github.com/Udolf15/GEAR-Predictor): a 6-conv CNN trained for age "
+        "(7 bins), gender and race (5 classes) on UTKFace (AgeRaceGenderModel.py, dataPreparation.py: "
+        "datasets/UTKFace; README: 'UTK face dataset for age, gender, race detection'); NOT trained for identity. "
+        "UTKFace is released for non-commercial research. The upstream repository's LICENSE file is GPL-3.0 "
+        "(its README says MIT); the npm package that ships the converted graph says MIT; float16 weights",
     },
     "sources_read": [
         "package/models/faceres.json: generatedBy https://github.com/HSE-asavchenko/HSE_FaceRec_tf",
         "@vladmandic/human 3.3.6 src/face/faceres.ts ('Based on: HSE-FaceRes'), demo/faceid/README.md",
         "HSE_FaceRec_tf README.md (VGGFace2), age_gender_identity/README.md (MobileNet base pre-trained on "
         "VGGFace2, frozen or fine-tuned for age/gender), age_gender_identity/age_gender_train.py (DEX_IMDB_faces)",
+        "package/models/gear.json: generatedBy https://github.com/Udolf15/GEAR-Predictor; @vladmandic/human "
+        "src/gear/gear.ts ('Based on: GEAR Predictor'); GEAR-Predictor 36c0399 README.md, AgeRaceGenderModel.py, "
+        "dataPreparation.py, dataGenerator.py (RGB / 255, 198x198), LICENSE (GPL-3.0)",
     ],
 }
 
@@ -221,7 +237,7 @@ def extract_model(name: str, cache_dir: str | os.PathLike | None = None, downloa
 
 
 def model_path(name: str, cache_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """``model.json`` of ``name`` (``faceres`` / ``faceres-deep``), fetched and extracted when needed."""
+    """``model.json`` of ``name`` (``faceres`` / ``faceres-deep`` / ``gear``), fetched and extracted when needed."""
     return extract_model(name, cache_dir, download=download)
 
 

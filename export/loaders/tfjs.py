@@ -27,7 +27,8 @@ Ops (:data:`SUPPORTED_OPS`; anything else is refused with a :class:`CheckpointEr
 Placeholder, Const, Identity, Conv2D, DepthwiseConv2dNative, _FusedConv2D, FusedDepthwiseConv2dNative
 (fused BiasAdd then Relu/Relu6/Prelu/LeakyRelu/Sigmoid/Elu), MatMul, _FusedMatMul (same fused ops), BiasAdd,
 Add, AddV2, Sub, Mul, RealDiv, Minimum, Maximum, Relu, Relu6, LeakyRelu, Prelu, Elu, Sigmoid, Tanh, Softmax,
-Mean, Reshape, Squeeze, ConcatV2, Pad, PadV2, MaxPool, AvgPool. Only NHWC ``data_format`` is accepted.
+Mean, Max (reductions over constant axes: Keras' global average / max pooling), Reshape, Squeeze, ConcatV2,
+Pad, PadV2, MaxPool, AvgPool. Only NHWC ``data_format`` is accepted.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ SUPPORTED_OPS = frozenset(
         "Prelu",
         "Softmax",
         "Mean",
+        "Max",
         "Reshape",
         "Squeeze",
         "ConcatV2",
@@ -842,6 +844,13 @@ class TfjsGraphModule(torch.nn.Module):
         self._emit(lambda env, x, dim=dim: torch.softmax(x, dim=dim), (k,), self._set(node, v.layout, v.rank))
 
     def _compile_mean(self, node: Node) -> None:
+        self._compile_reduction(node, torch.mean)
+
+    def _compile_max(self, node: Node) -> None:
+        self._compile_reduction(node, torch.amax)
+
+    def _compile_reduction(self, node: Node, reduce) -> None:
+        """Mean / Max over constant axes (``keep_dims`` as the node says), in NCHW where the axes allow."""
         if len(node.inputs) != 2:
             raise self._err(node, f"{len(node.inputs)} inputs, expected 2")
         x_key, ax_key = node.inputs
@@ -852,7 +861,7 @@ class TfjsGraphModule(torch.nn.Module):
             if v.layout == "nchw":
                 raise self._err(node, "unknown rank")
             self._emit(
-                lambda env, x, axes=tuple(axes), keep=keep: torch.mean(x, dim=axes, keepdim=keep),
+                lambda env, x, axes=tuple(axes), keep=keep, f=reduce: f(x, dim=axes, keepdim=keep),
                 (x_key,),
                 self._set(node, "plain", None),
             )
@@ -863,19 +872,19 @@ class TfjsGraphModule(torch.nn.Module):
             dims = tuple(NHWC_TO_NCHW_AXIS[a] for a in axes)
             layout = "nchw" if keep else "plain"
             self._emit(
-                lambda env, x, dims=dims, keep=keep: torch.mean(x, dim=dims, keepdim=keep),
+                lambda env, x, dims=dims, keep=keep, f=reduce: f(x, dim=dims, keepdim=keep),
                 (x_key,),
                 self._set(node, layout, out_rank),
             )
             return
         to_nhwc = v.layout == "nchw"
 
-        def mean(env, x, dims=tuple(axes), keep=keep, to_nhwc=to_nhwc):
+        def reduction(env, x, dims=tuple(axes), keep=keep, to_nhwc=to_nhwc, f=reduce):
             if to_nhwc:
                 x = _to_nhwc(x)
-            return torch.mean(x, dim=dims, keepdim=keep)
+            return f(x, dim=dims, keepdim=keep)
 
-        self._emit(mean, (x_key,), self._set(node, "plain", out_rank))
+        self._emit(reduction, (x_key,), self._set(node, "plain", out_rank))
 
     def _compile_reshape(self, node: Node) -> None:
         if len(node.inputs) != 2:

@@ -394,6 +394,9 @@ FACERES_FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "faceres+dlib": ("faceres", "dlib"),
     "faceres-deep+dlib": ("faceres-deep", "dlib"),
 }
+# judge heads (issue 17 part 3): networks NOT trained for recognition; chosen only when asked for (not in the
+# default grid above), e.g. ``train_beauty_faceres(data, out, feature_sets=("gear",))``
+JUDGE_FEATURE_SETS: dict[str, tuple[str, ...]] = {"gear": ("gear",)}
 
 
 def _view_features(fn, imgs: torch.Tensor, fit_idx: np.ndarray, gen: torch.Generator, label: str) -> dict:
@@ -442,11 +445,13 @@ def train_beauty_faceres(
     ridge_faceres``; the FaceRes weights are not in it: the exporter fetches them from npm like the trainer)
     and ``out/beauty_metrics.json``. Features are cached in ``out/features_<net>.npz``."""
     from ..nets.demo import BlockFeatureBeauty
-    from ..nets.faceres import DEFAULT_CROP, DEFAULT_PREPROCESSING, FaceResBeauty, FaceResFromCrop, load_faceres
+    from ..nets.faceres import DEFAULT_CROP, DEFAULT_PREPROCESSING, FaceResBeauty
+    from ..nets.human import net_from_crop
 
-    unknown = [f for f in feature_sets if f not in FACERES_FEATURE_SETS]
+    known_sets = {**FACERES_FEATURE_SETS, **JUDGE_FEATURE_SETS}
+    unknown = [f for f in feature_sets if f not in known_sets]
     if unknown:
-        raise ValueError(f"unknown feature set(s) {unknown}; choose from {', '.join(FACERES_FEATURE_SETS)}")
+        raise ValueError(f"unknown feature set(s) {unknown}; choose from {', '.join(known_sets)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     split, score = data["split"], data["score"].astype(np.float64)
@@ -455,7 +460,7 @@ def train_beauty_faceres(
     fit_idx = np.flatnonzero(split != 1)  # MEBeauty train + OMI (OMI rows get weight 0 when not chosen)
     imgs = to_tensor(data[f"images_{res}"])
     # dlib always: its descriptor centre is the bundle identity's (the pack's identity role), as for the dlib heads
-    nets_needed = sorted({"dlib", *(n for f in feature_sets for n in FACERES_FEATURE_SETS[f])})
+    nets_needed = sorted({"dlib", *(n for f in feature_sets for n in known_sets[f])})
     modules: dict[str, torch.nn.Module] = {}
     feats: dict[str, dict] = {}
     for name in nets_needed:
@@ -463,7 +468,7 @@ def train_beauty_faceres(
             mod = BlockFeatureBeauty(build_identity(data[f"lm_{res}"], res), first_block=first_block, dim=1).eval()
             fn = mod.features
         else:
-            mod = FaceResFromCrop(load_faceres(name).eval().requires_grad_(False)).eval()
+            mod = net_from_crop(name)
             fn = lambda x, m=mod: m(x / 255.0)[0]  # noqa: E731
         modules[name] = mod
         cache = out / f"features_{name}.npz"
@@ -486,7 +491,7 @@ def train_beauty_faceres(
     va = np.flatnonzero(split == 1)
 
     def stack(fs: str) -> tuple[np.ndarray, np.ndarray]:
-        nets = FACERES_FEATURE_SETS[fs]
+        nets = known_sets[fs]
         real = np.hstack([feats[n]["real"] for n in nets])
         X = np.vstack([real[fit_idx], *(np.hstack([feats[n][v] for n in nets]) for v in ("flip", "aug"))])
         return real, X
@@ -513,7 +518,7 @@ def train_beauty_faceres(
     w = np.where(is_omi, ow, 1.0)
     keep = w > 0
     ((coef, ym, mu, sd),) = _ridge_path(X[keep], y[keep], w[keep], (lam,))
-    nets = FACERES_FEATURE_SETS[fs]
+    nets = known_sets[fs]
     fr_nets = [n for n in nets if n != "dlib"]
     dlib_mod = modules["dlib"] if "dlib" in nets else None
     model = FaceResBeauty([modules[n] for n in fr_nets], dim=len(mu), dlib=dlib_mod, feat_mean=mu, feat_std=sd).eval()
@@ -554,6 +559,8 @@ def train_beauty_faceres(
         "feat_std": torch.from_numpy(sd).float(),
         "crop_size": torch.tensor(res),
     }
+    if "gear" in fr_nets:  # the crop GEAR read (FaceRes' crop/preprocessing are the keys above)
+        ckpt["gear_crop"] = str(modules["gear"].crop)
     ckpt.update(
         first_block=torch.tensor(first_block if dlib_mod is not None else -1),
         matrix=torch.from_numpy(identity_matrix(data, res)),

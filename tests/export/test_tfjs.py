@@ -220,6 +220,8 @@ SYN_OUTPUTS = [
     "relu6",
     "folded",
     "not_folded",
+    "gmax",
+    "cmax",
 ]
 SYN_SHAPE = (3, 16, 13, 3)
 
@@ -327,6 +329,21 @@ def synthetic_graph(folder: Path) -> Path:
         Tidx={"type": "DT_INT32"},
     )
     g.op("sq", "Squeeze", ["m2"], squeeze_dims=_li([1, 2]))
+    # Max: a global max pool (spatial axes, rank 2 out, as Keras' GlobalMaxPool2D) and one over channels
+    g.op(
+        "gmax",
+        "Max",
+        ["scaled", g.const("gmax_ax", np.array([1, 2], np.int32))],
+        keep_dims={"b": False},
+        Tidx={"type": "DT_INT32"},
+    )
+    g.op(
+        "cmax",
+        "Max",
+        ["lr", g.const("cmax_ax", np.array([-1], np.int32))],
+        keep_dims={"b": True},
+        Tidx={"type": "DT_INT32"},
+    )
     g.op("mm", "MatMul", ["flat", g.rand("k1", (72, 10))], transpose_a={"b": False}, transpose_b={"b": False})
     g.op(
         "fm",
@@ -506,6 +523,7 @@ def test_synthetic_graph_matches_tfjs(synthetic, synthetic_input, synthetic_ref)
         "AvgPool",
         "ConcatV2",
         "Mean",
+        "Max",
         "Reshape",
         "Squeeze",
         "Prelu",
@@ -705,3 +723,55 @@ def test_links_in_the_tarball_are_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="not a regular file"):
         human_models.extract_model("faceres", cache_dir=tmp_path, download=False)
     assert not (tmp_path / f"human-models-{human_models.VERSION}" / "models" / "faceres.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# GEAR (a face-attribute network: age / gender / race; VALID convolutions, batch norm after ReLU, global max)
+# ------------------------------------------------------------------------------------------------
+def _gear_faces() -> np.ndarray:
+    """Real faces in GEAR's input domain (N, 198, 198, 3) NHWC, RGB in [0, 1]: the example photo's face and,
+    when ../shared/data is present, four OMI faces; two crops."""
+    from PIL import Image
+
+    from beautyrt.export.nets.gear import preprocess
+
+    crops = [
+        np.asarray(Image.open(EXAMPLE).convert("RGB").crop((110, 10, 340, 240)).resize((256, 256), Image.BILINEAR))
+    ]
+    omi = (
+        sorted((SHARED_DATA / "omi" / "images").glob("*.jpg"))[:4] if (SHARED_DATA / "omi" / "images").is_dir() else []
+    )
+    crops += [np.asarray(Image.open(p).convert("RGB")) for p in omi]
+    x = [preprocess(np.stack(crops), crop="tight"), preprocess(crops[0], crop="ffhq")]
+    return np.concatenate(x).transpose(0, 2, 3, 1).copy()
+
+
+def test_gear_matches_tfjs_on_real_faces(tfjs_modules, tmp_path):
+    from beautyrt.export.nets.gear import FEATURE_DIM, OUTPUT_NODES
+
+    path = _fetch_model("gear")
+    outs = list(OUTPUT_NODES.values())
+    x = _gear_faces()
+    ref = run_tfjs(tfjs_modules, path, x, outs, tmp_path / "gear")
+    for fold in (True, False):
+        m = load_tfjs_graph(path, outputs=outs, fold=fold)
+        assert "Max" in m.used_ops and m.folded == []  # batch norm follows the ReLU: nothing may be folded
+        got = run_torch(m, x)
+        errs = {o: rel_err(a, r) for o, a, r in zip(outs, got, ref)}
+        assert all(e <= TOL for e in errs.values()), errs
+    n = len(x)
+    assert [g.shape for g in got] == [(n, FEATURE_DIM), (n, 2), (n, 7), (n, 5)]
+    assert np.abs(got[0][0] - got[0][1]).max() > 1e-2  # different faces, different features
+    for probs in got[1:]:
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_gear_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    from beautyrt.export.nets.gear import GearFromCrop, load_gear
+
+    _fetch_model("gear")
+    wrapped = GearFromCrop(load_gear()).eval()
+    errs = _export_and_compare(
+        wrapped, torch.rand(2, 3, 64, 64), ["feature", "gender", "age", "race"], tmp_path / "g.onnx"
+    )
+    assert max(errs.values()) <= 1e-5, errs
