@@ -389,7 +389,8 @@ def train_beauty_ridge(
 
 # feature set -> its parts: "dlib" (dlib block means 7.. + descriptor, BlockFeatureBeauty.features) or a FaceRes
 # network "net[@crop][:block+block...]" (crop: nets/faceres.py CROPS, default "face"; blocks: nets/faceres.py
-# select_blocks, default the 1024-d pooled feature). Measured (tests/bench/beauty_grid.py, README): ...
+# select_blocks, default the 1024-d pooled feature). The candidates measured on MEBeauty (tests/bench/beauty_grid.py,
+# README "FaceRes regressor"): faceres-deep pw5..13 + dlib, OMI 0.5, mirror-averaged had the best CV r (0.762)
 FACERES_FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "faceres": ("faceres",),
     "faceres-deep": ("faceres-deep",),
