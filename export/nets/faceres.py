@@ -156,18 +156,103 @@ def preprocess(images: np.ndarray, crop=DEFAULT_CROP, preprocessing=DEFAULT_PREP
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def load_faceres(name: str = "faceres", cache_dir: str | os.PathLike | None = None, download: bool = True):
-    """The TF.js graph as a torch module: NCHW input in the model's domain -> (feature, gender, age)."""
+def load_faceres(
+    name: str = "faceres",
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    extra_outputs: tuple[str, ...] = (),
+):
+    """The TF.js graph as a torch module: NCHW input in the model's domain -> (feature, gender, age, *extra),
+    ``extra_outputs`` being further graph nodes (e.g. from :func:`block_nodes`; 4-D ones come back NHWC)."""
     from ..human_models import model_path
     from ..loaders.tfjs import load_tfjs_graph
 
     if name not in MODELS:
         raise ValueError(f"unknown FaceRes model {name!r}; choose one of: {', '.join(MODELS)}")
-    return load_tfjs_graph(model_path(name, cache_dir, download=download), outputs=list(OUTPUT_NODES.values()))
+    outs = list(OUTPUT_NODES.values()) + [n for n in extra_outputs if n not in OUTPUT_NODES.values()]
+    return load_tfjs_graph(model_path(name, cache_dir, download=download), outputs=outs)
+
+
+# Feature blocks a beauty head can read from one FaceRes pass (issue 17): ``pw<k>_mean`` / ``pw<k>_std`` the
+# spatial mean / std of pointwise block k's ReLU6 output (k = 1..13; ``pw13_mean`` is the 1024-d pooled
+# ``feature``), ``feats`` the 256-d Dense layer, ``gender`` P(male), ``age`` the 100 bins.
+_PW_WIDTH = {
+    1: 64,
+    2: 128,
+    3: 128,
+    4: 256,
+    5: 256,
+    6: 512,
+    7: 512,
+    8: 512,
+    9: 512,
+    10: 512,
+    11: 512,
+    12: 1024,
+    13: 1024,
+}
+DEFAULT_BLOCKS = ("pw13_mean",)
+
+
+def _pw(block: str) -> tuple[int, str] | None:
+    head, _, stat = block.partition("_")
+    if head.startswith("pw") and head[2:].isdigit() and int(head[2:]) in _PW_WIDTH and stat in ("mean", "std"):
+        return int(head[2:]), stat
+    return None
+
+
+def block_width(block: str) -> int:
+    if block in ("feats", "gender", "age"):
+        return {"feats": 256, "gender": 1, "age": 100}[block]
+    pw = _pw(block)
+    if pw is None:
+        raise ValueError(f"unknown FaceRes block {block!r} (pw<1..13>_mean|std, feats, gender, age)")
+    return _PW_WIDTH[pw[0]]
+
+
+def block_nodes(blocks) -> tuple[str, ...]:
+    """The graph nodes (beyond :data:`OUTPUT_NODES`) that ``blocks`` need, in a fixed order."""
+    nodes = []
+    for b in blocks:
+        block_width(b)  # validates
+        pw = _pw(b)
+        if b == "feats":
+            nodes.append("feats/Relu")
+        elif pw is not None and b != "pw13_mean":
+            nodes.append(f"conv_pw_{pw[0]}_relu/clip_by_value")
+    return tuple(dict.fromkeys(nodes))
+
+
+def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std over H, W of an NHWC tensor (std as sqrt(E[x^2] - E[x]^2 + 1e-8), clamped at 0)."""
+    m = x.mean(dim=(1, 2))
+    return m, torch.sqrt(torch.clamp((x * x).mean(dim=(1, 2)) - m * m, min=0.0) + 1e-8)
+
+
+def select_blocks(outs, names: list[str], blocks) -> list[torch.Tensor]:
+    """``blocks`` (see :func:`block_nodes`) from one :class:`FaceResFromCrop` output tuple whose extra
+    outputs are the graph nodes ``names``."""
+    extra = dict(zip(names, outs[3:]))
+    parts = []
+    for b in blocks:
+        if b == "pw13_mean":
+            parts.append(outs[0])
+        elif b == "gender":
+            parts.append(outs[1][:, None])
+        elif b == "age":
+            parts.append(outs[2])
+        elif b == "feats":
+            parts.append(extra["feats/Relu"])
+        else:
+            k, stat = _pw(b)  # type: ignore[misc]
+            m, sd = spatial_stats(extra[f"conv_pw_{k}_relu/clip_by_value"])
+            parts.append(m if stat == "mean" else sd)
+    return parts
 
 
 class FaceResFromCrop(nn.Module):
-    """beautyrt's aligned crop (N, 3, S, S) RGB in [0, 1] -> (feature [N, 1024], gender [N], age [N, 100]).
+    """beautyrt's aligned crop (N, 3, S, S) RGB in [0, 1] -> (feature [N, 1024], gender [N], age [N, 100], *extra)
+    (``extra``: the further nodes the graph module was loaded with, :func:`load_faceres` ``extra_outputs``).
 
     Crop and resize are one ``grid_sample`` (bilinear, align_corners=False) with :func:`crop_theta`; then the
     colour order and mean/std of ``preprocessing``. Exportable to ONNX with a dynamic batch."""
@@ -193,8 +278,13 @@ class FaceResFromCrop(nn.Module):
         if self.bgr:
             x = x.flip(1)
         x = x * self.scale - self.shift
-        feature, gender, age = self.net(x)
-        return feature, gender[:, 0], age
+        feature, gender, age, *extra = self.net(x)
+        return (feature, gender[:, 0], age, *extra)
+
+    @property
+    def extra_names(self) -> list[str]:
+        """The graph nodes behind the outputs after (feature, gender, age)."""
+        return list(getattr(self.net, "output_names", [])[3:])
 
 
 def gender_label(p_male: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -230,6 +320,10 @@ __all__ = [
     "crop_theta",
     "preprocess",
     "load_faceres",
+    "DEFAULT_BLOCKS",
+    "block_width",
+    "block_nodes",
+    "select_blocks",
     "FaceResFromCrop",
     "FaceResBeauty",
     "gender_label",
@@ -238,12 +332,15 @@ __all__ = [
 
 
 class FaceResBeauty(nn.Module):
-    """Beauty score (1..10): a linear (ridge) head on FaceRes pooled features of beautyrt's aligned crop,
-    optionally concatenated with dlib block features (:class:`~beautyrt.export.nets.demo.BlockFeatureBeauty`).
+    """Beauty score (1..10): a linear (ridge) head on FaceRes features of beautyrt's aligned crop, optionally
+    concatenated with dlib block features (:class:`~beautyrt.export.nets.demo.BlockFeatureBeauty`).
 
     Input: [0, 255] RGB crops (N, 3, S, S), as the other dlib-based heads (the trainer's ``PIXEL_NORM``).
-    ``faceres`` is one or more :class:`FaceResFromCrop` (e.g. ``faceres`` and ``faceres-deep``); their
-    1024-d features come first, in order, then the dlib features when ``dlib`` is given."""
+    ``faceres`` is one or more :class:`FaceResFromCrop` (e.g. ``faceres`` and ``faceres-deep``); ``blocks``
+    (one tuple per network, default :data:`DEFAULT_BLOCKS`: the 1024-d pooled feature) says which of its
+    feature blocks (:func:`select_blocks`) come first, in order, then the dlib features when ``dlib`` is given.
+    ``mirror``: the score is the mean of the crop's and its mirror image's (one batch of 2N inside the graph:
+    twice the cost)."""
 
     def __init__(
         self,
@@ -252,17 +349,29 @@ class FaceResBeauty(nn.Module):
         dlib: nn.Module | None = None,
         feat_mean: np.ndarray | None = None,
         feat_std: np.ndarray | None = None,
+        blocks: list[tuple[str, ...]] | None = None,
+        mirror: bool = False,
     ):
         super().__init__()
         self.faceres = nn.ModuleList(faceres)
+        self.blocks = [tuple(b) for b in blocks] if blocks is not None else [DEFAULT_BLOCKS] * len(faceres)
+        if len(self.blocks) != len(faceres):
+            raise ValueError(f"{len(faceres)} FaceRes networks but {len(self.blocks)} block lists")
+        for m, bl in zip(self.faceres, self.blocks):
+            missing = [n for n in block_nodes(bl) if n not in getattr(m, "extra_names", [])]
+            if missing:
+                raise ValueError(f"blocks {bl} need graph outputs {missing} (load_faceres(extra_outputs=...))")
         self.dlib = dlib
+        self.mirror = bool(mirror)
         self.head = nn.Linear(int(dim), 1)
         self.register_buffer("feat_mean", torch.zeros(dim) if feat_mean is None else torch.as_tensor(feat_mean).float())
         self.register_buffer("feat_std", torch.ones(dim) if feat_std is None else torch.as_tensor(feat_std).float())
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
         x01 = img / 255.0
-        parts = [m(x01)[0] for m in self.faceres]
+        parts = []
+        for m, bl in zip(self.faceres, self.blocks):
+            parts.extend(select_blocks(m(x01), m.extra_names, bl) if bl != DEFAULT_BLOCKS else [m(x01)[0]])
         if self.dlib is not None:
             parts.append(self.dlib.features(img))
         return torch.cat(parts, dim=1)
@@ -271,4 +380,8 @@ class FaceResBeauty(nn.Module):
         return self.head((f - self.feat_mean) / self.feat_std)[:, 0]
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.from_features(self.features(img))
+        if not self.mirror:
+            return self.from_features(self.features(img))
+        n = img.shape[0]
+        s = self.from_features(self.features(torch.cat([img, img.flip(-1)])))
+        return 0.5 * (s[:n] + s[n:])

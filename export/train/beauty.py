@@ -387,71 +387,135 @@ def train_beauty_ridge(
 
 # --- the FaceRes regressor (issue 17 part 2) ---------------------------------------------------------------
 
+# feature set -> its parts: "dlib" (dlib block means 7.. + descriptor, BlockFeatureBeauty.features) or a FaceRes
+# network "net[@crop][:block+block...]" (crop: nets/faceres.py CROPS, default "face"; blocks: nets/faceres.py
+# select_blocks, default the 1024-d pooled feature). The candidates measured on MEBeauty (tests/bench/beauty_grid.py,
+# README "FaceRes regressor"): faceres-deep pw5..13 + dlib, OMI 0.5, mirror-averaged had the best CV r (0.762)
 FACERES_FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "faceres": ("faceres",),
     "faceres-deep": ("faceres-deep",),
     "faceres+faceres-deep": ("faceres", "faceres-deep"),
     "faceres+dlib": ("faceres", "dlib"),
     "faceres-deep+dlib": ("faceres-deep", "dlib"),
+    "faceres+faceres-deep+dlib": ("faceres", "faceres-deep", "dlib"),
+    "faceres-deep-pw7+13+dlib": ("faceres-deep:pw7_mean+pw13_mean", "dlib"),
+    "faceres-deep-pw5..13+dlib": ("faceres-deep:pw5_mean+pw7_mean+pw9_mean+pw11_mean+pw13_mean", "dlib"),
 }
 # judge heads (issue 17 part 3): networks NOT trained for recognition; chosen only when asked for (not in the
-# default grid above), e.g. ``train_beauty_faceres(data, out, feature_sets=("gear",))``
+# default grid above), e.g. ``train_beauty_faceres(data, out, feature_sets=("gear",))``; GEAR gives its pooled
+# feature only
 JUDGE_FEATURE_SETS: dict[str, tuple[str, ...]] = {"gear": ("gear",)}
+KNOWN_FEATURE_SETS = {**FACERES_FEATURE_SETS, **JUDGE_FEATURE_SETS}
+
+
+def _parse_part(part: str) -> tuple[str, Optional[tuple[str, ...]]]:
+    """``"dlib"`` -> ("dlib", None); ``"net[@crop][:a+b]"`` -> ("net[@crop]", (a, b)) (default: pooled feature)."""
+    from ..nets.faceres import DEFAULT_BLOCKS, MODELS, block_width
+
+    if part == "dlib":
+        return "dlib", None
+    if part == "gear":
+        return "gear", DEFAULT_BLOCKS  # its pooled feature (FaceResBeauty reads a module's first output)
+    src, _, blocks = part.partition(":")
+    net = src.partition("@")[0]
+    if net not in MODELS:
+        raise ValueError(f"feature part {part!r}: unknown network {net!r} (dlib, {', '.join(MODELS)})")
+    bl = tuple(blocks.split("+")) if blocks else DEFAULT_BLOCKS
+    for b in bl:
+        block_width(b)
+    return src, bl
 
 
 def _view_features(fn, imgs: torch.Tensor, fit_idx: np.ndarray, gen: torch.Generator, label: str) -> dict:
-    """``fn`` ([0,255] crops -> features) on the three views the ridge heads train on: every real crop, and
-    the fitting faces mirrored and blurred+noised (the generator's softness)."""
+    """``fn`` ([0,255] crops -> features) on the three views the ridge heads use: every real crop, every crop
+    mirrored (the fitting faces' augmentation, and the test-time mirror) and the fitting faces blurred+noised
+    (the generator's softness)."""
     run = lambda x, what: _batched_pixels(fn, x, 32, f"{label} {what}", 10).astype(np.float64)  # noqa: E731
     return {
         "real": run(imgs, "real"),
-        "flip": run(imgs[fit_idx].flip(-1), "flip"),
+        "flip": run(imgs.flip(-1), "flip"),
         "aug": run(_blur_noise(imgs[fit_idx], gen), "blur+noise"),
     }
 
 
-def _ridge_path(X: np.ndarray, y: np.ndarray, w: np.ndarray, lambdas) -> list:
-    """:func:`_ridge` for several lambdas from one eigendecomposition of the weighted Gram matrix."""
-    mu = np.average(X, axis=0, weights=w)
-    sd = np.sqrt(np.average((X - mu) ** 2, axis=0, weights=w)) + 1e-6
-    Z = (X - mu) / sd
-    ym = float(np.average(y, weights=w))
-    G = Z.T @ (Z * w[:, None])
-    b = Z.T @ (w * (y - ym))
-    ev, V = np.linalg.eigh(G)
-    Vb = V.T @ b
-    return [(V @ (Vb / (ev + lam * w.sum())), ym, mu, sd) for lam in lambdas]
+class _GroupSums:
+    """Weighted ridge (:func:`_ridge`: standardised features, lambda per unit weight) from per-group sums of
+    x x^T, x, y and x y, so that one pass over the rows serves every CV fold and OMI weight: the fit of any
+    weighted union of groups costs one d x d solve per lambda."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, group: np.ndarray, groups: int):
+        self.parts = []
+        for g in range(groups):
+            Xg, yg = X[group == g], y[group == g]
+            self.parts.append((Xg.T @ Xg, Xg.sum(0), float(yg.sum()), Xg.T @ yg, len(yg)))
+
+    def solve(self, weights, lambdas) -> list:
+        """[(coef, ym, mu, sd)] (predict: ((x - mu) / sd) @ coef + ym) for groups weighted ``weights``."""
+        used = [(w, p) for w, p in zip(weights, self.parts) if w > 0 and p[4] > 0]
+        W = sum(w * p[4] for w, p in used)
+        S2 = sum(w * p[0] for w, p in used)
+        mu = sum(w * p[1] for w, p in used) / W
+        sy = sum(w * p[2] for w, p in used)
+        C = S2 - W * np.outer(mu, mu)
+        sd = np.sqrt(np.maximum(np.diag(C) / W, 0.0))
+        # a floor at 1 % of the median std: a nearly constant column (a unit that barely fires on the training
+        # faces) would otherwise be scaled up until float32 rounding in the exported graph moves the score;
+        # on MEBeauty's FaceRes/dlib features no column falls between 0 and that floor
+        sd = np.maximum(sd, 1e-2 * float(np.median(sd))) + 1e-6
+        G = C / np.outer(sd, sd)
+        b = (sum(w * p[3] for w, p in used) - mu * sy) / sd
+        eye = np.eye(len(G))
+        return [(np.linalg.solve(G + lam * W * eye, b), sy / W, mu, sd) for lam in lambdas]
+
+
+def _predict(x: np.ndarray, m) -> np.ndarray:
+    coef, ym, mu, sd = m
+    return ((x - mu) / sd) @ coef + ym
 
 
 def train_beauty_faceres(
     data: dict,
     out: str | Path,
     feature_sets=tuple(FACERES_FEATURE_SETS),
-    omi_weights=(0.0, 0.5),
+    omi_weights=(0.0, 0.5, 1.0),
     lambdas=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+    mirror=(False, True),
     folds: int = 5,
     seed: int = 0,
     res: int = 64,
     first_block: int = 7,
     batch_check: bool = True,
 ) -> dict:
-    """A ridge head on FaceRes features (``faceres``/``faceres-deep``, alone, together or with dlib's block
-    features), at the generator's crop size ``res`` (the search's domain: the crop is upsampled to 224 in the
-    graph, :class:`~beautyrt.export.nets.faceres.FaceResFromCrop`).
+    """A ridge head on FaceRes features (``faceres``/``faceres-deep`` pooled features or further blocks, alone,
+    together or with dlib's block features; :data:`FACERES_FEATURE_SETS`, or a judge's,
+    :data:`JUDGE_FEATURE_SETS`), at the generator's crop size ``res``
+    (the search's domain: the crop is upsampled to 224 in the graph,
+    :class:`~beautyrt.export.nets.faceres.FaceResFromCrop`).
 
-    The feature set, the OMI weight (when the data has OMI faces, ``split == 2``) and the ridge lambda are
-    chosen together by ``folds``-fold cross-validation over MEBeauty train faces (a face's three views stay in
-    one fold; OMI always fits); MEBeauty val is only measured. Writes ``out/beauty.pt`` (``kind:
-    ridge_faceres``; the FaceRes weights are not in it: the exporter fetches them from npm like the trainer)
-    and ``out/beauty_metrics.json``. Features are cached in ``out/features_<net>.npz``."""
+    The feature set, the OMI weight (when the data has OMI faces, ``split == 2``), the ridge lambda and, when
+    ``mirror`` offers both, test-time mirror averaging (the score is the mean over the crop and its mirror
+    image: twice the cost per candidate) are chosen together by ``folds``-fold cross-validation over MEBeauty
+    train faces (a face's three views stay in one fold; OMI always fits); MEBeauty val is only measured.
+    Writes ``out/beauty.pt`` (``kind: ridge_faceres``; the FaceRes weights are not in it: the exporter fetches
+    them from npm like the trainer) and ``out/beauty_metrics.json``. Features are cached in
+    ``out/features_<source>.npz``."""
     from ..nets.demo import BlockFeatureBeauty
-    from ..nets.faceres import DEFAULT_CROP, DEFAULT_PREPROCESSING, FaceResBeauty
-    from ..nets.human import net_from_crop
+    from ..nets.faceres import (
+        DEFAULT_BLOCKS,
+        DEFAULT_CROP,
+        DEFAULT_PREPROCESSING,
+        FaceResBeauty,
+        FaceResFromCrop,
+        block_nodes,
+        block_width,
+        load_faceres,
+        select_blocks,
+    )
+    from ..nets.human import FEATURE_DIMS, net_from_crop
 
-    known_sets = {**FACERES_FEATURE_SETS, **JUDGE_FEATURE_SETS}
-    unknown = [f for f in feature_sets if f not in known_sets]
+    unknown = [f for f in feature_sets if f not in KNOWN_FEATURE_SETS]
     if unknown:
-        raise ValueError(f"unknown feature set(s) {unknown}; choose from {', '.join(known_sets)}")
+        raise ValueError(f"unknown feature set(s) {unknown}; choose from {', '.join(KNOWN_FEATURE_SETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     split, score = data["split"], data["score"].astype(np.float64)
@@ -459,80 +523,121 @@ def train_beauty_faceres(
     omi_weights = tuple(omi_weights) if has_omi else (0.0,)
     fit_idx = np.flatnonzero(split != 1)  # MEBeauty train + OMI (OMI rows get weight 0 when not chosen)
     imgs = to_tensor(data[f"images_{res}"])
-    # dlib always: its descriptor centre is the bundle identity's (the pack's identity role), as for the dlib heads
-    nets_needed = sorted({"dlib", *(n for f in feature_sets for n in known_sets[f])})
+    # every source's blocks (the union over the sets asked for, in order of first use); dlib always: its
+    # descriptor centre is the bundle identity's (the pack's identity role), as for the dlib heads
+    need: dict[str, list[str]] = {"dlib": []}
+    for f in feature_sets:
+        for part in KNOWN_FEATURE_SETS[f]:
+            src, bl = _parse_part(part)
+            need.setdefault(src, [])
+            need[src].extend(b for b in (bl or ()) if b not in need[src])
     modules: dict[str, torch.nn.Module] = {}
     feats: dict[str, dict] = {}
-    for name in nets_needed:
-        if name == "dlib":
+    cols: dict[str, dict[str, slice]] = {}
+    for src in sorted(need):
+        if src == "dlib":
             mod = BlockFeatureBeauty(build_identity(data[f"lm_{res}"], res), first_block=first_block, dim=1).eval()
             fn = mod.features
-        else:
-            mod = net_from_crop(name)
+        elif src == "gear":
+            mod = net_from_crop("gear")
             fn = lambda x, m=mod: m(x / 255.0)[0]  # noqa: E731
-        modules[name] = mod
-        cache = out / f"features_{name}.npz"
-        key = np.asarray([len(split), res, int(fit_idx.sum()), seed])
+            cols[src] = {DEFAULT_BLOCKS[0]: slice(0, FEATURE_DIMS["gear"])}
+        else:
+            net, _, crop = src.partition("@")
+            blocks = tuple(need[src])
+            g = load_faceres(net, extra_outputs=block_nodes(blocks)).eval().requires_grad_(False)
+            mod = FaceResFromCrop(g, crop or DEFAULT_CROP).eval()
+            fn = lambda x, m=mod, bl=blocks: torch.cat(select_blocks(m(x / 255.0), m.extra_names, bl), 1)  # noqa: E731
+            off = np.cumsum([0] + [block_width(b) for b in blocks])
+            cols[src] = {b: slice(int(off[i]), int(off[i + 1])) for i, b in enumerate(blocks)}
+        modules[src] = mod
+        cache = out / f"features_{src}.npz"
+        key = np.asarray([len(split), res, int(fit_idx.sum()), seed, 2])  # 2: flip view of every face
+        tag = np.asarray("+".join(need[src]))
         if cache.is_file():
             with np.load(cache) as z:
-                if np.array_equal(z["key"], key):
-                    feats[name] = {k: z[k] for k in ("real", "flip", "aug")}
-        if name not in feats:
-            feats[name] = _view_features(fn, imgs, fit_idx, torch.Generator().manual_seed(seed), name)
-            np.savez(cache, key=key, **feats[name])
+                if np.array_equal(z["key"], key) and str(z.get("blocks", "")) == str(tag):
+                    feats[src] = {k: z[k] for k in ("real", "flip", "aug")}
+        if src not in feats:
+            feats[src] = _view_features(fn, imgs, fit_idx, torch.Generator().manual_seed(seed), src)
+            np.savez(cache, key=key, blocks=tag, **feats[src])
     meb = np.flatnonzero(split == 0)
     order = np.random.default_rng(seed).permutation(meb)
     fold_of = np.full(len(split), -1)
     fold_of[order] = np.arange(len(order)) % folds
     face = np.tile(fit_idx, 3)
-    fold = fold_of[face]
     y = np.tile(score[fit_idx], 3)
-    is_omi = np.tile(split[fit_idx] == 2, 3)
+    group = np.where(split[face] == 2, folds, fold_of[face])  # group `folds`: OMI
     va = np.flatnonzero(split == 1)
 
-    def stack(fs: str) -> tuple[np.ndarray, np.ndarray]:
-        nets = known_sets[fs]
-        real = np.hstack([feats[n]["real"] for n in nets])
-        X = np.vstack([real[fit_idx], *(np.hstack([feats[n][v] for n in nets]) for v in ("flip", "aug"))])
-        return real, X
+    def view(fs: str, v: str) -> np.ndarray:
+        parts = []
+        for part in KNOWN_FEATURE_SETS[fs]:
+            src, bl = _parse_part(part)
+            a = feats[src][v]
+            parts.extend([a] if bl is None else [a[:, cols[src][b]] for b in bl])
+        return np.hstack(parts)
+
+    def stack(fs: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        real, flip = view(fs, "real"), view(fs, "flip")
+        return real, flip, np.vstack([real[fit_idx], flip[fit_idx], view(fs, "aug")])
+
+    def key_of(fs: str, ow: float, lam: float, mi: bool) -> str:
+        return f"{fs}|omi={ow:g}|lambda={lam:g}" + ("|mirror" if mi else "")
 
     cv: dict[str, float] = {}
     for fs in feature_sets:
-        real, X = stack(fs)
+        real, flip, X = stack(fs)
+        sums = _GroupSums(X, y, group, folds + 1)
         for ow in omi_weights:
-            w = np.where(is_omi, ow, 1.0)
-            pred = np.zeros((len(lambdas), len(split)))
+            pred = {mi: np.zeros((len(lambdas), len(split))) for mi in mirror}
             for k in range(folds):
-                fit = (fold != k) & (w > 0)
                 held = np.flatnonzero(fold_of == k)
-                for j, (coef, ym, mu, sd) in enumerate(_ridge_path(X[fit], y[fit], w[fit], lambdas)):
-                    pred[j, held] = ((real[held] - mu) / sd) @ coef + ym
-            for j, lam in enumerate(lambdas):
-                r = float(np.corrcoef(pred[j, meb], score[meb])[0, 1])
-                cv[f"{fs}|omi={ow:g}|lambda={lam:g}"] = r
-                log.info("faceres ridge %s omi %g lambda %g: cross-validated r on MEBeauty train %.4f", fs, ow, lam, r)
+                for j, m in enumerate(sums.solve([float(g != k) for g in range(folds)] + [ow], lambdas)):
+                    p = _predict(real[held], m)
+                    for mi in mirror:
+                        pred[mi][j, held] = 0.5 * (p + _predict(flip[held], m)) if mi else p
+            for mi in mirror:
+                for j, lam in enumerate(lambdas):
+                    r = float(np.corrcoef(pred[mi][j, meb], score[meb])[0, 1])
+                    cv[key_of(fs, ow, lam, mi)] = r
+                    log.info(
+                        "faceres ridge %s omi %g lambda %g mirror %s: CV r on MEBeauty train %.4f", fs, ow, lam, mi, r
+                    )
     best = max(cv, key=lambda k: cv[k])
-    fs, ow_s, lam_s = best.split("|")
-    ow, lam = float(ow_s.split("=")[1]), float(lam_s.split("=")[1])
-    real, X = stack(fs)
-    w = np.where(is_omi, ow, 1.0)
-    keep = w > 0
-    ((coef, ym, mu, sd),) = _ridge_path(X[keep], y[keep], w[keep], (lam,))
-    nets = known_sets[fs]
-    fr_nets = [n for n in nets if n != "dlib"]
-    dlib_mod = modules["dlib"] if "dlib" in nets else None
-    model = FaceResBeauty([modules[n] for n in fr_nets], dim=len(mu), dlib=dlib_mod, feat_mean=mu, feat_std=sd).eval()
+    fs, ow_s, lam_s, *mi_s = best.split("|")
+    ow, lam, mi = float(ow_s.split("=")[1]), float(lam_s.split("=")[1]), bool(mi_s)
+    real, flip, X = stack(fs)
+    ((coef, ym, mu, sd),) = _GroupSums(X, y, group, folds + 1).solve([1.0] * folds + [ow], (lam,))
+    parts = [_parse_part(p) for p in KNOWN_FEATURE_SETS[fs]]
+    fr_parts = [(src, bl) for src, bl in parts if src != "dlib"]
+    dlib_mod = modules["dlib"] if any(src == "dlib" for src, _ in parts) else None
+    if dlib_mod is not None and parts[-1][0] != "dlib":
+        raise ValueError(f"feature set {fs}: dlib must come last (FaceResBeauty's column order)")
+    model = FaceResBeauty(
+        [modules[src] for src, _ in fr_parts],
+        dim=len(mu),
+        dlib=dlib_mod,
+        feat_mean=mu,
+        feat_std=sd,
+        blocks=[bl for _, bl in fr_parts],  # type: ignore[misc]
+        mirror=mi,
+    ).eval()
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(coef).float()[None])
         model.head.bias.fill_(ym)
-    pred_va = ((real[va] - mu) / sd) @ coef + ym
+    pred_va = _predict(real[va], (coef, ym, mu, sd))
+    if mi:
+        pred_va = 0.5 * (pred_va + _predict(flip[va], (coef, ym, mu, sd)))
     res_m: dict = {
-        "head": f"ridge on {fs}",
+        "head": f"ridge on {fs}" + (" (mirror-averaged)" if mi else ""),
         "feature_set": fs,
         "dim": int(len(mu)),
         "lambda": lam,
         "omi_weight": ow,
         "omi_available": has_omi,
+        "mirror": mi,
+        "cv_pearson_r": cv[best],
         "cv_pearson_r_train": cv,
         "val_real": metrics(pred_va, score[va]),
     }
@@ -541,16 +646,20 @@ def train_beauty_faceres(
             tv = torch.cat([model((imgs[va][i : i + 32].clamp(-1, 1) + 1) * 127.5) for i in range(0, len(va), 32)])
         res_m["val_real_torch"] = metrics(tv.numpy(), score[va])
     log.info(
-        "faceres beauty: %s, omi %g, lambda %g, val r %.3f, MAE %.3f",
+        "faceres beauty: %s, omi %g, lambda %g, mirror %s, CV r %.4f, val r %.3f, MAE %.3f",
         fs,
         ow,
         lam,
+        mi,
+        cv[best],
         res_m["val_real"]["pearson_r"],
         res_m["val_real"]["mae"],
     )
     ckpt = {
         "kind": "ridge_faceres",
-        "faceres": ",".join(fr_nets),
+        "faceres": ",".join(src for src, _ in fr_parts),
+        "faceres_blocks": ",".join("+".join(bl) for _, bl in fr_parts),  # type: ignore[arg-type]
+        "mirror": torch.tensor(int(mi)),
         "crop": DEFAULT_CROP,
         "preprocessing": DEFAULT_PREPROCESSING,
         "head": model.head.state_dict(),
@@ -559,7 +668,7 @@ def train_beauty_faceres(
         "feat_std": torch.from_numpy(sd).float(),
         "crop_size": torch.tensor(res),
     }
-    if "gear" in fr_nets:  # the crop GEAR read (FaceRes' crop/preprocessing are the keys above)
+    if "gear" in modules:  # the crop GEAR read (FaceRes' crop/preprocessing are the keys above)
         ckpt["gear_crop"] = str(modules["gear"].crop)
     ckpt.update(
         first_block=torch.tensor(first_block if dlib_mod is not None else -1),

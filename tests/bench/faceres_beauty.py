@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sets", default="", help="comma-separated feature sets (default: all)")
+    ap.add_argument("--omi", default="0,0.5,1", help="OMI weights to cross-validate")
+    ap.add_argument("--lambdas", default="0.1,0.3,1,3,10,30")
+    ap.add_argument("--mirror", default="0,1", help="test-time mirror averaging: 0, 1 or both (chosen by CV)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -46,7 +49,15 @@ def main() -> None:
     t0 = time.time()
     data = downsample(load_aligned(a.cache), a.res)
     sets = tuple(a.sets.split(",")) if a.sets else tuple(FACERES_FEATURE_SETS)
-    res = train_beauty_faceres(data, a.out, feature_sets=sets, res=a.res)
+    res = train_beauty_faceres(
+        data,
+        a.out,
+        feature_sets=sets,
+        res=a.res,
+        omi_weights=tuple(float(v) for v in a.omi.split(",")),
+        lambdas=tuple(float(v) for v in a.lambdas.split(",")),
+        mirror=tuple(bool(int(v)) for v in a.mirror.split(",")),
+    )
     res["seconds"] = round(time.time() - t0, 1)
     sys.stdout.write(json.dumps({k: v for k, v in res.items() if k != "cv_pearson_r_train"}, indent=1) + "\n")
 

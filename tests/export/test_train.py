@@ -327,16 +327,18 @@ def test_trainer_outputs_export_and_optimize(tmp_path, cli, face_crop):
     assert roles["kind"] == "demo_pack" and roles["pack"] == str(pack)
 
 
-def test_faceres_trainer_outputs_export_and_optimize(tmp_path, cli, face_crop):
+def test_faceres_trainer_outputs_export_and_optimize(tmp_path, cli, face_crop, monkeypatch):
     """``train_beauty_faceres`` (issue 17): its beauty.pt is a ``ridge_faceres`` head that ``beautyrt export
     --beauty`` accepts; the exported bundle optimises with torch blocked; the torch module the loader builds
-    reproduces the trainer's own predictions (the head is wired to the features it was fitted on)."""
+    reproduces the trainer's own predictions (the head is wired to the features it was fitted on) -- for the
+    pooled feature and for a head on further FaceRes blocks, another crop and test-time mirror averaging."""
     import json
 
     import torch
     from PIL import Image
 
     from beautyrt.export.loaders import load_checkpoint
+    from beautyrt.export.train import beauty as tb
     from beautyrt.export.train.beauty import train_beauty_faceres
     from beautyrt.export.train.generator import train_generator
 
@@ -351,16 +353,49 @@ def test_faceres_trainer_outputs_export_and_optimize(tmp_path, cli, face_crop):
     data["lm_32"] = np.tile(np.array([[11, 14], [21, 14], [16, 19], [12, 24], [20, 24]], np.float32), (24, 1, 1))
     run = tmp_path / "run"
     train_generator(data, run, _tiny_cfg(max_steps=5))
-    res = train_beauty_faceres(data, run, feature_sets=("faceres", "faceres+dlib"), lambdas=(0.1, 1.0), folds=2, res=32)
-    assert res["feature_set"] in ("faceres", "faceres+dlib") and len(res["cv_pearson_r_train"]) == 4
+    sets = ("faceres", "faceres+dlib")
+    res = train_beauty_faceres(data, run, feature_sets=sets, lambdas=(0.1, 1.0), mirror=(False, True), folds=2, res=32)
+    assert res["feature_set"] in sets and len(res["cv_pearson_r_train"]) == 8  # 2 sets x 2 lambdas x mirror or not
     assert res["val_real_torch"]["pearson_r"] == pytest.approx(res["val_real"]["pearson_r"], abs=1e-3)
     assert torch.load(run / "beauty.pt", weights_only=True)["kind"] == "ridge_faceres"
-    ck = load_checkpoint(run / "beauty.pt")
     x = torch.from_numpy(data["images_32"][-6:]).permute(0, 3, 1, 2).float()
     with torch.no_grad():
-        pred = ck.beauty(x).numpy()
+        pred = load_checkpoint(run / "beauty.pt").beauty(x).numpy()
     assert np.corrcoef(pred, data["score"][-6:])[0, 1] == pytest.approx(res["val_real"]["pearson_r"], abs=1e-3)
     assert np.abs(pred - pred.mean()).max() > 1e-4  # the head reads the image (not a constant)
+    # richer features: intermediate blocks, the feats layer and gender of faceres, faceres on the whole crop, dlib;
+    # mirror averaging forced (on real data the CV chooses it by a hair)
+    monkeypatch.setitem(
+        tb.FACERES_FEATURE_SETS, "t", ("faceres:pw7_mean+pw12_std+pw13_mean+feats+gender", "faceres@ffhq", "dlib")
+    )
+    run2 = tmp_path / "run2"
+    res = train_beauty_faceres(data, run2, feature_sets=("t",), lambdas=(1.0,), mirror=(True,), folds=2, res=32)
+    assert res["mirror"] and res["dim"] == 512 + 1024 + 1024 + 256 + 1 + 1024 + 1536
+    assert res["val_real_torch"]["pearson_r"] == pytest.approx(res["val_real"]["pearson_r"], abs=1e-3)
+    ck = load_checkpoint(run2 / "beauty.pt")
+    assert ck.beauty.mirror and ck.beauty.blocks == [
+        ("pw7_mean", "pw12_std", "pw13_mean", "feats", "gender"),
+        ("pw13_mean",),
+    ]
+    with torch.no_grad():
+        pred = ck.beauty(x).numpy()
+        ck.beauty.mirror = False  # the mirror-averaged score is the mean of the crop's and its mirror image's
+        halves = ck.beauty(x).numpy(), ck.beauty(x.flip(-1)).numpy()
+        ck.beauty.mirror = True
+    assert np.corrcoef(pred, data["score"][-6:])[0, 1] == pytest.approx(res["val_real"]["pearson_r"], abs=1e-3)
+    assert pred == pytest.approx(0.5 * (halves[0] + halves[1]), abs=1e-4) and np.abs(halves[0] - halves[1]).max() > 1e-4
+    # it exports (blocks, second crop and the in-graph mirror batch) and onnxruntime agrees on the faces it was fitted
+    # to (the bundle exporter's random-noise parity inputs lie far outside 18 synthetic blobs' feature spread, where
+    # this toy head amplifies float32 rounding; on MEBeauty the real head's crop_scorer agrees to ~2e-6)
+    import onnxruntime as ort
+
+    torch.onnx.export(
+        ck.beauty, (x,), str(tmp_path / "b.onnx"), input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False
+    )
+    got = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()}
+    )[0]
+    assert np.abs(got - pred).max() <= 1e-3 * np.abs(pred).max()
     crop = tmp_path / "face.png"
     Image.fromarray(face_crop).save(crop)
     out = tmp_path / "bundle"
