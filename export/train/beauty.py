@@ -405,7 +405,11 @@ FACERES_FEATURE_SETS: dict[str, tuple[str, ...]] = {
 # default grid above), e.g. ``train_beauty_faceres(data, out, feature_sets=("gear",))``; GEAR gives its pooled
 # feature only
 JUDGE_FEATURE_SETS: dict[str, tuple[str, ...]] = {"gear": ("gear",)}
-KNOWN_FEATURE_SETS = {**FACERES_FEATURE_SETS, **JUDGE_FEATURE_SETS}
+
+
+def known_feature_sets() -> dict[str, tuple[str, ...]]:
+    """Every feature set a head can be trained on: the beauty grid's and the judges' (read at call time)."""
+    return {**FACERES_FEATURE_SETS, **JUDGE_FEATURE_SETS}
 
 
 def _parse_part(part: str) -> tuple[str, Optional[tuple[str, ...]]]:
@@ -513,9 +517,10 @@ def train_beauty_faceres(
     )
     from ..nets.human import FEATURE_DIMS, net_from_crop
 
-    unknown = [f for f in feature_sets if f not in KNOWN_FEATURE_SETS]
+    known_sets = known_feature_sets()
+    unknown = [f for f in feature_sets if f not in known_sets]
     if unknown:
-        raise ValueError(f"unknown feature set(s) {unknown}; choose from {', '.join(KNOWN_FEATURE_SETS)}")
+        raise ValueError(f"unknown feature set(s) {unknown}; choose from {', '.join(known_sets)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     split, score = data["split"], data["score"].astype(np.float64)
@@ -527,7 +532,7 @@ def train_beauty_faceres(
     # descriptor centre is the bundle identity's (the pack's identity role), as for the dlib heads
     need: dict[str, list[str]] = {"dlib": []}
     for f in feature_sets:
-        for part in KNOWN_FEATURE_SETS[f]:
+        for part in known_sets[f]:
             src, bl = _parse_part(part)
             need.setdefault(src, [])
             need[src].extend(b for b in (bl or ()) if b not in need[src])
@@ -572,7 +577,7 @@ def train_beauty_faceres(
 
     def view(fs: str, v: str) -> np.ndarray:
         parts = []
-        for part in KNOWN_FEATURE_SETS[fs]:
+        for part in known_sets[fs]:
             src, bl = _parse_part(part)
             a = feats[src][v]
             parts.extend([a] if bl is None else [a[:, cols[src][b]] for b in bl])
@@ -609,7 +614,7 @@ def train_beauty_faceres(
     ow, lam, mi = float(ow_s.split("=")[1]), float(lam_s.split("=")[1]), bool(mi_s)
     real, flip, X = stack(fs)
     ((coef, ym, mu, sd),) = _GroupSums(X, y, group, folds + 1).solve([1.0] * folds + [ow], (lam,))
-    parts = [_parse_part(p) for p in KNOWN_FEATURE_SETS[fs]]
+    parts = [_parse_part(p) for p in known_sets[fs]]
     fr_parts = [(src, bl) for src, bl in parts if src != "dlib"]
     dlib_mod = modules["dlib"] if any(src == "dlib" for src, _ in parts) else None
     if dlib_mod is not None and parts[-1][0] != "dlib":
