@@ -412,6 +412,21 @@ def known_feature_sets() -> dict[str, tuple[str, ...]]:
     return {**FACERES_FEATURE_SETS, **JUDGE_FEATURE_SETS}
 
 
+def cv_groups(split: np.ndarray, score: np.ndarray, fit_idx: np.ndarray, folds: int, seed: int):
+    """The cross-validation layout of the FaceRes trainer: (MEBeauty train rows, each row's fold (-1: not
+    MEBeauty train), the face of each fitting row -- the three views real / mirror / blurred of ``fit_idx``
+    stacked --, their targets, their group: the fold of their MEBeauty face, or ``folds`` for OMI, which always
+    fits)."""
+    meb = np.flatnonzero(split == 0)
+    order = np.random.default_rng(seed).permutation(meb)
+    fold_of = np.full(len(split), -1)
+    fold_of[order] = np.arange(len(order)) % folds
+    face = np.tile(fit_idx, 3)
+    y = np.tile(score[fit_idx], 3)
+    group = np.where(split[face] == 2, folds, fold_of[face])
+    return meb, fold_of, face, y, group
+
+
 def _parse_part(part: str) -> tuple[str, Optional[tuple[str, ...]]]:
     """``"dlib"`` -> ("dlib", None); ``"net[@crop][:a+b]"`` -> ("net[@crop]", (a, b)) (default: pooled feature)."""
     from ..nets.faceres import DEFAULT_BLOCKS, MODELS, block_width
@@ -566,13 +581,7 @@ def train_beauty_faceres(
         if src not in feats:
             feats[src] = _view_features(fn, imgs, fit_idx, torch.Generator().manual_seed(seed), src)
             np.savez(cache, key=key, blocks=tag, **feats[src])
-    meb = np.flatnonzero(split == 0)
-    order = np.random.default_rng(seed).permutation(meb)
-    fold_of = np.full(len(split), -1)
-    fold_of[order] = np.arange(len(order)) % folds
-    face = np.tile(fit_idx, 3)
-    y = np.tile(score[fit_idx], 3)
-    group = np.where(split[face] == 2, folds, fold_of[face])  # group `folds`: OMI
+    meb, fold_of, face, y, group = cv_groups(split, score, fit_idx, folds, seed)
     va = np.flatnonzero(split == 1)
 
     def view(fs: str, v: str) -> np.ndarray:

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from ..beautifier import Beautifier
 from ..errors import NoFaceError, UsageError
 from ..objective import cosine_to, edit_cost
-from ..ops.blend import crop_mask, delivery_mask, edits_as_delivered
+from ..ops.blend import delivery_mask, edits_as_delivered
 from ..ops.imageio import atomic_write_bytes, check_outputs, encode_image, output_format
 from ..ops.imaging import add_edit, blur_matrix, crop_to_unit, edit_in_grey_levels, resize_float, resize_u8
 from ..settings import Settings, as_settings
@@ -150,7 +150,7 @@ class Evaluator:
             vis["delta_linear"] = d_lin
             crops.append(add_edit(crop, _as_delivered(d_lin, dmask)))
             row.update(linear_gain=lin.gain, linear_identity=lin.identity)
-        mask = crop_mask(fe.aligned.alignment) if fe.aligned.alignment is not None else _soft_ellipse(len(crop))
+        mask = dmask if dmask is not None else _soft_ellipse(len(crop))  # the face mask, also for the smoothing
         smooth = smooth_skin(crop, mask)
         vis["smooth"] = smooth
         if bf.can_score_output:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from beautyrt.export.train.beauty import cv_groups
+
 log = logging.getLogger("beautyrt")
 
 
@@ -145,13 +147,7 @@ def run_candidate(
     if basis is not None:  # a nonlinear expansion (e.g. RBF features of centres), fn(raw) -> extra columns
         real, X, flip, cw = basis(real, X, flip, cw)
     split, score, fit_idx = F.split, F.score, F.fit_idx
-    meb = np.flatnonzero(split == 0)
-    order = np.random.default_rng(seed).permutation(meb)
-    fold_of = np.full(len(split), -1)
-    fold_of[order] = np.arange(len(order)) % folds
-    face = np.tile(fit_idx, 3)
-    y = np.tile(score[fit_idx], 3)
-    group = np.where(split[face] == 2, folds, fold_of[face])  # OMI = group `folds`
+    meb, fold_of, face, y, group = cv_groups(split, score, fit_idx, folds, seed)
     sums = Sums(X, y, group, folds + 1)
     cv, cv_mirror = {}, {}
     preds = {}
