@@ -28,6 +28,7 @@ from beautyrt.runtime.objective import DEFAULT_WEIGHTS, SPACES
 from beautyrt.runtime.settings import (
     COVARIANCES,
     DEFAULT_COVARIANCE,
+    DEFAULT_FINALISTS,
     DEFAULT_GENERATIONS,
     DEFAULT_POPSIZE,
     DEFAULT_SIGMA0,
@@ -151,6 +152,12 @@ def _guarded(fn):
     return wrapper
 
 
+_FINALISTS_HELP = (
+    "Of the search's K best candidates keep the one whose delivered photo (re-detected, re-aligned) scores "
+    f"highest; 1: the search's best. Default: the bundle's, else {DEFAULT_FINALISTS}."
+)
+
+
 @app.command()
 @_guarded
 def optimize(
@@ -235,6 +242,7 @@ def optimize(
         "--covariance",
         help=f"{' | '.join(COVARIANCES)}: CMA-ES covariance (auto: diagonal above 256 dimensions); default: the bundle's, else {DEFAULT_COVARIANCE}.",
     ),
+    finalists: Optional[int] = typer.Option(None, "--finalists", help=_FINALISTS_HELP),
     aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Edit every detected face (largest first)."),
@@ -297,6 +305,7 @@ def optimize(
         start=start,
         mirrored=mirrored,
         covariance=covariance,
+        finalists=finalists,
     ).validate()
     out = out or api.default_output(image)
     prog = _Progress("search", enabled=not (quiet or as_json))
@@ -722,6 +731,7 @@ def evaluate(
         "--covariance",
         help=f"{' | '.join(COVARIANCES)}: CMA-ES covariance (auto: diagonal above 256 dimensions); default: the bundle's, else {DEFAULT_COVARIANCE}.",
     ),
+    finalists: Optional[int] = typer.Option(None, "--finalists", help=_FINALISTS_HELP),
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
     sheet: Optional[Path] = typer.Option(
         None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."
@@ -756,6 +766,7 @@ def evaluate(
         start=start,
         mirrored=mirrored,
         covariance=covariance,
+        finalists=finalists,
     ).validate()
     prog = _Progress("evaluate", enabled=not as_json)
     rep = run_eval(

@@ -30,11 +30,12 @@ from .stages import compose as compose_stage
 from .stages import decode as decode_stage
 from .stages import detect as detect_stage
 from .stages import invert as invert_stage
+from .stages import rerank as rerank_stage
 from .stages import rescore as rescore_stage
 from .stages import search as search_stage
 from .stages.search import CancelCheck, Progress
 from .timing import StageTimer
-from .types import AlignedFace, Face, FaceEdit, Result
+from .types import AlignedFace, Face, FaceEdit, Photo, Result
 
 log = logging.getLogger("beautyrt")
 
@@ -132,13 +133,18 @@ class Beautifier:
         *,
         progress: Optional[Progress] = None,
         cancel: Optional[CancelCheck] = None,
+        photo: Optional[Photo] = None,
     ) -> FaceEdit:
-        """invert -> search -> the face's edit (``settings`` resolved)."""
+        """invert -> search (-> rerank, given the ``photo`` the face is in) -> the face's edit (``settings``
+        resolved)."""
         with timer("invert"):
             inv = invert_stage.invert(self.models, aligned)
         outcome = search_stage.search(
             self.models, aligned, inv, settings, timer=timer, progress=progress, cancel=cancel
         )
+        if photo is not None and rerank_stage.applies(self.models, aligned, outcome, settings):
+            with timer("rerank"):
+                outcome = rerank_stage.rerank(self.models, photo, aligned, inv, outcome, settings)
         with timer("synthesize"):
             edit = compose_stage.render_edit(self.models, inv, outcome, settings)
         return FaceEdit(aligned=aligned, inversion=inv, outcome=outcome, edit=edit)
@@ -168,7 +174,7 @@ class Beautifier:
         with timer("decode"):
             photo = decode_stage.decode(image)
         faces, found = self.faces_to_edit(photo, s, aligned, timer)
-        edits = [self.edit_face(a, s, timer, progress=progress, cancel=cancel) for a in faces]
+        edits = [self.edit_face(a, s, timer, progress=progress, cancel=cancel, photo=photo) for a in faces]
         with timer("compose"):
             image_out = compose_stage.compose_photo(photo, [(f.aligned, f.edit) for f in edits], s.strength)
         with timer("rescore"):

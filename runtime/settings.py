@@ -32,10 +32,17 @@ DEFAULT_STRATEGY = "cma"
 STARTS = ("origin", "prior")  # where CMA-ES starts: the encoder's latent, or it plus the bundle's search prior
 COVARIANCES = ("auto", "full", "diagonal")  # auto: diagonal above 256 dimensions
 DEFAULT_START, DEFAULT_MIRRORED, DEFAULT_COVARIANCE = "origin", False, "auto"  # when the bundle says nothing
+DEFAULT_FINALISTS = 1  # 1: the search's best is the result; K > 1: the best of its K best on the delivered photo
 # what a bundle may recommend (manifest search_defaults; other keys are ignored)
-SEARCH_DEFAULT_KEYS = ("sigma0", "generations", "popsize", "start", "mirrored", "covariance")
+SEARCH_DEFAULT_KEYS = ("sigma0", "generations", "popsize", "start", "mirrored", "covariance", "finalists")
 STRENGTH_RANGE = (0.0, 2.0)
-LIMITS = {"generations": (1, 10000), "popsize": (2, 1024), "seed": (0, 2**32 - 1), "face": (0, 1000)}
+LIMITS = {
+    "generations": (1, 10000),
+    "popsize": (2, 1024),
+    "seed": (0, 2**32 - 1),
+    "face": (0, 1000),
+    "finalists": (1, 64),
+}
 MIN_FACE_RANGE = (12.0, 4096.0)
 
 
@@ -106,6 +113,8 @@ class Settings:
     start: Optional[str] = None  # origin | prior (w_start + the bundle's search prior); None: the bundle's, else origin
     mirrored: Optional[bool] = None  # mirrored sampling (half the population); None: the bundle's, else off
     covariance: Optional[str] = None  # auto | full | diagonal; None: the bundle's, else auto
+    finalists: Optional[int] = None  # K > 1: of the search's K best candidates, keep the one whose delivered
+    # photo (re-detected, re-aligned) scores highest (stages.rerank); None: the bundle's, else 1 (off)
 
     def validate(self) -> "Settings":
         """These settings checked (typed, finite, ranged, with the option's name in every refusal) and
@@ -141,6 +150,7 @@ class Settings:
         start = None if self.start is None else _check_choice("start", self.start, STARTS)
         mirrored = None if self.mirrored is None else _check_bool("mirrored", self.mirrored)
         covariance = None if self.covariance is None else _check_choice("covariance", self.covariance, COVARIANCES)
+        finalists = None if self.finalists is None else _check_int("finalists", self.finalists, *LIMITS["finalists"])
         return replace(
             self,
             generations=generations,
@@ -155,6 +165,7 @@ class Settings:
             start=start,
             mirrored=mirrored,
             covariance=covariance,
+            finalists=finalists,
         )
 
     def to_dict(self) -> dict:
@@ -208,6 +219,7 @@ def resolve(
     start = pick(s.start, "start", DEFAULT_START)
     mirrored = pick(s.mirrored, "mirrored", DEFAULT_MIRRORED)
     covariance = pick(s.covariance, "covariance", DEFAULT_COVARIANCE)
+    finalists = pick(s.finalists, "finalists", DEFAULT_FINALISTS)
     if start == "prior" and not has_prior:
         raise UsageError("--start prior needs a bundle with a search prior (search_prior.npy; the demo pack has one)")
     score_on = s.score_on
@@ -228,6 +240,7 @@ def resolve(
         start=start,
         mirrored=mirrored,
         covariance=covariance,
+        finalists=finalists,
         score_on=score_on,
         weights=s.weights.resolved(objective_defaults),
     ).validate()

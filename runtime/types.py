@@ -126,6 +126,10 @@ class SearchOutcome:
     best_generation: int
     strategy: str = "cma"
     evaluations: int = 0
+    # the K best feasible candidates seen (the start among them), best first: {"ws", "score", "identity",
+    # "generation"} (``settings.finalists``; empty when 1); ``rerank``: what ``stages.rerank`` measured
+    finalists: tuple = ()
+    rerank: Optional[dict] = None
 
     @property
     def gain(self) -> float:
@@ -265,6 +269,8 @@ class Result:
         }
         if self.settings.all_faces:
             rep["faces"] = [f.summary() for f in self.faces]
+        if o.rerank is not None:  # the finalists' search and delivered numbers, and which one was kept
+            rep["rerank"] = o.rerank
         if self.result_id:
             rep["result_id"] = self.result_id
         rep.update(self.extra)

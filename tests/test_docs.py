@@ -56,6 +56,7 @@ def test_readme_defaults_are_the_code_defaults():
     from beautyrt.runtime.objective import DEFAULT_WEIGHTS
     from beautyrt.runtime.settings import (
         DEFAULT_COVARIANCE,
+        DEFAULT_FINALISTS,
         DEFAULT_GENERATIONS,
         DEFAULT_MIRRORED,
         DEFAULT_POPSIZE,
@@ -78,7 +79,7 @@ def test_readme_defaults_are_the_code_defaults():
     want = (
         f"else {DEFAULT_GENERATIONS} generations, popsize {DEFAULT_POPSIZE}, sigma {DEFAULT_SIGMA0}, "
         f"start {DEFAULT_START}, {'' if DEFAULT_MIRRORED else 'no '}mirrored sampling, "
-        f"covariance {DEFAULT_COVARIANCE}, "
+        f"covariance {DEFAULT_COVARIANCE}, {DEFAULT_FINALISTS} finalist, "
         f"identity floor {DEFAULT_WEIGHTS['identity_floor']}, "
         f"target {DEFAULT_WEIGHTS['identity_target']}, identity weight {DEFAULT_WEIGHTS['identity_weight']}, "
         f"latent weight {DEFAULT_WEIGHTS['latent_weight']}, "

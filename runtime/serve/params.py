@@ -3,10 +3,11 @@
 Every ``Settings`` field is a query (or multipart form) parameter named as the CLI's option, without the dashes:
 ``generations``, ``popsize``, ``seed``, ``space``, ``sigma``, ``identity-floor``, ``identity-target``,
 ``identity-weight``, ``latent-weight``, ``naturalness-weight``, ``strength``, ``strategy``, ``face``,
-``all-faces``, ``mode``, ``score-on``, ``transfer``; plus ``aligned``, ``quality`` and ``format``. snake_case
-spellings are accepted too. A parameter not given takes the CLI's default (``Settings()``), so the same photo,
-settings and seed give the same bytes as ``beautyrt optimize``. Every value is checked before any work: a bad one
-is a UsageError naming the parameter (HTTP 400). No parameter can name a file: there are no path parameters.
+``all-faces``, ``mode``, ``score-on``, ``transfer``, ``finalists``; plus ``aligned``, ``quality`` and ``format``.
+snake_case spellings are accepted too. A parameter not given takes the CLI's default (``Settings()``), so the same
+photo, settings and seed give the same bytes as ``beautyrt optimize``. Every value is checked before any work: a
+bad one is a UsageError naming the parameter (HTTP 400). No parameter can name a file: there are no path
+parameters.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..errors import UsageError
 from ..objective import ObjectiveWeights
 from ..settings import Settings
 
-INT = {"generations", "popsize", "seed", "face", "quality"}
+INT = {"generations", "popsize", "seed", "face", "quality", "finalists"}
 FLOAT = {
     "sigma",
     "identity-floor",
@@ -144,6 +145,7 @@ def parse(p: dict[str, str]) -> OptimizeParams:
         transfer=g("transfer", d.transfer),
         strength=_float("strength", p["strength"]) if "strength" in p else d.strength,
         strategy=g("strategy", d.strategy),
+        finalists=opt_int("finalists"),
     ).validate()
     return OptimizeParams(
         settings=settings,

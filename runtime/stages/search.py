@@ -12,7 +12,8 @@ and the strategy is told. What is scored (``settings.score_on``):
   ``G(w_start)``.
 
 The result is the feasible candidate (identity >= the floor) with the highest score seen; the start itself is
-feasible, so the result never scores below the start.
+feasible, so the result never scores below the start. With ``settings.finalists = K > 1`` the K best feasible
+candidates seen (the start among them) are kept too, for ``stages.rerank`` to choose from on the delivered photo.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def search(
     x0 = space.from_w_direction(models.prior) if s.start == "prior" and models.prior is not None else None
     es = strategies.create(s.strategy, strategies.SearchProblem(dim=space.dim, direction=direction, x0=x0), s)
     best_score, best_identity, best_ws, best_generation = score0, 1.0, w_start.copy(), 0
+    keep = s.finalists if s.finalists and s.finalists > 1 else 0
+    finalists = [{"ws": w_start.copy(), "score": score0, "identity": 1.0, "generation": 0}] if keep else []
     history: list[dict] = []
     eval_t = overhead_t = 0.0
     stop, g, evaluations = "generations", 0, 0
@@ -121,6 +124,8 @@ def search(
                     ws[i : i + 1].copy(),
                     g,
                 )
+            if keep:
+                finalists = _keep_best(finalists, ws, score, cos, feasible, g, keep)
         t3 = time.perf_counter()
         eval_t += t2 - t1
         overhead_t += (t1 - t0) + (t3 - t2)
@@ -157,4 +162,16 @@ def search(
         best_generation=best_generation,
         strategy=s.strategy,
         evaluations=evaluations,
+        finalists=tuple(finalists),
     )
+
+
+def _keep_best(finalists: list, ws, score, cos, feasible, generation: int, k: int) -> list:
+    """The ``k`` highest-scoring of ``finalists`` and this generation's feasible candidates, best first (ties:
+    the earlier one, as the search's own best)."""
+    top = feasible[np.argsort(-score[feasible], kind="stable")[:k]]
+    new = [
+        {"ws": ws[i : i + 1].copy(), "score": float(score[i]), "identity": float(cos[i]), "generation": generation}
+        for i in top
+    ]
+    return sorted(finalists + new, key=lambda f: -f["score"])[:k]

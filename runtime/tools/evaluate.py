@@ -119,7 +119,7 @@ class Evaluator:
         timer = StageTimer()
         photo = decode.decode(path)
         faces, _ = bf.faces_to_edit(photo, s, False, timer)
-        fe = bf.edit_face(faces[0], s, timer)
+        fe = bf.edit_face(faces[0], s, timer, photo=photo)
         out = compose.compose_photo(photo, [(fe.aligned, fe.edit)], s.strength)
         secs = time.perf_counter() - t0
         o, crop = fe.outcome, fe.aligned.crop
