@@ -158,6 +158,56 @@ _FINALISTS_HELP = (
 )
 
 
+# search and objective options shared by optimize, evaluate and batch (one definition, one help text)
+_SIGMA = typer.Option(
+    None,
+    "--sigma",
+    help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0}).",
+)
+_IDENTITY_FLOOR = typer.Option(
+    None,
+    "--identity-floor",
+    help=f"Hard floor on identity cosine to the start (default: the bundle's, else {DEFAULT_WEIGHTS['identity_floor']}).",
+)
+_IDENTITY_TARGET = typer.Option(
+    None,
+    "--identity-target",
+    help=f"Soft penalty below this cosine (default: the bundle's, else {DEFAULT_WEIGHTS['identity_target']}).",
+)
+_IDENTITY_WEIGHT = typer.Option(
+    None,
+    "--identity-weight",
+    help=f"Penalty per unit of cosine below the target (default: the bundle's, else {DEFAULT_WEIGHTS['identity_weight']}).",
+)
+_LATENT_WEIGHT = typer.Option(
+    None,
+    "--latent-weight",
+    help=f"Penalty per unit of mean squared step (default: the bundle's, else {DEFAULT_WEIGHTS['latent_weight']}).",
+)
+_NATURALNESS_WEIGHT = typer.Option(
+    None,
+    "--naturalness-weight",
+    help="Penalty per unit of the delivered edit's cost (its RMS plus its fine part's over the face, in 10 grey "
+    f"levels; --score-on output only); default: the bundle's, else {DEFAULT_WEIGHTS['naturalness_weight']}.",
+)
+_START = typer.Option(
+    None,
+    "--start",
+    help=f"{' | '.join(STARTS)}: where CMA-ES starts (prior: the encoder's latent plus the bundle's search prior); default: the bundle's, else {DEFAULT_START}.",
+)
+_MIRRORED = typer.Option(
+    None,
+    "--mirrored/--no-mirrored",
+    help="Mirrored sampling (half of each population mirrors the other); default: the bundle's, else off.",
+)
+_COVARIANCE = typer.Option(
+    None,
+    "--covariance",
+    help=f"{' | '.join(COVARIANCES)}: CMA-ES covariance (auto: diagonal above 256 dimensions); default: the bundle's, else {DEFAULT_COVARIANCE}.",
+)
+_FINALISTS = typer.Option(None, "--finalists", help=_FINALISTS_HELP)
+
+
 @app.command()
 @_guarded
 def optimize(
@@ -186,37 +236,12 @@ def optimize(
         _D.seed, "--seed", help="Search seed: same input, bundle, seed and backend give the same output."
     ),
     space: str = typer.Option(_D.space, "--space", help=f"Search space: {' | '.join(SPACES)}."),
-    sigma: Optional[float] = typer.Option(
-        None,
-        "--sigma",
-        help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0}).",
-    ),
-    identity_floor: Optional[float] = typer.Option(
-        None,
-        "--identity-floor",
-        help=f"Hard floor on identity cosine to the start (default: the bundle's, else {DEFAULT_WEIGHTS['identity_floor']}).",
-    ),
-    identity_target: Optional[float] = typer.Option(
-        None,
-        "--identity-target",
-        help=f"Soft penalty below this cosine (default: the bundle's, else {DEFAULT_WEIGHTS['identity_target']}).",
-    ),
-    identity_weight: Optional[float] = typer.Option(
-        None,
-        "--identity-weight",
-        help=f"Penalty per unit of cosine below the target (default: the bundle's, else {DEFAULT_WEIGHTS['identity_weight']}).",
-    ),
-    latent_weight: Optional[float] = typer.Option(
-        None,
-        "--latent-weight",
-        help=f"Penalty per unit of mean squared step (default: the bundle's, else {DEFAULT_WEIGHTS['latent_weight']}).",
-    ),
-    naturalness_weight: Optional[float] = typer.Option(
-        None,
-        "--naturalness-weight",
-        help="Penalty per unit of the delivered edit's cost (its RMS plus its fine part's over the face, in 10 grey "
-        f"levels; --score-on output only); default: the bundle's, else {DEFAULT_WEIGHTS['naturalness_weight']}.",
-    ),
+    sigma: Optional[float] = _SIGMA,
+    identity_floor: Optional[float] = _IDENTITY_FLOOR,
+    identity_target: Optional[float] = _IDENTITY_TARGET,
+    identity_weight: Optional[float] = _IDENTITY_WEIGHT,
+    latent_weight: Optional[float] = _LATENT_WEIGHT,
+    naturalness_weight: Optional[float] = _NATURALNESS_WEIGHT,
     strength: float = typer.Option(
         _D.strength,
         "--strength",
@@ -227,22 +252,10 @@ def optimize(
         "--strategy",
         help=f"Search strategy: {' | '.join(STRATEGIES)} (linear: walk the bundle's beauty direction).",
     ),
-    start: Optional[str] = typer.Option(
-        None,
-        "--start",
-        help=f"{' | '.join(STARTS)}: where CMA-ES starts (prior: the encoder's latent plus the bundle's search prior); default: the bundle's, else {DEFAULT_START}.",
-    ),
-    mirrored: Optional[bool] = typer.Option(
-        None,
-        "--mirrored/--no-mirrored",
-        help="Mirrored sampling (half of each population mirrors the other); default: the bundle's, else off.",
-    ),
-    covariance: Optional[str] = typer.Option(
-        None,
-        "--covariance",
-        help=f"{' | '.join(COVARIANCES)}: CMA-ES covariance (auto: diagonal above 256 dimensions); default: the bundle's, else {DEFAULT_COVARIANCE}.",
-    ),
-    finalists: Optional[int] = typer.Option(None, "--finalists", help=_FINALISTS_HELP),
+    start: Optional[str] = _START,
+    mirrored: Optional[bool] = _MIRRORED,
+    covariance: Optional[str] = _COVARIANCE,
+    finalists: Optional[int] = _FINALISTS,
     aligned: bool = typer.Option(False, "--aligned", help="The input is already an aligned square face crop."),
     face: Optional[int] = typer.Option(None, "--face", help="Which face (0 = largest). Default: the largest."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Edit every detected face (largest first)."),
@@ -694,44 +707,20 @@ def evaluate(
     popsize: Optional[int] = typer.Option(
         None, "--popsize", "-p", help=f"Default: the bundle's recommendation, else {DEFAULT_POPSIZE}."
     ),
-    identity_floor: Optional[float] = typer.Option(
-        None,
-        "--identity-floor",
-        help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['identity_floor']}.",
-    ),
-    latent_weight: Optional[float] = typer.Option(
-        None, "--latent-weight", help=f"Default: the bundle's recommendation, else {DEFAULT_WEIGHTS['latent_weight']}."
-    ),
-    naturalness_weight: Optional[float] = typer.Option(
-        None,
-        "--naturalness-weight",
-        help=f"As optimize; default: the bundle's recommendation, else {DEFAULT_WEIGHTS['naturalness_weight']}.",
-    ),
-    sigma: Optional[float] = typer.Option(
-        None,
-        "--sigma",
-        help=f"Initial step in units of W's std (default: the bundle's recommendation, else {DEFAULT_SIGMA0}).",
-    ),
+    identity_floor: Optional[float] = _IDENTITY_FLOOR,
+    identity_target: Optional[float] = _IDENTITY_TARGET,
+    identity_weight: Optional[float] = _IDENTITY_WEIGHT,
+    latent_weight: Optional[float] = _LATENT_WEIGHT,
+    naturalness_weight: Optional[float] = _NATURALNESS_WEIGHT,
+    sigma: Optional[float] = _SIGMA,
     seed: int = typer.Option(_D.seed, "--seed"),
     score_on: str = typer.Option(_D.score_on, "--score-on", help=f"{' | '.join(SCORE_ON)} (as optimize)."),
     transfer: str = typer.Option(_D.transfer, "--transfer", help="detail | luma | rgb (as optimize)."),
     strategy: str = typer.Option(DEFAULT_STRATEGY, "--strategy", help=f"{' | '.join(STRATEGIES)} (as optimize)."),
-    start: Optional[str] = typer.Option(
-        None,
-        "--start",
-        help=f"{' | '.join(STARTS)}: where CMA-ES starts (prior: the encoder's latent plus the bundle's search prior); default: the bundle's, else {DEFAULT_START}.",
-    ),
-    mirrored: Optional[bool] = typer.Option(
-        None,
-        "--mirrored/--no-mirrored",
-        help="Mirrored sampling (half of each population mirrors the other); default: the bundle's, else off.",
-    ),
-    covariance: Optional[str] = typer.Option(
-        None,
-        "--covariance",
-        help=f"{' | '.join(COVARIANCES)}: CMA-ES covariance (auto: diagonal above 256 dimensions); default: the bundle's, else {DEFAULT_COVARIANCE}.",
-    ),
-    finalists: Optional[int] = typer.Option(None, "--finalists", help=_FINALISTS_HELP),
+    start: Optional[str] = _START,
+    mirrored: Optional[bool] = _MIRRORED,
+    covariance: Optional[str] = _COVARIANCE,
+    finalists: Optional[int] = _FINALISTS,
     backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"{' | '.join(BACKEND_CHOICES)} (as optimize)."),
     sheet: Optional[Path] = typer.Option(
         None, "--sheet", help="Write a contact sheet (before | search | linear) PNG here."
@@ -758,7 +747,7 @@ def evaluate(
         seed=seed,
         sigma0=sigma,
         weights=api.ObjectiveWeights(
-            identity_floor=identity_floor, latent_weight=latent_weight, naturalness_weight=naturalness_weight
+            identity_floor, identity_target, identity_weight, latent_weight, naturalness_weight
         ),
         score_on=score_on,
         transfer=transfer,
@@ -822,6 +811,16 @@ def batch(
     popsize: Optional[int] = typer.Option(
         None, "--popsize", "-p", help="Candidates per generation (default: the bundle's recommendation)."
     ),
+    sigma: Optional[float] = _SIGMA,
+    identity_floor: Optional[float] = _IDENTITY_FLOOR,
+    identity_target: Optional[float] = _IDENTITY_TARGET,
+    identity_weight: Optional[float] = _IDENTITY_WEIGHT,
+    latent_weight: Optional[float] = _LATENT_WEIGHT,
+    naturalness_weight: Optional[float] = _NATURALNESS_WEIGHT,
+    start: Optional[str] = _START,
+    mirrored: Optional[bool] = _MIRRORED,
+    covariance: Optional[str] = _COVARIANCE,
+    finalists: Optional[int] = _FINALISTS,
     seed: int = typer.Option(_D.seed, "--seed", help="Search seed (as optimize)."),
     strength: float = typer.Option(
         _D.strength, "--strength", help=f"Scale of the edit, {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g}."
@@ -852,6 +851,10 @@ def batch(
         popsize=popsize,
         seed=seed,
         space=space,
+        sigma0=sigma,
+        weights=api.ObjectiveWeights(
+            identity_floor, identity_target, identity_weight, latent_weight, naturalness_weight
+        ),
         output_mode=mode,
         face=face,
         all_faces=all_faces,
@@ -859,6 +862,10 @@ def batch(
         transfer=transfer,
         strength=strength,
         strategy=strategy,
+        start=start,
+        mirrored=mirrored,
+        covariance=covariance,
+        finalists=finalists,
     ).validate()
     from beautyrt.engines.errors import UsageError
 

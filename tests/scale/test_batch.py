@@ -121,3 +121,32 @@ def test_bad_arguments_are_one_line_errors(photos, tiny_bundle, tmp_path):
         r = run_beautyrt("batch", *args, "--bundle", str(tiny_bundle), "-q")
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and pat in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+SEARCH_ARGS = ["--sigma", "0.2", "--identity-target", "0.9", "--identity-weight", "2", "--latent-weight", "0.5",
+               "--naturalness-weight", "0.5", "--mirrored", "--covariance", "diagonal", "--finalists", "3"]  # fmt: skip
+
+
+def test_batch_takes_optimizes_search_and_objective_options(photos, tiny_bundle, tmp_path, cli):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(photos / "a" / "p1.jpg", src / "p1.jpg")
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    for out, extra in ((plain, []), (tuned, SEARCH_ARGS)):
+        r = run_beautyrt("batch", str(src), str(out), "--bundle", str(tiny_bundle), *BATCH_ARGS, *extra)
+        assert r.returncode == 0, r.stderr
+    (rec,) = lines(tuned)
+    s = rec["report"]["settings"]
+    assert s["sigma0"] == 0.2 and s["mirrored"] is True and s["covariance"] == "diagonal" and s["finalists"] == 3
+    w = s["weights"]
+    assert (w["identity_target"], w["identity_weight"], w["latent_weight"], w["naturalness_weight"]) == (
+        0.9,
+        2,
+        0.5,
+        0.5,
+    )
+    ref = tmp_path / "ref.jpg"
+    c = cli("optimize", str(src / "p1.jpg"), "-o", str(ref), "--bundle", str(tiny_bundle), *BATCH_ARGS, *SEARCH_ARGS)
+    assert c.returncode == 0, c.stderr
+    assert (tuned / rec["key"]).read_bytes() == ref.read_bytes()  # the options reached the workers, as optimize's
+    assert (tuned / rec["key"]).read_bytes() != (plain / rec["key"]).read_bytes()
