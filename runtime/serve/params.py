@@ -3,11 +3,11 @@
 Every ``Settings`` field is a query (or multipart form) parameter named as the CLI's option, without the dashes:
 ``generations``, ``popsize``, ``seed``, ``space``, ``sigma``, ``identity-floor``, ``identity-target``,
 ``identity-weight``, ``latent-weight``, ``naturalness-weight``, ``strength``, ``strategy``, ``face``,
-``all-faces``, ``mode``, ``score-on``, ``transfer``, ``finalists``; plus ``aligned``, ``quality`` and ``format``.
-snake_case spellings are accepted too. A parameter not given takes the CLI's default (``Settings()``), so the same
-photo, settings and seed give the same bytes as ``beautyrt optimize``. Every value is checked before any work: a
-bad one is a UsageError naming the parameter (HTTP 400). No parameter can name a file: there are no path
-parameters.
+``all-faces``, ``mode``, ``score-on``, ``transfer``, ``start``, ``mirrored``, ``covariance``, ``finalists``; plus
+``aligned``, ``quality`` and ``format``. snake_case spellings are accepted too. A parameter not given takes the
+CLI's default (``Settings()``), so the same photo, settings and seed give the same bytes as ``beautyrt optimize``.
+Every value is checked before any work: a bad one is a UsageError naming the parameter (HTTP 400). No parameter can
+name a file: there are no path parameters.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ FLOAT = {
     "naturalness-weight",
     "strength",
 }
-BOOL = {"all-faces", "aligned"}
-STR = {"space", "strategy", "mode", "score-on", "transfer", "format"}
+BOOL = {"all-faces", "aligned", "mirrored"}
+STR = {"space", "strategy", "mode", "score-on", "transfer", "format", "start", "covariance"}
 KNOWN = INT | FLOAT | BOOL | STR
 FILE_OPTIONS = {"out", "o", "report", "side-by-side", "plot", "bundle"}  # CLI options that name files
 SERVER_OPTIONS = {"backend", "device", "threads"}
@@ -145,6 +145,9 @@ def parse(p: dict[str, str]) -> OptimizeParams:
         transfer=g("transfer", d.transfer),
         strength=_float("strength", p["strength"]) if "strength" in p else d.strength,
         strategy=g("strategy", d.strategy),
+        start=g("start"),
+        mirrored=_bool("mirrored", p["mirrored"]) if "mirrored" in p else None,
+        covariance=g("covariance"),
         finalists=opt_int("finalists"),
     ).validate()
     return OptimizeParams(

@@ -52,12 +52,12 @@ def test_multipart_jpeg_has_the_cli_bytes(server, cli, tiny_bundle_with_detector
 
 def test_raw_body_png_and_snake_case_names_have_the_cli_bytes(server, cli, tiny_bundle_with_detector, tmp_path):
     q = "generations=2&popsize=6&seed=3&identity_floor=0.5&latent-weight=0.2&naturalness_weight=0.5&score_on=output"
-    q += "&format=png&finalists=3"
+    q += "&format=png&finalists=3&mirrored=false&covariance=diagonal"
     r = server.post_image(f"/v1/optimize?{q}", PHOTO)
     assert r.status == 200 and r.headers["content-type"] == "image/png", r.body[:300]
     out = tmp_path / "o.png"
     args = ["-g", "2", "-p", "6", "--seed", "3", "--identity-floor", "0.5", "--latent-weight", "0.2",
-            "--naturalness-weight", "0.5", "--finalists", "3"]  # fmt: skip
+            "--naturalness-weight", "0.5", "--finalists", "3", "--no-mirrored", "--covariance", "diagonal"]  # fmt: skip
     c = cli("optimize", str(EXAMPLE), "-o", str(out), "--bundle", str(tiny_bundle_with_detector), *args, "--score-on",
             "output", "-q")  # fmt: skip
     assert c.returncode == 0, c.stderr
@@ -65,6 +65,7 @@ def test_raw_body_png_and_snake_case_names_have_the_cli_bytes(server, cli, tiny_
     assert r.report["settings"]["weights"]["identity_floor"] == 0.5
     assert r.report["settings"]["weights"]["naturalness_weight"] == 0.5
     assert r.report["settings"]["finalists"] == 3 and len(r.report["rerank"]["finalists"]) == 3
+    assert r.report["settings"]["mirrored"] is False and r.report["settings"]["covariance"] == "diagonal"
 
 
 def test_json_answer_carries_the_same_image_and_report(server):
