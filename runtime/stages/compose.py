@@ -22,7 +22,11 @@ from ..types import AlignedFace, Edit, Inversion, Photo, SearchOutcome
 
 
 def render_edit(models: Models, inversion: Inversion, outcome: SearchOutcome, settings: Settings) -> Edit:
-    g_best = models.synthesize(outcome.w_best)[0]
+    return edit_of(inversion, models.synthesize(outcome.w_best)[0], settings)
+
+
+def edit_of(inversion: Inversion, g_best: np.ndarray, settings: Settings) -> Edit:
+    """The :class:`Edit` of one rendered candidate ``g_best`` (3, R, R) for ``settings.output_mode``."""
     if settings.output_mode == "generated":
         return Edit(mode="generated", g_best=g_best, generated=to_uint8(g_best))
     return Edit(mode="transfer", g_best=g_best, delta=edit_in_grey_levels(inversion.g_start, g_best, settings.transfer))

@@ -26,9 +26,9 @@ import numpy as np
 
 from ..bundle import Models
 from ..objective import cosine_to
-from ..ops.imaging import crop_to_unit, edit_in_grey_levels
+from ..ops.imaging import crop_to_unit
 from ..settings import Settings
-from ..types import AlignedFace, Edit, FaceEdit, Inversion, Photo, SearchOutcome
+from ..types import AlignedFace, Inversion, Photo, SearchOutcome
 from . import compose as compose_stage
 from . import rescore as rescore_stage
 
@@ -56,10 +56,8 @@ def rerank(
     g = models.synthesize(np.concatenate([f["ws"] for f in fin]).astype(np.float32))
     crops, kept = [], []
     for i, gi in enumerate(g):
-        edit = Edit(mode="transfer", g_best=gi, delta=edit_in_grey_levels(inversion.g_start, gi, s.transfer))
-        image = compose_stage.compose_photo(photo, [(aligned, edit)], s.strength)
-        face = FaceEdit(aligned=aligned, inversion=inversion, outcome=outcome, edit=edit)
-        found = rescore_stage.delivered_crop(models, image, face, s.min_face)
+        image = compose_stage.compose_photo(photo, [(aligned, compose_stage.edit_of(inversion, gi, s))], s.strength)
+        found = rescore_stage.delivered_crop(models, image, aligned, s.min_face)
         if found is not None:
             crops.append(crop_to_unit(found[0], models.resolution))
             kept.append(i)

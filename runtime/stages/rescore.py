@@ -21,7 +21,7 @@ import numpy as np
 from ..bundle import Models
 from ..objective import cosine_to
 from ..ops.imaging import crop_to_unit
-from ..types import Face, FaceEdit, Photo
+from ..types import AlignedFace, Face, FaceEdit, Photo
 from . import align as align_stage
 from . import detect as detect_stage
 
@@ -44,14 +44,14 @@ def match_face(faces: list[Face], box) -> Optional[Face]:
     return best if best is not None and box_iou(best.box, box) >= MIN_IOU else None
 
 
-def delivered_crop(models: Models, image: np.ndarray, face: FaceEdit, min_face: float) -> Optional[tuple]:
-    """(crop, how) of ``face`` in the delivered photo ``image``: re-detected and re-aligned (the output crop itself
-    for an aligned input); None when the face is not detected again."""
+def delivered_crop(models: Models, image: np.ndarray, aligned: AlignedFace, min_face: float) -> Optional[tuple]:
+    """(crop, how) of the face ``aligned`` found in the photo, in the delivered photo ``image``: re-detected and
+    re-aligned (the output crop itself for an aligned input); None when the face is not detected again."""
     R = models.resolution
     out_photo = Photo(np.ascontiguousarray(image))
-    if face.aligned.face is None:  # aligned input: the output is the delivered crop
+    if aligned.face is None:  # aligned input: the output is the delivered crop
         return align_stage.aligned_input(out_photo, R).crop, "output crop (aligned input)"
-    match = match_face(detect_stage.detect(models, out_photo, min_face), face.aligned.face.box)
+    match = match_face(detect_stage.detect(models, out_photo, min_face), aligned.face.box)
     if match is None:
         return None
     return align_stage.align(out_photo, match, R).crop, "re-detected and re-aligned"
@@ -62,7 +62,7 @@ def rescore(models: Models, image: np.ndarray, face: FaceEdit, min_face: float) 
     if not models.can_score_crops:
         return None
     R = models.resolution
-    found = delivered_crop(models, image, face, min_face)
+    found = delivered_crop(models, image, face.aligned, min_face)
     if found is None:
         log.warning("delivered photo: the edited face was not detected again; no delivered score")
         return {"detected": False}

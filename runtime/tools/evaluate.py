@@ -154,7 +154,7 @@ class Evaluator:
         smooth = smooth_skin(crop, mask)
         vis["smooth"] = smooth
         if bf.can_score_output:
-            found = rescore_stage.delivered_crop(bf.models, out, fe, s.min_face)
+            found = rescore_stage.delivered_crop(bf.models, out, fe.aligned, s.min_face)
             named = {"photo": crop, "output": crops[1], "smooth": smooth}
             if len(crops) > 2:
                 named["linear"] = crops[2]

@@ -47,8 +47,8 @@ def main() -> None:
             out = compose.compose_photo(photo, [(fe.aligned, fe.edit)], 1.0)
             assert fe.aligned.alignment is not None
             same = warp(out, fe.aligned.alignment.matrix, R)
-            found = rescore.delivered_crop(bf.models, out, fe, s.min_face)
-            again = rescore.delivered_crop(bf.models, photo.rgb, fe, s.min_face)
+            found = rescore.delivered_crop(bf.models, out, fe.aligned, s.min_face)
+            again = rescore.delivered_crop(bf.models, photo.rgb, fe.aligned, s.min_face)
             if found is None or again is None:
                 continue
             crops = [fe.aligned.crop, same, found[0], again[0]]
